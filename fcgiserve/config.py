@@ -1,0 +1,581 @@
+"""Every fcgiserve option, declared once: name, default, validation, CLI flag, runfcgi alias and help text.
+
+``OPTIONS`` is the single source: the ``Config`` dataclass takes its defaults from it, ``build_argparser()``
+generates the command line from it, ``parse_args()`` also reads the old ``manage.py runfcgi key=value`` words
+through it, and ``docs/gen_options.py`` renders ``docs/options.md`` from it.
+
+This module imports nothing from fcgiserve (tests/test_layers.py): anyone may import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NoReturn, cast
+
+__all__ = [
+    "OPTIONS",
+    "Config",
+    "ConfigError",
+    "ListenKind",
+    "LogLevel",
+    "Method",
+    "Option",
+    "Protocol",
+    "build_argparser",
+    "main_parse",
+    "parse_args",
+    "parse_known",
+]
+
+Method = Literal["threaded", "prefork"]
+Protocol = Literal["fcgi", "scgi"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+ListenKind = Literal["tcp", "unix", "fd", "default"]
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+# Used when --maxchildren is not given: threads are cheap, processes cost memory and a core each.
+METHOD_MAXCHILDREN: dict[str, int] = {"threaded": 50, "prefork": 8}
+
+
+class ConfigError(ValueError):
+    """A bad option value or combination; the message is one line that names the option."""
+
+
+Coerce = Callable[[object], object]
+
+
+# --- value parsers ---------------------------------------------------------------------------------------
+# Each accepts the string form (command line, runfcgi words) and the native form (Python callers), returns
+# the normalised value, and raises ValueError with a "must ..." phrase; _coerce() adds the name and the value.
+
+
+def _int(lo: int, hi: int | None = None) -> Coerce:
+    bound = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+
+    def coerce(raw: object) -> object:
+        if isinstance(raw, str) and re.fullmatch(r"\s*\+?[0-9]+\s*", raw):
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < lo or (hi is not None and raw > hi):
+            raise ValueError(f"must be {bound}")
+        return raw
+
+    return coerce
+
+
+def _optional_int(lo: int) -> Coerce:
+    inner = _int(lo)
+    return lambda raw: None if raw is None or raw == "" else inner(raw)
+
+
+def _seconds(raw: object) -> object:
+    try:
+        value = float(raw) if isinstance(raw, (str, int, float)) and not isinstance(raw, bool) else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number of seconds >= 0")
+    return value
+
+
+_BOOLS = dict.fromkeys(("true", "yes", "on", "1"), True) | dict.fromkeys(("false", "no", "off", "0"), False)
+
+
+def _bool(raw: object) -> object:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _BOOLS:
+        return _BOOLS[raw.strip().lower()]
+    raise ValueError("must be one of true/false, yes/no, on/off, 1/0")
+
+
+def _optional_bool(raw: object) -> object:
+    return None if raw is None or raw == "" else _bool(raw)
+
+
+def _choice(*choices: str, aliases: Mapping[str, str] | None = None) -> Coerce:
+    table = {c: c for c in choices} | dict(aliases or {})
+
+    def coerce(raw: object) -> object:
+        if isinstance(raw, str) and raw.strip().lower() in table:
+            return table[raw.strip().lower()]
+        raise ValueError(f"must be one of {', '.join(choices)}")
+
+    return coerce
+
+
+def _mode(optional: bool) -> Coerce:
+    def coerce(raw: object) -> object:
+        if optional and (raw is None or raw == ""):
+            return None
+        if isinstance(raw, str) and re.fullmatch(r"\s*(0o)?[0-7]{1,4}\s*", raw, re.IGNORECASE):
+            raw = int(raw.strip().lower().removeprefix("0o"), 8)
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 0o777:
+            raise ValueError("must be an octal mode between 000 and 777, like 022 or 0660")
+        return raw
+
+    return coerce
+
+
+_SIZE_UNITS = {"": 1, "k": KIB, "m": MIB, "g": GIB}
+
+
+def _size(raw: object) -> object:
+    if isinstance(raw, str):
+        match = re.fullmatch(r"\s*([0-9]+)\s*([kmg]?)(?:i?b)?\s*", raw, re.IGNORECASE)
+        if match:
+            raw = int(match[1]) * _SIZE_UNITS[match[2].lower()]
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise ValueError("must be a byte count like 65536, 512K, 8M or 1G")
+    return raw
+
+
+def _path(raw: object) -> object:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or "\0" in raw:
+        raise ValueError("must be a file path")
+    return raw
+
+
+def _app(raw: object) -> object:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw or any(c.isspace() for c in raw):
+        raise ValueError("must look like MODULE[:CALLABLE], e.g. mysite.wsgi:application")
+    return raw
+
+
+def _host(raw: object) -> object:
+    if not isinstance(raw, str) or not raw.strip() or any(c.isspace() for c in raw.strip()):
+        raise ValueError("must be a host name or IP address")
+    return raw.strip().removeprefix("[").removesuffix("]")  # accept the bracketed IPv6 form "[::1]"
+
+
+def _script_name(raw: object) -> object:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or (raw and not raw.startswith("/")):
+        raise ValueError("must be empty or a URL path starting with '/'")
+    return raw.rstrip("/")  # WSGI: SCRIPT_NAME never ends in '/', the root is ''
+
+
+def _networks(raw: object) -> object:
+    items = [raw] if raw is None or isinstance(raw, str) else raw
+    if not isinstance(items, Iterable):
+        raise ValueError("must be IP addresses or CIDR networks")
+    found: list[str] = []
+    for item in items:
+        if item is None:
+            continue
+        for word in str(item).split(","):
+            if word.strip():
+                try:
+                    ipaddress.ip_network(word.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"must be IP addresses or CIDR networks ({word.strip()!r} is not)"
+                    ) from None
+                found.append(word.strip())
+    return tuple(found)
+
+
+# --- the option table ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option. ``flags`` empty means positional; ``kind`` picks the argparse action."""
+
+    name: str
+    default: object
+    coerce: Coerce
+    group: str
+    help: str
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+    runfcgi: tuple[str, ...] = ()  # names accepted as key=value words (old manage.py runfcgi syntax)
+    kind: Literal["value", "flag", "list"] = "value"
+    default_text: str | None = None  # how --help and the docs describe the default, when repr is not enough
+
+    @property
+    def display(self) -> str:
+        return self.flags[0] if self.flags else (self.metavar or self.name)
+
+    def describe_default(self) -> str:
+        if self.default_text is not None:
+            return self.default_text
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if isinstance(self.default, float):
+            return f"{self.default:g}"
+        return "none" if self.default in (None, ()) else str(self.default)
+
+
+def _opt(name: str, default: object, coerce: Coerce, group: str, help: str, **kw: Any) -> Option:
+    kw.setdefault("flags", ("--" + name.replace("_", "-"),))
+    return Option(name, default, coerce, group, help, **kw)
+
+
+_APP, _LISTEN, _PROC, _LIMITS, _LOG, _ENV = (
+    "Application",
+    "Listening",
+    "Process model",
+    "Request limits",
+    "Logging",
+    "Process environment",
+)
+
+# fmt: off
+OPTIONS: tuple[Option, ...] = (
+    # Application
+    _opt("app", None, _app, _APP, "The WSGI application: a module and an optional callable, e.g. "
+         "mysite.wsgi:application or myapp:create_app(). Without a callable, 'application' then 'app' is "
+         "used. The current directory is searched first, like manage.py does.",
+         flags=(), metavar="MODULE[:CALLABLE]", default_text="required, except under manage.py runfcgi"),
+    _opt("script_name", None, _script_name, _APP, "Mount point of the application: SCRIPT_NAME is set to "
+         "this and PATH_INFO to the rest of the request path. Without it, SCRIPT_NAME and PATH_INFO are "
+         "taken as the web server sends them.", metavar="PATH", default_text="as sent by the web server"),
+    _opt("preload", False, _bool, _APP, "prefork: import the application once in the master before forking, "
+         "so children share its memory and start fast. Off: each child imports it after the fork, so a "
+         "broken import cannot take the master down.", kind="flag"),
+    _opt("debug", False, _bool, _APP, "Send Python tracebacks to the client in 500 responses. Never on a "
+         "public site: tracebacks show source code and settings.", runfcgi=("debug",), kind="flag"),
+    _opt("protocol", "fcgi", _choice("fcgi", "scgi"), _APP, "Wire protocol spoken with the web server.",
+         runfcgi=("protocol",), metavar="{fcgi,scgi}"),
+    # Listening
+    _opt("host", "127.0.0.1", _host, _LISTEN, "TCP address to listen on; '::1' or '::' for IPv6. Loopback "
+         "by default: FastCGI has no authentication, so anyone who can connect can run requests.",
+         runfcgi=("host",), metavar="ADDRESS"),
+    _opt("port", 8080, _int(0, 65535), _LISTEN, "TCP port to listen on (0 picks a free port). 8080 is "
+         "what the classic 'fastcgi_pass 127.0.0.1:8080;' nginx examples expect.",
+         runfcgi=("port",), metavar="PORT"),
+    _opt("socket", None, _path, _LISTEN, "Listen on this unix socket path instead of TCP. A stale socket "
+         "left by a dead server is replaced; any other file at the path is an error.",
+         runfcgi=("socket",), metavar="PATH"),
+    _opt("socket_mode", 0o660, _mode(False), _LISTEN, "Permissions of the unix socket (octal). The default "
+         "lets the owner and group connect: put the web server in the group. World-writable modes let every "
+         "local user send requests.", metavar="MODE", default_text="0660"),
+    _opt("fd", None, _optional_int(0), _LISTEN, "Serve on an inherited listening socket with this file "
+         "descriptor number. When none of --host/--port/--socket/--fd is given, sockets passed by systemd "
+         "socket activation are used, else fd 0 if it is a listening socket (the server was spawned by a "
+         "web server, FastCGI spec 2.2), else --host/--port.", metavar="N"),
+    _opt("backlog", 1024, _int(1, 65535), _LISTEN, "Length of the listen queue (the kernel caps it at "
+         "net.core.somaxconn).", metavar="N"),
+    _opt("allow_from", (), _networks, _LISTEN, "Accept connections only from these IP addresses or CIDR "
+         "networks (comma-separated or repeated). FCGI_WEB_SERVER_ADDRS in the environment adds to the list "
+         "and, as the spec requires, then also refuses unix-socket peers.",
+         metavar="ADDR[,ADDR...]", kind="list", default_text="anyone who can connect"),
+    # Process model
+    _opt("method", "threaded", _choice("threaded", "prefork", aliases={"thread": "threaded",
+         "fork": "prefork"}), _PROC, "threaded: one process, a pool of threads. prefork: a master and "
+         "child processes (isolates crashes and leaks; uses all cores for CPU-bound apps).",
+         runfcgi=("method",), metavar="{threaded,prefork}"),
+    _opt("minspare", 2, _int(0), _PROC, "Idle workers kept ready (threads, or prefork processes).",
+         runfcgi=("minspare",), metavar="N"),
+    _opt("maxspare", 5, _int(1), _PROC, "Idle workers beyond this are retired.", runfcgi=("maxspare",),
+         metavar="N"),
+    _opt("maxchildren", None, _optional_int(1), _PROC, "Workers at most: threads for threaded, processes "
+         "for prefork. Unset means 50 threads or 8 processes (raised to --maxspare if that is larger, so "
+         "old runfcgi settings keep working).", runfcgi=("maxchildren",), metavar="N",
+         default_text="50 (threaded) / 8 (prefork)"),
+    _opt("threads", 4, _int(1), _PROC, "prefork: threads per child. A few threads let a child hold several "
+         "kept-alive connections, so an idle connection does not cost a whole process.", metavar="N"),
+    _opt("maxrequests", 0, _int(0), _PROC, "Recycle a worker after this many requests (bounds slow leaks). "
+         "0 means never.", runfcgi=("maxrequests",), metavar="N", default_text="0 (never)"),
+    _opt("maxrequests_jitter", 0, _int(0), _PROC, "Add up to this many requests, at random, to each "
+         "worker's --maxrequests so workers do not all recycle at once.", metavar="N"),
+    _opt("timeout", 0.0, _seconds, _PROC, "prefork: kill a child busy on one request for longer than this "
+         "many seconds. 0 means never (a thread cannot be killed, so threaded has no such option).",
+         metavar="SECONDS", default_text="0 (never)"),
+    _opt("graceful_timeout", 30.0, _seconds, _PROC, "On SIGTERM or reload, let in-flight requests finish "
+         "for up to this many seconds before closing their connections.", metavar="SECONDS"),
+    _opt("idle_timeout", 0.0, _seconds, _PROC, "Close a kept-alive connection idle for this many seconds. "
+         "0 means never: the web server closes idle upstream connections itself (nginx keepalive_timeout).",
+         metavar="SECONDS", default_text="0 (never)"),
+    _opt("pidfile", None, _path, _PROC, "Write the server's pid to this file (atomically), refuse to start "
+         "if it names a running process, remove it on exit.", runfcgi=("pidfile",), metavar="PATH"),
+    # Request limits
+    _opt("multiplexed", None, _optional_bool, _LIMITS, "Advertise FCGI_MPXS_CONNS=1 and run several "
+         "requests of one connection concurrently. nginx does not multiplex, so this matters only to web "
+         "servers that do.",
+         kind="flag", default_text="on (threaded) / off (prefork)"),
+    _opt("max_requests_per_connection", 100, _int(1), _LIMITS, "Concurrent requests allowed on one "
+         "multiplexed connection (FCGI_MAX_REQS); more are refused with OVERLOADED.", metavar="N"),
+    _opt("max_connections", 0, _int(0), _LIMITS, "Open connections per process (FCGI_MAX_CONNS); beyond it "
+         "new connections wait in the listen queue. 0 means no limit.", metavar="N",
+         default_text="0 (no limit)"),
+    _opt("max_params_bytes", MIB, _size, _LIMITS, "Largest PARAMS stream (CGI variables and HTTP headers) "
+         "of one request; nginx sends a few KiB.", metavar="SIZE", default_text="1M"),
+    _opt("max_params_count", 1000, _int(1), _LIMITS, "Most PARAMS name-value pairs in one request; a "
+         "normal request has 20 to 60.", metavar="N"),
+    _opt("max_body_size", GIB, _size, _LIMITS, "Largest request body (STDIN); a larger one is answered "
+         "413. Bodies are spooled to disk, so this bounds disk use, not memory. 0 means no limit.",
+         metavar="SIZE", default_text="1G"),
+    _opt("spool_threshold", MIB, _size, _LIMITS, "Request bodies larger than this are spooled to a "
+         "temporary file instead of memory.", metavar="SIZE", default_text="1M"),
+    # Logging
+    _opt("log_level", "info", _choice("debug", "info", "warning", "error", aliases={"warn": "warning"}),
+         _LOG, "Least severe message logged.", metavar="{debug,info,warning,error}"),
+    _opt("log_file", None, _path, _LOG, "Append the log to this file instead of stderr (reopened on "
+         "SIGUSR1, for logrotate). Under a supervisor, leave it unset: stderr is what it collects.",
+         runfcgi=("errlog", "outlog"), metavar="PATH", default_text="stderr"),
+    _opt("access_log", None, _path, _LOG, "Write one line per request to this file ('-' for stderr).",
+         metavar="PATH", default_text="off"),
+    # Process environment
+    _opt("chdir", None, _path, _ENV, "Change to this directory before loading the application.",
+         runfcgi=("workdir",), metavar="DIR"),
+    _opt("umask", None, _mode(True), _ENV, "Set the process umask (octal) at start-up, for files the "
+         "application creates.", runfcgi=("umask",), metavar="MASK", default_text="inherited"),
+)
+
+_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+# runfcgi words fcgiserve answers itself; every other runfcgi key is an Option alias.
+_RUNFCGI_SPECIAL = ("daemonize",)
+_RUNFCGI: dict[str, Option] = {alias: o for o in OPTIONS for alias in o.runfcgi}
+
+
+_D: dict[str, Any] = {o.name: o.default for o in OPTIONS}  # the dataclass defaults, straight from the table
+
+
+def _coerce(opt: Option, raw: object) -> object:
+    try:
+        return opt.coerce(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{opt.display} {exc} (got {raw!r})") from None
+
+
+# --- the validated, frozen configuration -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The validated configuration: one field per Option, plus ``explicit`` (the option names the user set).
+
+    Build it with ``Config.from_mapping()``, ``parse_args()`` or ``Config(...)``; every value is checked
+    (strings are parsed as on the command line) and a bad one raises ConfigError.
+    """
+
+    app: str | None = _D["app"]
+    script_name: str | None = _D["script_name"]
+    preload: bool = _D["preload"]
+    debug: bool = _D["debug"]
+    protocol: Protocol = _D["protocol"]
+    host: str = _D["host"]
+    port: int = _D["port"]
+    socket: str | None = _D["socket"]
+    socket_mode: int = _D["socket_mode"]
+    fd: int | None = _D["fd"]
+    backlog: int = _D["backlog"]
+    allow_from: tuple[str, ...] = _D["allow_from"]
+    method: Method = _D["method"]
+    minspare: int = _D["minspare"]
+    maxspare: int = _D["maxspare"]
+    maxchildren: int | None = _D["maxchildren"]
+    threads: int = _D["threads"]
+    maxrequests: int = _D["maxrequests"]
+    maxrequests_jitter: int = _D["maxrequests_jitter"]
+    timeout: float = _D["timeout"]
+    graceful_timeout: float = _D["graceful_timeout"]
+    idle_timeout: float = _D["idle_timeout"]
+    pidfile: str | None = _D["pidfile"]
+    multiplexed: bool | None = _D["multiplexed"]
+    max_requests_per_connection: int = _D["max_requests_per_connection"]
+    max_connections: int = _D["max_connections"]
+    max_params_bytes: int = _D["max_params_bytes"]
+    max_params_count: int = _D["max_params_count"]
+    max_body_size: int = _D["max_body_size"]
+    spool_threshold: int = _D["spool_threshold"]
+    log_level: LogLevel = _D["log_level"]
+    log_file: str | None = _D["log_file"]
+    access_log: str | None = _D["access_log"]
+    chdir: str | None = _D["chdir"]
+    umask: int | None = _D["umask"]
+    explicit: frozenset[str] = field(default=frozenset())
+
+    def __post_init__(self) -> None:
+        for opt in OPTIONS:
+            object.__setattr__(self, opt.name, _coerce(opt, getattr(self, opt.name)))
+        unknown = set(self.explicit) - _BY_NAME.keys()
+        if unknown:
+            raise ConfigError(f"unknown option name(s) in explicit: {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "explicit", frozenset(self.explicit))
+        self._check_combinations()
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> Config:
+        """Build from option names -> values (strings or native); the keys become ``explicit``."""
+        _reject_unknown(values)
+        return cls(**cast("dict[str, Any]", dict(values)), explicit=frozenset(values))
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with ``changes`` applied (and added to ``explicit``), validated again."""
+        _reject_unknown(changes)
+        fields = cast("dict[str, Any]", changes)
+        return dataclasses.replace(self, **fields, explicit=self.explicit | changes.keys())
+
+    @property
+    def effective_maxchildren(self) -> int:
+        """--maxchildren, or the method's default raised to --maxspare."""
+        if self.maxchildren is not None:
+            return self.maxchildren
+        return max(METHOD_MAXCHILDREN[self.method], self.maxspare)
+
+    @property
+    def effective_multiplexed(self) -> bool:
+        return self.method == "threaded" if self.multiplexed is None else self.multiplexed
+
+    def listen_kind(self) -> ListenKind:
+        """What to listen on: "default" means fd 0 if it is a listening socket, else TCP host:port."""
+        if self.socket is not None:
+            return "unix"
+        if self.fd is not None:
+            return "fd"
+        return "tcp" if self.explicit & {"host", "port"} else "default"
+
+    def _check_combinations(self) -> None:
+        def fail(message: str) -> NoReturn:
+            raise ConfigError(message)
+
+        if self.maxspare < self.minspare:
+            fail(f"--maxspare must be >= --minspare (got {self.maxspare} < {self.minspare})")
+        if self.maxchildren is not None and self.maxchildren < self.maxspare:
+            fail(f"--maxchildren must be >= --maxspare (got {self.maxchildren} < {self.maxspare})")
+        places = [n for n in ("socket", "fd") if getattr(self, n) is not None]
+        places += sorted(self.explicit & {"host", "port"})[:1]
+        if len(places) > 1:
+            fail(f"--{places[0]} and --{places[1]} are mutually exclusive: listen on one of tcp, unix or fd")
+        if self.maxrequests_jitter and not self.maxrequests:
+            fail("--maxrequests-jitter needs --maxrequests (jitter of an unlimited count means nothing)")
+        if self.method == "threaded" and self.timeout:
+            fail("--timeout needs --method prefork: a stuck thread cannot be killed")
+        if self.method == "threaded" and "threads" in self.explicit:
+            fail("--threads is per prefork child; with --method threaded use --maxchildren")
+        if "socket_mode" in self.explicit and self.socket is None:
+            fail("--socket-mode needs --socket: it is the mode of the unix socket file fcgiserve creates")
+        if self.method == "threaded" and "preload" in self.explicit and self.preload:
+            fail("--preload needs --method prefork: threaded always loads the application once")
+
+
+def _reject_unknown(values: Mapping[str, object]) -> None:
+    unknown = [k for k in values if k not in _BY_NAME]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}; see fcgiserve --help")
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing usage and exiting: errors stay one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_argparser(prog: str = "fcgiserve") -> argparse.ArgumentParser:
+    """The command line generated from OPTIONS. Unset options stay absent from the namespace (SUPPRESS),
+    which is how ``Config.explicit`` knows what the user gave. ``error()`` raises ConfigError."""
+    parser = _OneLineParser(
+        prog=prog,
+        description="Serve a WSGI application over FastCGI. The old 'manage.py runfcgi' key=value words "
+        "(method=prefork port=8080 ...) are accepted too, mixed with the options below.",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # --max-b could mean a different option once options are added
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in OPTIONS:
+        group = groups.get(opt.group) or groups.setdefault(opt.group, parser.add_argument_group(opt.group))
+        aliases = f" [runfcgi: {', '.join(a + '=' for a in opt.runfcgi)}]" if opt.runfcgi else ""
+        text = f"{opt.help} (default: {opt.describe_default()}){aliases}".replace("%", "%%")
+        if not opt.flags:
+            group.add_argument(opt.name, nargs="?", metavar=opt.metavar, help=text)
+        elif opt.kind == "flag":
+            group.add_argument(*opt.flags, dest=opt.name, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            action = "append" if opt.kind == "list" else "store"
+            group.add_argument(*opt.flags, dest=opt.name, metavar=opt.metavar, action=action, help=text)
+    return parser
+
+
+def _split_runfcgi(
+    argv: Sequence[str], parser: argparse.ArgumentParser
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separate ``key=value`` words from the argparse arguments; a flag's value ("--log-file a=b") stays."""
+    rest: list[str] = []
+    words: list[tuple[str, str]] = []
+    takes_value = {flag for a in parser._actions if a.nargs != 0 for flag in a.option_strings}
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            rest.extend(argv[index:])
+            break
+        key, eq, value = arg.partition("=")
+        if eq and not arg.startswith("-") and not (rest and rest[-1] in takes_value):
+            words.append((key.strip().lower(), value))
+        else:
+            rest.append(arg)
+    return rest, words
+
+
+def _runfcgi_values(words: Sequence[tuple[str, str]]) -> list[tuple[str, str, object]]:
+    """(option name, how it was written, value) for each runfcgi word."""
+    out: list[tuple[str, str, object]] = []
+    for key, value in words:
+        if key == "daemonize":
+            if value.strip().lower() not in _BOOLS:
+                raise ConfigError(f"daemonize= must be true or false (got {value!r})")
+            if _BOOLS[value.strip().lower()]:
+                raise ConfigError(
+                    "daemonize=true is not supported: fcgiserve never daemonizes; run it in the foreground "
+                    "under a supervisor (systemd, runit, daemontools) or drop daemonize="
+                )
+            continue
+        if key not in _RUNFCGI:
+            known = ", ".join(sorted([*_RUNFCGI, *_RUNFCGI_SPECIAL]))
+            raise ConfigError(f"unknown runfcgi option {key}= (known: {known})")
+        out.append((_RUNFCGI[key].name, f"{key}=", value))
+    return out
+
+
+def parse_known(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> tuple[Config, argparse.Namespace]:
+    """Parse --flags, the positional app and runfcgi words into a Config.
+
+    ``parser`` may be ``build_argparser()`` with extra arguments added by the caller; the namespace is
+    returned so the caller can read them. Raises ConfigError (one line) for every kind of mistake.
+    """
+    parser = parser or build_argparser()
+    rest, words = _split_runfcgi(sys.argv[1:] if argv is None else argv, parser)
+    namespace = parser.parse_args(rest)
+    given: dict[str, tuple[str, object]] = {}
+    sources = [(o.name, o.display, getattr(namespace, o.name)) for o in OPTIONS if hasattr(namespace, o.name)]
+    for name, source, raw in sources + _runfcgi_values(words):
+        value = _coerce(_BY_NAME[name], raw)
+        if name in given and given[name][1] != value:
+            first = given[name][0]
+            raise ConfigError(f"{first} and {source} both set {_BY_NAME[name].display} to different values")
+        given.setdefault(name, (source, value))
+    return Config.from_mapping({name: value for name, (_, value) in given.items()}), namespace
+
+
+def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> Config:
+    """``parse_known()`` without the namespace. Raises ConfigError."""
+    return parse_known(argv, parser)[0]
+
+
+def main_parse(argv: Sequence[str] | None = None, prog: str = "fcgiserve") -> Config:
+    """``parse_args()`` for a ``main()``: a mistake prints ``prog: error: ...`` (one line) and exits 2."""
+    try:
+        return parse_args(argv, build_argparser(prog))
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,524 @@
+"""Serve one accepted FastCGI connection: socket bytes <-> ``ServerConnection`` <-> the WSGI adapter.
+
+What this module owns: reading into one reusable buffer, feeding the sans-IO core, running each request's
+application, writing every record whole under one lock per connection, and deciding when the connection is
+idle (parked by the pool) or finished. It knows no pool: whichever thread the pool lends calls ``serve()``.
+
+Scheduling (the fast path is the common case — nginx, one request per connection at a time):
+- A request whose params are complete while no other request of the connection is running runs *inline*
+  in the serving thread. Its body is pulled from the socket by that same thread when the application reads
+  past what has arrived (``RequestBody.fill``): no thread hop, one ``recv`` and one ``send`` per request.
+- As soon as a connection shows multiplexing (two requests active at once) every request of it runs in a
+  thread of its own and the serving thread becomes the connection's reader, so a slow body or a slow
+  application of one request never stalls the others (checklist S-H).
+- When no request is active, ``serve()`` returns True and the pool parks the connection: an idle kept-alive
+  connection costs no worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fcgiserve.protocol import (
+    ConnectionClosed,
+    ConnectionSettings,
+    Data,
+    DataEnd,
+    ParamsComplete,
+    ProtocolLimits,
+    ProtocolStatus,
+    RemoteProtocolError,
+    RequestAborted,
+    RequestFailed,
+    RequestRejected,
+    RequestStarted,
+    Role,
+    ServerConnection,
+    StdinData,
+    StdinEnd,
+)
+from fcgiserve.wsgi import (
+    ClientDisconnected,
+    RequestBody,
+    WSGIOptions,
+    build_environ,
+    run_application,
+)
+
+__all__ = ["ConnectionFactory", "HandlerOptions", "ServedConnection"]
+
+log = logging.getLogger("fcgiserve.handler")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_RECV_SIZE = 256 * 1024  # one recv takes a whole nginx request, or a good slice of an upload
+_MUX_READ_TIMEOUT = 1.0  # a multiplexing connection's reader re-checks whether it may park this often
+
+_ROLE_NAMES = {Role.RESPONDER: "RESPONDER", Role.AUTHORIZER: "AUTHORIZER", Role.FILTER: "FILTER"}
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOptions:
+    """Everything a connection needs to know, computed once per process by the wiring layer."""
+
+    wsgi: WSGIOptions = field(default_factory=WSGIOptions)
+    settings: ConnectionSettings = field(default_factory=ConnectionSettings)
+    limits: ProtocolLimits = field(default_factory=ProtocolLimits)
+    max_body_size: int = 0  # 0 = unlimited; larger bodies get 413 without running the app
+    allowed: Callable[[Any], bool] | None = None  # peer address -> may it talk to us?
+    max_in_flight: int = 0  # requests running at once in this process (FCGI_MAX_REQS); 0 = unbounded
+
+
+class ConnectionFactory:
+    """Builds a ``ServedConnection`` per accepted socket; handed to a pool (see ``pools/base.py``)."""
+
+    def __init__(self, app: WSGIApp, options: HandlerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.observer: Any = None  # RequestObserver, set by the pool
+        # Requests of multiplexed connections run in threads of their own, outside the pool's accounting:
+        # this bound keeps them within FCGI_MAX_REQS, and beyond it they are answered OVERLOADED (S-F6).
+        self._in_flight = threading.BoundedSemaphore(options.max_in_flight) if options.max_in_flight else None
+
+    def reserve(self) -> bool:
+        """Claim a slot for a request that will run in a thread of its own; False when saturated."""
+        return self._in_flight is None or self._in_flight.acquire(blocking=False)
+
+    def release(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.release()
+
+    def open(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
+        allowed = self.options.allowed
+        if allowed is not None and not allowed(peer):
+            log.warning("refused connection from %s: not in the allow-list", _describe(peer))
+            _close_quietly(sock)
+            return None
+        sock.setblocking(True)
+        return ServedConnection(self, sock, peer)
+
+
+class _Request:
+    """One request's server-side state; lives from BEGIN_REQUEST until its END_REQUEST is sent."""
+
+    __slots__ = (
+        "aborted", "body", "data", "ended", "keep_conn", "length", "params", "request_id", "role", "started",
+        "threaded",
+    )  # fmt: skip
+
+    def __init__(self, request_id: int, role: Role, keep_conn: bool) -> None:
+        self.request_id = request_id
+        self.role = role
+        self.keep_conn = keep_conn
+        self.params: list[tuple[bytes, bytes]] | None = None
+        self.length: int | None = 0  # CONTENT_LENGTH as sent; None when unparsable
+        self.body: RequestBody | None = None
+        self.data: RequestBody | None = None
+        self.started = False
+        self.threaded = False  # runs in a thread of its own (multiplexed connection)
+        self.aborted = False
+        self.ended = False
+
+
+class _RequestIO:
+    """The WSGI adapter's view of one request's output (the ``RequestIO`` interface of ``wsgi.py``)."""
+
+    __slots__ = ("_conn", "_request")
+
+    def __init__(self, conn: ServedConnection, request: _Request) -> None:
+        self._conn = conn
+        self._request = request
+
+    def write(self, data: bytes) -> None:
+        self._conn.write_stream(self._request, data, stderr=False)
+
+    def write_errors(self, data: bytes) -> None:
+        self._conn.write_stream(self._request, data, stderr=True)
+
+    @property
+    def aborted(self) -> bool:
+        return self._request.aborted
+
+
+class ServedConnection:
+    """One accepted socket and its ``ServerConnection``; see the module docstring for the scheduling."""
+
+    def __init__(self, factory: ConnectionFactory, sock: socket.socket, peer: Any) -> None:
+        self._factory = factory
+        self._options = factory.options
+        self._sock = sock
+        self._peer = peer
+        self._fd = sock.fileno()
+        self._proto = ServerConnection(settings=self._options.settings, limits=self._options.limits)
+        self._lock = threading.Lock()  # guards _proto and every socket write: records never interleave
+        self._buffer = bytearray(_RECV_SIZE)
+        self._view = memoryview(self._buffer)
+        self._requests: dict[int, _Request] = {}
+        self._runnable: list[_Request] = []
+        self._multiplexed = False  # set for good once two requests were active at once
+        self._closed = False
+        self._broken = False  # a write failed or the peer broke the protocol
+        self._eof = False  # the peer closed its side
+        self._orphaned = False  # the reader gave up while threaded requests still ran; the last one closes
+
+    def fileno(self) -> int:
+        return self._fd
+
+    # -- the pool's entry point -------------------------------------------------------------------------
+
+    def serve(self) -> bool:
+        try:
+            return self._serve()
+        except Exception:  # the pool must never lose a worker to us
+            log.exception("internal error serving %s; closing the connection", _describe(self._peer))
+            self._abort_all()
+            self.close()
+            return False
+
+    def _serve(self) -> bool:
+        if self._closed:
+            return False
+        if not self._read_and_dispatch(timeout=None):
+            return self._finish_or_park()
+        while True:
+            self._run_runnable()
+            if self._closed:
+                return False
+            if not self._requests:
+                return self._finish_or_park()
+            # Requests are still in progress: inline ones wait for body bytes, threaded ones for CPU.
+            if not self._read_and_dispatch(timeout=_MUX_READ_TIMEOUT if self._multiplexed else None):
+                return self._finish_or_park()
+
+    def _finish_or_park(self) -> bool:
+        if self._closed:
+            return False
+        with self._lock:
+            if self._requests:
+                # The peer went away while requests run in their own threads: they notice on their next
+                # write, and the last one out closes the socket.
+                self._orphaned = True
+                return False
+        if self._eof or self._broken or self._proto.should_close:
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _close_quietly(self._sock)
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def _read_and_dispatch(self, timeout: float | None) -> bool:
+        """Read once and dispatch the events. False when the connection is over (EOF, error, timeout idle)."""
+        try:
+            if timeout is not None:
+                self._sock.settimeout(timeout)
+            try:
+                n = self._sock.recv_into(self._buffer)
+            finally:
+                if timeout is not None:
+                    self._sock.settimeout(None)
+        except TimeoutError:
+            return bool(self._requests)  # still busy: keep reading; idle: let the caller park
+        except OSError as exc:
+            log.debug("connection from %s: read failed: %s", _describe(self._peer), exc)
+            n = 0
+        if not n:
+            self._eof = True
+        data = self._view[:n] if n else b""
+        fatal = False
+        with self._lock:
+            try:
+                events = self._proto.receive_data(data)
+            except RemoteProtocolError as exc:
+                # Connection-fatal (the object is poisoned): say what the layer composed, then hang up.
+                log.warning("closing connection from %s: %s", _describe(self._peer), exc)
+                self._send_locked(self._proto.data_to_send())
+                self._broken = fatal = True
+                events = []
+            else:
+                pending = self._proto.data_to_send()
+                if pending:
+                    self._send_locked(pending)
+        if fatal:
+            self._abort_all()
+        for event in events:
+            self._dispatch(event)
+        return n > 0 and not self._broken
+
+    def _dispatch(self, event: object) -> None:
+        # Ordered by frequency on the hot path.
+        if isinstance(event, RequestStarted):
+            request = _Request(event.request_id, event.role, event.keep_conn)
+            self._requests[event.request_id] = request
+            if len(self._requests) > 1:
+                self._multiplexed = True
+        elif isinstance(event, ParamsComplete):
+            self._params_complete(event.request_id, event.params)
+        elif isinstance(event, StdinData):
+            request = self._requests.get(event.request_id)
+            if request is not None and request.body is not None:
+                request.body.feed(event.data)
+        elif isinstance(event, StdinEnd):
+            request = self._requests.get(event.request_id)
+            if request is not None and request.body is not None:
+                request.body.finish()
+        elif isinstance(event, Data):
+            request = self._requests.get(event.request_id)
+            if request is not None and request.data is not None:
+                request.data.feed(event.data)
+        elif isinstance(event, DataEnd):
+            request = self._requests.get(event.request_id)
+            if request is not None and request.data is not None:
+                request.data.finish()
+        elif isinstance(event, RequestAborted):
+            self._abort(event.request_id, "aborted by the web server")
+        elif isinstance(event, RequestFailed):
+            log.warning("request %d from %s failed: %s", event.request_id, _describe(self._peer), event.error)
+            self._abort(event.request_id, "broke the protocol")
+        elif isinstance(event, RequestRejected):
+            log.info(
+                "request %d from %s refused (%s): %s",
+                event.request_id, _describe(self._peer), event.protocol_status.name, event.error or "aborted early",
+            )  # fmt: skip
+        elif isinstance(event, ConnectionClosed):
+            self._abort_all()
+
+    def _params_complete(self, request_id: int, params: list[tuple[bytes, bytes]]) -> None:
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        request.params = params
+        threshold = self._options.wsgi.spool_threshold
+        fill = None if self._multiplexed else self._fill
+        if request.role is not Role.AUTHORIZER:
+            request.length = _content_length(params)
+            request.body = RequestBody(request.length, threshold, fill)
+        else:
+            # S-G2: an authorizer gets no body; its STDIN stream still ends with an empty record.
+            request.body = RequestBody(0, threshold, fill)
+        if request.role is Role.FILTER:
+            request.data = RequestBody(_data_length(params), threshold, fill)
+        self._runnable.append(request)
+
+    def _fill(self) -> bool:
+        """Pull more bytes for an inline request's body; runs in the serving thread (RequestBody.fill)."""
+        if self._closed or self._broken:
+            return False
+        more = self._read_and_dispatch(timeout=None)
+        # Requests that became runnable while the inline app reads its body run in threads of their own.
+        if self._runnable:
+            self._multiplexed = True
+            self._start_threads()
+        return more
+
+    # -- running applications ----------------------------------------------------------------------------
+
+    def _run_runnable(self) -> None:
+        if not self._runnable:
+            return
+        if self._multiplexed or len(self._runnable) > 1 or len(self._requests) > 1:
+            self._multiplexed = True
+            self._start_threads()
+            return
+        request = self._runnable.pop()
+        self._run(request)
+
+    def _start_threads(self) -> None:
+        runnable, self._runnable = self._runnable, []
+        for request in runnable:
+            if not self._factory.reserve():
+                self._overloaded(request)
+                continue
+            if request.body is not None:
+                request.body.fill = None  # the serving thread is the reader now
+            if request.data is not None:
+                request.data.fill = None
+            request.threaded = True
+            thread = threading.Thread(
+                target=self._run_threaded, args=(request,), name=f"fcgiserve-request-{request.request_id}",
+                daemon=True,
+            )  # fmt: skip
+            thread.start()
+
+    def _run_threaded(self, request: _Request) -> None:
+        try:
+            self._run(request)
+        finally:
+            self._factory.release()
+
+    def _overloaded(self, request: _Request) -> None:
+        log.warning(
+            "request %d from %s refused: %s requests already in progress (FCGI_MAX_REQS)",
+            request.request_id, _describe(self._peer), self._options.max_in_flight,
+        )  # fmt: skip
+        with self._lock:
+            request.ended = True
+            self._requests.pop(request.request_id, None)
+            if not (self._broken or self._closed):
+                self._send_locked(self._proto.reject_request(request.request_id, ProtocolStatus.OVERLOADED))
+
+    def _run(self, request: _Request) -> None:
+        request.started = True
+        assert request.params is not None and request.body is not None
+        options = self._options
+        app_status = 1
+        observer = self._factory.observer
+        environ = build_environ(request.params, options.wsgi, _ROLE_NAMES[request.role])
+        environ["fcgiserve.request_id"] = request.request_id
+        if observer is not None:
+            observer.request_started(f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI', '-')}")
+        try:
+            limit = options.max_body_size
+            if limit and request.length is not None and request.length > limit:
+                app_status = self._reject_too_large(request, limit)
+            else:
+                app_status = run_application(
+                    self._factory.app, environ, request.body, _RequestIO(self, request), options.wsgi, request.data
+                )
+        except Exception:
+            log.exception("request %d: unexpected error in the WSGI adapter", request.request_id)
+        finally:
+            request.body.close()
+            if request.data is not None:
+                request.data.close()
+            self._end(request, app_status)
+            if observer is not None:
+                observer.request_finished()
+
+    def _reject_too_large(self, request: _Request, limit: int) -> int:
+        log.warning(
+            "request %d from %s: body of %s bytes exceeds --max-body-size %d; answered 413",
+            request.request_id,
+            _describe(self._peer),
+            request.length,
+            limit,
+        )
+        body = b"Request body too large\n"
+        head = b"Status: 413 Payload Too Large\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+        self.write_stream(request, head % len(body) + body, stderr=False)
+        return 0
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def write_stream(self, request: _Request, data: bytes, *, stderr: bool) -> None:
+        """STDOUT/STDERR for one request, as whole records under the connection lock (checklist S-B5)."""
+        if request.aborted or request.ended:
+            raise ClientDisconnected("the web server aborted the request or closed the connection")
+        if not data:
+            return
+        with self._lock:
+            if self._broken or self._closed:
+                raise ClientDisconnected("the web server closed the connection")
+            if stderr:
+                out = self._proto.send_stderr(request.request_id, data)
+            else:
+                out = self._proto.send_stdout(request.request_id, data)
+            if not self._send_locked(out):
+                raise ClientDisconnected("the web server closed the connection")
+
+    def _end(self, request: _Request, app_status: int) -> None:
+        with self._lock:
+            if not request.ended:
+                request.ended = True
+                if not (self._broken or self._closed):
+                    try:
+                        self._send_locked(self._proto.end_request(request.request_id, app_status))
+                    except Exception:
+                        log.exception("request %d: could not end the request", request.request_id)
+                        self._broken = True
+            self._requests.pop(request.request_id, None)
+            last_out = request.threaded and not self._requests
+            orphaned = self._orphaned
+            finished = self._proto.should_close or self._broken
+        if not last_out:
+            return
+        if orphaned:
+            self.close()
+        elif finished:
+            # Wake the reader blocked in recv so that it closes the connection.
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _send_locked(self, data: bytes) -> bool:
+        if not data:
+            return True
+        if self._broken or self._closed:
+            return False
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            # A web server that went away is an expected event: one concise line, no traceback (P16).
+            log.info("connection from %s: peer went away while we wrote (%s)", _describe(self._peer), exc)
+            self._broken = True
+            return False
+        return True
+
+    # -- aborts ------------------------------------------------------------------------------------------
+
+    def _abort(self, request_id: int, why: str) -> None:
+        """Tell a request's application that it is over (S-F7); END_REQUEST follows when it returns."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        log.debug("request %d from %s %s", request_id, _describe(self._peer), why)
+        request.aborted = True
+        for body in (request.body, request.data):
+            if body is not None:
+                body.abort()
+        if not request.started:
+            # Never reached the application: answer at once.
+            if request in self._runnable:
+                self._runnable.remove(request)
+            self._end(request, 1)
+
+    def _abort_all(self) -> None:
+        for request_id in list(self._requests):
+            self._abort(request_id, "lost its connection")
+
+
+def _content_length(params: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in params:
+        if name == b"CONTENT_LENGTH":
+            try:
+                return int(value) if value else 0
+            except ValueError:
+                return None
+    return 0
+
+
+def _data_length(params: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in params:
+        if name == b"FCGI_DATA_LENGTH":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _describe(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer) if peer else "unix socket"
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+

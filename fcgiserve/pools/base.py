@@ -1,0 +1,74 @@
+"""The contract between the pools and the connection factory they are handed.
+
+Pools own threads and processes; they never see a FastCGI record. ``handler.py`` implements
+``ConnectionFactory`` / ``ServedConnection``; the pools call them and report request progress
+through ``RequestObserver``. This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "ConnectionFactory",
+    "PoolSettings",
+    "RequestObserver",
+    "ServedConnection",
+    "StopReason",
+]
+
+
+class RequestObserver(Protocol):
+    """Set by a pool on the factory; called from worker threads around each request."""
+
+    def request_started(self, info: str) -> None:
+        """``info`` is the request line, e.g. ``"GET /path?q"`` (for stack dumps and slow logs)."""
+
+    def request_finished(self) -> None: ...
+
+
+class ServedConnection(Protocol):
+    """One accepted connection, served by whichever worker thread holds it."""
+
+    def fileno(self) -> int: ...
+
+    def serve(self) -> bool:
+        """Serve while the connection has work, blocking the calling thread.
+
+        Returns True when the connection is idle but kept alive: the pool parks it (watches it for
+        readability and calls ``serve()`` again from a worker when readable). Returns False when the
+        connection is finished and its socket closed. Never raises for network or protocol trouble.
+        """
+
+    def close(self) -> None:
+        """Called by the pool for parked connections at shutdown or idle timeout."""
+
+
+class ConnectionFactory(Protocol):
+    observer: RequestObserver | None
+
+    def open(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
+        """Wrap an accepted socket; None means refused (the factory has closed the socket)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    min_spare: int = 2  # threaded: idle threads; prefork: idle processes
+    max_spare: int = 5
+    max_children: int = 50  # threaded: threads at most; prefork: processes at most
+    max_requests: int = 0  # 0 = unlimited; counts requests, not connections
+    max_requests_jitter: int = 0
+    timeout: float = 0.0  # prefork: busy-on-one-request limit; 0 = off
+    graceful_timeout: float = 30.0
+    threads_per_child: int = 4  # prefork only
+    idle_timeout: float = 0.0  # parked kept-alive connection idle limit; 0 = off
+    max_connections: int = 0  # open connections per process; 0 = unlimited
+
+
+class StopReason(enum.Enum):
+    STOP = "stop"
+    RELOAD = "reload"
+    QUIT = "quit"

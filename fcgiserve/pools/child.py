@@ -1,0 +1,220 @@
+"""A prefork child: from the fork to ``os._exit``, never back into the caller's stack.
+
+The master forks with its handled signals blocked, so none of its handlers (or its wakeup fd) can
+run in the child before ``_detach_from_master`` has reset them. Until the factory is built the
+child has served nothing, so TERM keeps its default action (die at once) and the master's other
+signals are ignored; afterwards a SignalQueue feeds them to the dispatcher's selector thread:
+
+  TERM  graceful stop: stop accepting, finish in-flight requests within graceful_timeout, exit 0
+  QUIT  exit now                        USR1  reopen logs (on_reopen_logs)
+  USR2  log the stacks of the threads busy on a request (the master's timeout; SIGKILL follows)
+  INT, HUP, TTIN, TTOU  ignored: the terminal's Ctrl-C and reloads are the master's business
+
+A child is a Dispatcher with ``threads_per_child`` threads and ``accept_while_busy=False``: it
+accepts only while no request is in progress, so a new connection goes to an idle sibling, yet a
+request arriving on one of its parked kept-alive connections still gets one of its threads. Idle
+kept-alive connections therefore never pin a whole process.
+
+Children never outlive the master: PR_SET_PDEATHSIG (Linux) kills a child when the master dies,
+and everywhere a lifeline pipe, whose write end only the master holds, becomes readable (EOF) in
+every child the moment the master is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from fcgiserve.pools.base import ConnectionFactory, PoolSettings
+from fcgiserve.pools.dispatch import Dispatcher
+from fcgiserve.pools.scoreboard import Scoreboard, SlotWriter
+from fcgiserve.signals import SignalQueue
+
+__all__ = ["EXIT_BOOT_FAILURE", "EXIT_CRASH", "ChildSpec", "run_child"]
+
+log = logging.getLogger("fcgiserve.pools")
+
+EXIT_BOOT_FAILURE = 3  # make_factory() raised: the master stops instead of forking again and again
+EXIT_CRASH = 1  # anything else escaped
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_CHILD_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_IGNORED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """Everything a child needs, built by the master before the fork."""
+
+    listeners: Sequence[socket.socket]
+    make_factory: Callable[[], ConnectionFactory]
+    settings: PoolSettings
+    board: Scoreboard
+    slot: int
+    master_pid: int
+    lifeline: int  # read end of the master's lifeline pipe
+    lifeline_master_end: int  # the write end, which only the master may keep open
+    close_master_fds: Callable[[], None]  # the master's selector, signal queue and wakeup socket
+    blocked_signals: Iterable[int]  # blocked by the master around fork(); unblocked here
+    on_reopen_logs: Callable[[], None] | None
+
+
+def run_child(spec: ChildSpec) -> NoReturn:
+    """Serve until told to stop, then ``os._exit``; catches everything, returns never."""
+    status = EXIT_CRASH
+    try:
+        status = _Child(spec).run()
+    except BaseException:
+        log.exception("worker %d crashed", os.getpid())
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(status)
+
+
+class _Child:
+    def __init__(self, spec: ChildSpec) -> None:
+        self._spec = spec
+        self._pid = os.getpid()
+        self._writer: SlotWriter = spec.board.writer(spec.slot)
+        self._signals: SignalQueue | None = None
+        self._dispatcher: Dispatcher | None = None
+
+    def run(self) -> int:
+        spec = self._spec
+        self._detach_from_master()
+        self._writer.mark_starting(self._pid)
+        try:
+            factory = spec.make_factory()
+        except BaseException:
+            log.exception("worker %d failed to boot: make_factory() raised", self._pid)
+            return EXIT_BOOT_FAILURE
+        factory.observer = self._writer  # the dispatcher chains its own request counter in front
+        settings = spec.settings
+        threads = max(1, settings.threads_per_child)
+        max_requests = 0
+        if settings.max_requests:
+            max_requests = settings.max_requests + random.randint(0, max(0, settings.max_requests_jitter))
+            self._writer.retire_after = max_requests
+        self._dispatcher = Dispatcher(
+            spec.listeners,
+            factory,
+            min_spare=1,
+            max_spare=threads,
+            max_threads=threads,
+            idle_timeout=settings.idle_timeout,
+            max_connections=settings.max_connections,
+            accept_while_busy=False,
+            max_requests=max_requests,
+            graceful_timeout=settings.graceful_timeout,
+            thread_name=f"fcgiserve-worker{self._pid}",
+        )
+        self._install_signals()
+        self._dispatcher.add_wakeup(spec.lifeline, self._on_lifeline)
+        self._writer.mark_ready()
+        log.debug("worker %d ready", self._pid)
+        self._dispatcher.serve_forever()
+        if self._dispatcher.max_requests_reached:
+            log.info("worker %d recycled after %d request(s)", self._pid, self._writer.served)
+        return 0
+
+    def _detach_from_master(self) -> None:
+        """Drop the master's fds and signal handling; die with the master."""
+        spec = self._spec
+        os.close(spec.lifeline_master_end)
+        spec.close_master_fds()  # also restores the handlers the master replaced
+        signal.set_wakeup_fd(-1)
+        for signum in (*spec.blocked_signals, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        for signum in (*_IGNORED_SIGNALS, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, signal.SIG_IGN)  # USR1/USR2 get handlers once the factory exists
+        signal.signal(signal.SIGQUIT, _exit_now)  # its default action would dump core
+        _die_with_parent()
+        if os.getppid() != spec.master_pid:  # the master died before prctl took effect
+            os._exit(0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, spec.blocked_signals)
+        random.seed()  # children must not share the master's random sequence
+
+    def _install_signals(self) -> None:
+        assert self._dispatcher is not None
+        self._signals = SignalQueue()
+        self._signals.install(_CHILD_SIGNALS)
+        self._dispatcher.add_wakeup(self._signals.fileno(), self._on_signals)
+
+    def _on_signals(self) -> None:
+        assert self._signals is not None and self._dispatcher is not None
+        for signum in self._signals.drain():
+            if signum == signal.SIGTERM:
+                self._writer.mark_stopping()
+                self._dispatcher.stop(graceful=True, timeout=self._spec.settings.graceful_timeout)
+            elif signum == signal.SIGQUIT:
+                _exit_now(signum, None)
+            elif signum == signal.SIGUSR1:
+                self._reopen_logs()
+            elif signum == signal.SIGUSR2:
+                self._dump_busy_stacks()
+
+    def _on_lifeline(self) -> None:
+        """Readable only at EOF: the master is gone (the PDEATHSIG fallback for other systems)."""
+        log.warning("worker %d: the master process is gone; exiting", self._pid)
+        _exit_now(0, None)
+
+    def _reopen_logs(self) -> None:
+        if self._spec.on_reopen_logs is None:
+            return
+        try:
+            self._spec.on_reopen_logs()
+        except Exception:
+            log.exception("worker %d: reopening the logs failed", self._pid)
+
+    def _dump_busy_stacks(self) -> None:
+        """The master's timeout fired: log where each busy thread is, with its request line."""
+        frames = sys._current_frames()
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        dumps = []
+        for ident, line in self._writer.busy_threads().items():
+            frame = frames.get(ident)
+            if frame is not None:
+                stack = "".join(traceback.format_stack(frame))
+                dumps.append(f"thread {names.get(ident, ident)} serving {line!r}:\n{stack}")
+        log.error(
+            "worker %d exceeded the request timeout (%gs); it will be killed. Busy threads:\n%s",
+            self._pid,
+            self._spec.settings.timeout,
+            "\n".join(dumps) or "(no thread holds a request any more)",
+        )
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    """QUIT: leave at once; the kernel closes every socket."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(0)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this child when the master dies (a master killed with SIGKILL
+    has no chance to stop its children; a bounded exit of orphans matters more than their requests)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the lifeline pipe still works

@@ -1,0 +1,596 @@
+"""The prefork pool: a master that never serves, and children that accept on the shared listeners.
+
+The master loop is short: wait for a signal or a tick, dispatch each signal to ``_handle_<name>``,
+reap children, kill stuck ones, keep the pool at size. Children report through the shared-memory
+scoreboard (no syscall per request); the master reads it on every tick and on SIGCHLD. Leaving the
+loop is an exception, ``PoolExit``, carrying the reason and the exit status.
+
+Sizing follows php-fpm's ``pm = dynamic``: idle children are kept between min_spare and max_spare,
+max_children at most. When fewer than min_spare are idle (children still booting count as idle),
+the master forks the deficit at once, then twice as many on each following tick while the pool
+stays short (32 per tick at most): a burst of slow requests finds capacity within a few ticks. One
+idle child above max_spare retires per tick (SIGTERM, the idle one that started first).
+
+Generations: SIGHUP starts a new generation (make_factory() runs fresh in each new child); only when
+one of its children is READY does the old generation get SIGTERM, so no request fails. If the new
+generation fails to boot, the old one keeps serving. A child that dies before it is READY at the
+very start stops the master (``PoolExit`` with status 3) instead of forking forever; later crashes
+are replaced, with an exponential pause when they come too fast.
+
+Master signals: TERM / INT graceful stop (a second one, or QUIT, stops at once), HUP new generation,
+QUIT stop now, USR1 reopen logs (and forwarded to children), TTIN / TTOU raise / lower the spare
+bounds by one, CHLD wakes the loop to reap.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fcgiserve.pools.base import ConnectionFactory, PoolSettings, StopReason
+from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
+from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
+from fcgiserve.signals import SignalQueue
+
+__all__ = ["PoolExit", "PreforkPool", "prefork_capacity"]
+
+log = logging.getLogger("fcgiserve.pools")
+
+TICK = 0.2  # scoreboard reading interval
+GROWING_TICK = 0.05  # while the pool grows or a generation boots
+KILL_DELAY = 1.0  # SIGUSR2 (stack dump) -> SIGKILL, graceful deadline -> SIGKILL, QUIT -> SIGKILL
+MAX_SPAWN_BATCH = 32
+CRASH_WINDOW = 10.0  # CRASH_LIMIT abnormal exits within CRASH_WINDOW seconds pause spawning
+CRASH_LIMIT = 10
+MAX_BACKOFF = 32.0
+
+_MASTER_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+# Blocked around fork() so that no master handler runs in a child before it resets them.
+_FORK_BLOCKED = (*_MASTER_SIGNALS, signal.SIGUSR2)
+
+
+class PoolExit(Exception):
+    """Leaves the master loop. ``status`` 0 is a requested stop; anything else a failure to report."""
+
+    def __init__(self, reason: StopReason, status: int = 0, message: str = "") -> None:
+        super().__init__(message or reason.value)
+        self.reason = reason
+        self.status = status
+        self.message = message
+
+
+def prefork_capacity(settings: PoolSettings) -> tuple[int, int]:
+    """(FCGI_MAX_CONNS, FCGI_MAX_REQS) that a prefork pool with these settings really supports.
+
+    Requests in progress are bounded by the threads: ``threads_per_child`` per child. Connections
+    by ``max_connections`` per child when set; otherwise the honest promise is one thread's worth
+    per connection (parked idle connections cost no thread, but a web server that opens more than
+    this and uses them all at once would queue inside a child).
+    """
+    children = max(1, settings.max_children)
+    threads = max(1, settings.threads_per_child)
+    per_child = settings.max_connections or threads
+    return children * per_child, children * threads
+
+
+@dataclass(slots=True)
+class _Child:
+    pid: int
+    slot: int
+    generation: int
+    started_at: float
+    stop_sent_at: float | None = None  # SIGTERM / SIGQUIT sent: any exit is expected
+    dump_sent_at: float | None = None  # SIGUSR2 sent for the timeout; SIGKILL follows
+    killed: bool = False  # SIGKILL sent by the master
+
+
+class PreforkPool:
+    """Serve ``listeners`` from child processes, each built with ``make_factory()`` after the fork.
+
+    Single use. ``run()`` blocks in the calling thread (the main thread when it installs signal
+    handlers); ``request_stop``, ``request_reload`` and ``stats`` are thread-safe; ``ready`` is set
+    once the first generation of children is serving.
+    """
+
+    def __init__(
+        self,
+        listeners: Sequence[socket.socket],
+        make_factory: Callable[[], ConnectionFactory],
+        settings: PoolSettings,
+        on_reopen_logs: Callable[[], None] | None = None,
+    ) -> None:
+        if settings.max_children < 1:
+            raise ValueError(f"max_children must be at least 1, not {settings.max_children}")
+        self._listeners = list(listeners)
+        self._make_factory = make_factory
+        self._settings = settings
+        self._on_reopen_logs = on_reopen_logs
+        # A prefork pool with no idle child would accept nothing: min_spare is at least 1.
+        self._min_spare = min(max(1, settings.min_spare), settings.max_children)
+        self._max_spare = min(max(self._min_spare, settings.max_spare), settings.max_children)
+        self.ready = threading.Event()
+        self._commands: collections.deque[int] = collections.deque()  # signal numbers from request_*
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._children: dict[int, _Child] = {}
+        self._board: Scoreboard | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._signals: SignalQueue | None = None
+        self._lifeline: tuple[int, int] | None = None
+        self._serving_generation = 0  # 0 until the first generation is READY
+        self._booting_generation: int | None = None
+        self._last_generation = 0
+        self._spawn_batch = 1
+        self._growing = False
+        self._last_retire_at = 0.0
+        self._crashes: collections.deque[float] = collections.deque()
+        self._backoff = 0.0
+        self._spawn_paused_until = 0.0
+        self._at_max_children = False
+        self._max_children_reached = 0
+        self._max_active = 0
+        self._served_by_reaped = 0
+        self._start_time = 0.0
+        self._master_pid = os.getpid()
+
+    # -- control from other threads --------------------------------------------------------------------
+
+    def request_stop(self, graceful: bool = True) -> None:
+        self._command(signal.SIGTERM if graceful else signal.SIGQUIT)
+
+    def request_reload(self) -> None:
+        self._command(signal.SIGHUP)
+
+    def _command(self, signum: int) -> None:
+        self._commands.append(signum)
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full: a wakeup is pending anyway
+            pass
+
+    # -- the master loop --------------------------------------------------------------------------------
+
+    def run(self, install_signals: bool = True) -> StopReason:
+        """Serve until stopped. Raises ``PoolExit`` (non-zero status) when the children cannot boot."""
+        self._open(install_signals)
+        try:
+            try:
+                self._start_generation()
+                while True:
+                    for signum in self._wait():
+                        self._dispatch(signum)
+                    self._reap_children()
+                    self._kill_stuck_children()
+                    self._maintain_pool()
+            except PoolExit as exit_:
+                self._stop_children(exit_)
+                if exit_.status:
+                    log.error("prefork pool stopped: %s", exit_.message)
+                    raise
+                log.info("prefork pool stopped (%s)", exit_.reason.value)
+                return exit_.reason
+        finally:
+            self._close()
+
+    def _open(self, install_signals: bool) -> None:
+        s = self._settings
+        self._start_time = time.time()
+        self._master_pid = os.getpid()
+        self._board = Scoreboard(slots=3 * s.max_children, lanes=max(1, s.threads_per_child))
+        self._lifeline = os.pipe()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        if install_signals:
+            self._signals = SignalQueue()
+            self._signals.install(_MASTER_SIGNALS)
+            self._selector.register(self._signals.fileno(), selectors.EVENT_READ)
+        log.info(
+            "prefork pool starting: min_spare=%d max_spare=%d max_children=%d threads_per_child=%d "
+            "max_requests=%s timeout=%s",
+            self._min_spare,
+            self._max_spare,
+            s.max_children,
+            s.threads_per_child,
+            s.max_requests or "unlimited",
+            s.timeout or "off",
+        )
+
+    def _close(self) -> None:
+        """Release what run() opened (also in a child, where only these copies of the fds go)."""
+        if self._signals is not None:
+            self._signals.close()
+            self._signals = None
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        if self._lifeline is not None and os.getpid() == self._master_pid:
+            for fd in self._lifeline:
+                os.close(fd)
+            self._lifeline = None
+        self._wake_r.close()
+        self._wake_w.close()
+        if self._board is not None and os.getpid() == self._master_pid:
+            self._board.close()
+            self._board = None
+
+    def _wait(self) -> list[int]:
+        """Sleep until a signal, a request_* call or the tick; return the signal numbers received."""
+        assert self._selector is not None
+        busy = self._growing or self._booting_generation is not None
+        self._selector.select(GROWING_TICK if busy else TICK)
+        received = self._signals.drain() if self._signals is not None else []
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._commands:
+            received.append(self._commands.popleft())
+        return received
+
+    def _dispatch(self, signum: int) -> None:
+        handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self._handle_term,
+            signal.SIGINT: self._handle_term,
+            signal.SIGQUIT: self._handle_quit,
+            signal.SIGHUP: self._handle_hup,
+            signal.SIGUSR1: self._handle_usr1,
+            signal.SIGTTIN: self._handle_ttin,
+            signal.SIGTTOU: self._handle_ttou,
+        }
+        handler = handlers.get(signum)
+        if handler is not None:  # SIGCHLD: reaping follows anyway
+            handler()
+
+    def _handle_term(self) -> None:
+        raise PoolExit(StopReason.STOP)
+
+    def _handle_quit(self) -> None:
+        raise PoolExit(StopReason.QUIT)
+
+    def _handle_hup(self) -> None:
+        log.info("reload requested: starting a new generation of children")
+        self._start_generation()
+
+    def _handle_usr1(self) -> None:
+        self._reopen_logs()
+        for child in list(self._children.values()):
+            self._signal(child, signal.SIGUSR1)
+
+    def _handle_ttin(self) -> None:
+        limit = self._settings.max_children
+        self._min_spare = min(self._min_spare + 1, limit)
+        self._max_spare = min(self._max_spare + 1, limit)
+        log.info("TTIN: spare children now %d..%d", self._min_spare, self._max_spare)
+
+    def _handle_ttou(self) -> None:
+        self._min_spare = max(self._min_spare - 1, 1)
+        self._max_spare = max(self._max_spare - 1, self._min_spare)
+        log.info("TTOU: spare children now %d..%d", self._min_spare, self._max_spare)
+
+    def _reopen_logs(self) -> None:
+        if self._on_reopen_logs is None:
+            return
+        try:
+            self._on_reopen_logs()
+        except Exception:
+            log.exception("reopening the logs failed")
+
+    # -- generations ------------------------------------------------------------------------------------
+
+    def _start_generation(self) -> None:
+        """Boot a new generation next to the serving one; it takes over once a child is READY."""
+        if self._booting_generation is not None and self._board is not None:
+            self._promote_booting_generation(self._board.snapshot())  # booted since the last tick?
+        if self._booting_generation is not None:
+            self._abandon_booting_generation("superseded by a newer reload")
+        self._last_generation += 1
+        self._booting_generation = self._last_generation
+        count = self._min_spare + (self._max_spare - self._min_spare) // 2  # php-fpm's start_servers
+        for _ in range(count):
+            self._spawn_child(self._booting_generation)
+
+    def _promote_booting_generation(self, snapshot: list[SlotSnapshot]) -> None:
+        booting = self._booting_generation
+        if booting is None:
+            return
+        # STOPPING counts too: a child may boot, serve max_requests and drain between two ticks.
+        if not any(s.generation == booting and s.state > SlotState.STARTING for s in snapshot):
+            return
+        old = [c for c in self._children.values() if c.generation != booting and c.stop_sent_at is None]
+        for child in old:
+            self._signal(child, signal.SIGTERM)
+        self._serving_generation, self._booting_generation = booting, None
+        self._spawn_batch = 1
+        if old:
+            log.info("generation %d is serving; %d old child(ren) finish and exit", booting, len(old))
+        self.ready.set()
+
+    def _abandon_booting_generation(self, why: str) -> None:
+        booting = self._booting_generation
+        self._booting_generation = None
+        for child in list(self._children.values()):
+            if child.generation == booting and child.stop_sent_at is None:
+                self._signal(child, signal.SIGTERM)
+        log.error("reload to generation %s abandoned (%s); the serving generation carries on", booting, why)
+
+    # -- children ---------------------------------------------------------------------------------------
+
+    def _spawn_child(self, generation: int) -> bool:
+        assert self._board is not None and self._lifeline is not None
+        now = time.monotonic()
+        slot = self._board.allocate(generation, now)
+        if slot is None:
+            log.warning("scoreboard full (children still draining); postponing a fork")
+            return False
+        spec = ChildSpec(
+            listeners=self._listeners,
+            make_factory=self._make_factory,
+            settings=self._settings,
+            board=self._board,
+            slot=slot,
+            master_pid=self._master_pid,
+            lifeline=self._lifeline[0],
+            lifeline_master_end=self._lifeline[1],
+            close_master_fds=self._close,
+            blocked_signals=_FORK_BLOCKED,
+            on_reopen_logs=self._on_reopen_logs,
+        )
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                run_child(spec)  # never returns
+        except OSError as exc:
+            self._board.release(slot)
+            log.error("fork failed: %s", exc)
+            return False
+        finally:
+            if os.getpid() == self._master_pid:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        self._children[pid] = _Child(pid, slot, generation, now)
+        return True
+
+    def _signal(self, child: _Child, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGQUIT) and child.stop_sent_at is None:
+            child.stop_sent_at = time.monotonic()
+        elif signum == signal.SIGKILL:
+            child.killed = True
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass  # exited; not reaped yet, so the pid cannot have been reused
+
+    def _reap_children(self) -> None:
+        """Collect every exited child. Pid by pid, not waitpid(-1): in library mode the process may
+        have other children (subprocess.Popen) whose exit status is not ours to take."""
+        for child in list(self._children.values()):
+            try:
+                pid, status = os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = child.pid, 0
+            if pid:
+                del self._children[child.pid]
+                self._on_child_exit(child, os.waitstatus_to_exitcode(status))
+
+    def _on_child_exit(self, child: _Child, code: int) -> None:
+        assert self._board is not None
+        snap = self._board.read(child.slot)
+        self._promote_booting_generation([snap])
+        self._board.release(child.slot)
+        self._served_by_reaped += snap.served
+        expected = child.stop_sent_at is not None or child.killed
+        how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if snap.state is SlotState.STARTING and not expected:
+            self._on_boot_failure(child, how)
+        elif not expected and code != 0:
+            log.error("worker %d died (%s) after %d request(s); replacing it", child.pid, how, snap.served)
+            self._note_crash()
+        else:
+            log.debug("worker %d exited (%s) after %d request(s)", child.pid, how, snap.served)
+
+    def _on_boot_failure(self, child: _Child, how: str) -> None:
+        assert self._board is not None
+        self._promote_booting_generation(self._board.snapshot())
+        message = f"worker {child.pid} failed to boot ({how}); the error is logged above"
+        if child.generation == self._booting_generation:
+            if self._serving_generation == 0:
+                status = EXIT_BOOT_FAILURE if how.startswith("exit") else 1
+                raise PoolExit(StopReason.STOP, status, f"{message}; the application cannot start")
+            self._abandon_booting_generation(message)
+        else:
+            log.error("%s", message)
+            self._note_crash()
+
+    def _note_crash(self) -> None:
+        """Back off exponentially when children crash faster than CRASH_LIMIT per CRASH_WINDOW."""
+        now = time.monotonic()
+        if self._crashes and now - self._crashes[-1] > CRASH_WINDOW:
+            self._backoff = 0.0  # a quiet spell resets the escalation
+        self._crashes.append(now)
+        while self._crashes[0] < now - CRASH_WINDOW:
+            self._crashes.popleft()
+        if len(self._crashes) >= CRASH_LIMIT:
+            self._backoff = min(self._backoff * 2 or 1.0, MAX_BACKOFF)
+            self._spawn_paused_until = now + self._backoff
+            self._crashes.clear()
+            log.error(
+                "%d children crashed within %gs: no fork for %gs", CRASH_LIMIT, CRASH_WINDOW, self._backoff
+            )
+
+    def _kill_stuck_children(self) -> None:
+        """SIGUSR2 (stack dump) a child busy past ``timeout``, SIGKILL it KILL_DELAY later; SIGKILL a
+        child that outlived its graceful stop."""
+        assert self._board is not None
+        s = self._settings
+        now = time.monotonic()
+        grace = s.graceful_timeout + KILL_DELAY
+        for child in list(self._children.values()):
+            if child.killed:
+                continue
+            if child.dump_sent_at is not None and now - child.dump_sent_at >= KILL_DELAY:
+                log.error("worker %d killed: request timeout (%gs)", child.pid, s.timeout)
+                self._signal(child, signal.SIGKILL)
+            elif child.stop_sent_at is not None and now - child.stop_sent_at > grace:
+                log.warning("worker %d outlived its graceful stop (%gs): killed", child.pid, grace)
+                self._signal(child, signal.SIGKILL)
+            elif s.timeout and child.dump_sent_at is None:
+                oldest = self._board.read(child.slot).oldest_busy_since()
+                if oldest is not None and now - oldest > s.timeout:
+                    child.dump_sent_at = now
+                    self._signal(child, signal.SIGUSR2)
+
+    def _maintain_pool(self) -> None:
+        """Keep min_spare..max_spare idle children of the serving generation, max_children at most."""
+        assert self._board is not None
+        snapshot = self._board.snapshot()
+        self._promote_booting_generation(snapshot)
+        self._growing = False
+        now = time.monotonic()
+        if self._serving_generation == 0:
+            return  # the first generation is still booting
+        slots = {snap.index: snap for snap in snapshot}
+        serving = [
+            slots[c.slot]
+            for c in self._children.values()
+            if c.generation == self._serving_generation
+            and c.stop_sent_at is None
+            and slots[c.slot].state in (SlotState.STARTING, SlotState.READY)
+        ]
+        idle = [snap for snap in serving if snap.idle]
+        starting = sum(1 for snap in serving if snap.state is SlotState.STARTING)
+        self._max_active = max(self._max_active, len(serving) - len(idle) - starting)
+        if len(idle) > self._max_spare and now - self._last_retire_at >= TICK:
+            self._last_retire_at = now
+            self._retire(min(idle, key=lambda snap: snap.started_at))
+        if len(idle) >= self._min_spare:
+            self._spawn_batch, self._at_max_children = 1, False
+        elif len(idle) + starting < self._min_spare:
+            self._grow(len(serving), self._min_spare - len(idle) - starting)
+
+    def _grow(self, serving: int, deficit: int) -> None:
+        room = self._settings.max_children - serving
+        if room <= 0:
+            if not self._at_max_children:
+                self._at_max_children = True
+                self._max_children_reached += 1
+                log.warning(
+                    "server reached max_children (%d): every child is busy; raise max_children or "
+                    "threads_per_child if this happens often",
+                    self._settings.max_children,
+                )
+            return
+        self._at_max_children = False
+        if time.monotonic() < self._spawn_paused_until:
+            return
+        count = min(max(self._spawn_batch, deficit), MAX_SPAWN_BATCH, room)
+        spawned = sum(1 for _ in range(count) if self._spawn_child(self._serving_generation))
+        self._spawn_batch = min(self._spawn_batch * 2, MAX_SPAWN_BATCH)
+        self._growing = spawned > 0
+        log.debug("all children busy: forked %d more (%d serving)", spawned, serving + spawned)
+
+    def _retire(self, snap: SlotSnapshot) -> None:
+        for child in self._children.values():
+            if child.slot == snap.index:
+                log.debug("retiring idle worker %d (more than max_spare=%d idle)", child.pid, self._max_spare)
+                self._signal(child, signal.SIGTERM)
+                return
+
+    # -- stopping ---------------------------------------------------------------------------------------
+
+    def _stop_children(self, exit_: PoolExit) -> None:
+        """Stop every child and reap it: gracefully within graceful_timeout for a requested STOP,
+        at once otherwise. A second TERM / INT or a QUIT while draining hurries it up."""
+        graceful = exit_.reason is StopReason.STOP and exit_.status == 0
+        now = time.monotonic()
+        deadline = now + (self._settings.graceful_timeout + KILL_DELAY if graceful else KILL_DELAY)
+        for child in list(self._children.values()):
+            self._signal(child, signal.SIGTERM if graceful else signal.SIGQUIT)
+        self._growing = False
+        killed_at: float | None = None
+        while self._children:
+            for signum in self._wait():
+                if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and graceful:
+                    graceful = False
+                    deadline = min(deadline, time.monotonic() + KILL_DELAY)
+                    for child in list(self._children.values()):
+                        self._signal(child, signal.SIGQUIT)
+                elif signum == signal.SIGUSR1:
+                    self._handle_usr1()
+            self._reap_children()
+            now = time.monotonic()
+            if killed_at is None and now >= deadline:
+                killed_at = now
+                for child in list(self._children.values()):
+                    self._signal(child, signal.SIGKILL)
+            elif killed_at is not None and now - killed_at > 5.0:
+                log.error("children %s survive SIGKILL (uninterruptible?); giving up", sorted(self._children))
+                return
+
+    # -- statistics -------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """php-fpm-like pool fields plus one entry per child, read from the scoreboard."""
+        board = self._board
+        try:
+            snapshot = board.snapshot() if board is not None else []
+        except ValueError:  # run() has just returned and closed the mapping
+            snapshot = []
+        now = time.monotonic()
+        children = []
+        for snap in snapshot:
+            oldest = snap.oldest_busy_since()
+            busy = next((r for r in snap.requests if r.busy_since == oldest), None)
+            state = "busy" if snap.active else snap.state.name.lower()
+            children.append(
+                {
+                    "pid": snap.pid,
+                    "generation": snap.generation,
+                    "state": "idle" if snap.idle else state,
+                    "requests": snap.served,
+                    "active_requests": snap.active,
+                    "current_request": busy.line if busy else "",
+                    "request_duration": now - busy.busy_since if busy else 0.0,
+                    "started_seconds_ago": now - snap.started_at,
+                }
+            )
+        serving = [c for c in children if c["generation"] == self._serving_generation]
+        idle = sum(1 for c in serving if c["state"] == "idle")
+        active = sum(1 for c in serving if c["state"] == "busy")
+        in_progress = sum(snap.active for snap in snapshot)
+        served = self._served_by_reaped + sum(snap.served for snap in snapshot)
+        return {
+            "start_time": self._start_time,
+            "start_since": time.time() - self._start_time if self._start_time else 0.0,
+            "generation": self._serving_generation,
+            "idle_processes": idle,
+            "active_processes": active,
+            "total_processes": len(children),
+            "max_active_processes": self._max_active,
+            "max_children_reached": self._max_children_reached,
+            "accepted_requests": served + in_progress,
+            "served_requests": served,
+            "min_spare": self._min_spare,
+            "max_spare": self._max_spare,
+            "max_children": self._settings.max_children,
+            "children": children,
+        }

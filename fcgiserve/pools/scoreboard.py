@@ -1,0 +1,267 @@
+"""The prefork scoreboard: one anonymous shared mapping of fixed-size child slots.
+
+The master creates the mapping BEFORE forking, so every child shares it. Ownership of a slot passes
+back and forth and is never shared: the master writes a slot only while it is FREE (``allocate``,
+just before the fork) and after it has reaped the child (``release``); in between only that child
+writes it, through its ``SlotWriter``. Bookkeeping costs no syscall per request: ``struct.pack_into``
+on the mapping plus ``time.monotonic()`` (a vDSO call on Linux; CLOCK_MONOTONIC is system-wide, so
+the master can compare a child's timestamps with its own clock).
+
+A slot is a header (state, pid, generation, requests in progress and served) followed by one
+*lane* per concurrently tracked request (busy-since and the request line, truncated). A child runs
+several worker threads, so each request in progress takes a lane for its duration; that is how the
+master finds one stuck request among several and how the child's stack dump names its thread.
+
+Readers must not see half-written slots: each slot starts with a sequence counter (a seqlock). The
+writer makes it odd before writing and even after; a reader retries while it is odd or changed. A
+writer that died mid-write leaves it odd, so readers give up after a bounded number of tries and take
+what they read (the master releases such a slot on reaping anyway).
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+__all__ = ["LINE_BYTES", "RequestInProgress", "Scoreboard", "SlotSnapshot", "SlotState", "SlotWriter"]
+
+LINE_BYTES = 200  # request line bytes kept per lane; longer lines are truncated (a cut character is dropped)
+
+_SEQ = struct.Struct("=I")
+# state, pid, generation, active requests, requests served, started_at (monotonic, set by the master)
+_HEADER = struct.Struct("=BxxxiIIQd")
+# busy_since (0.0 = lane free), line length, line
+_LANE = struct.Struct(f"=dH{LINE_BYTES}s")
+_HEADER_AT = 8  # keeps the doubles 8-byte aligned after the counter
+_LANES_AT = _HEADER_AT + _HEADER.size
+_READ_ATTEMPTS = 1000
+
+
+class SlotState(enum.IntEnum):
+    FREE = 0  # no child; the master may allocate it
+    STARTING = 1  # forked; make_factory() not finished yet
+    READY = 2  # serving (idle or busy: see SlotSnapshot.active)
+    STOPPING = 3  # draining after a graceful stop or max_requests
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInProgress:
+    busy_since: float  # time.monotonic() when the request started
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSnapshot:
+    index: int
+    state: SlotState
+    pid: int  # 0 until the child has written its slot
+    generation: int
+    active: int  # requests in progress (may exceed the lanes; only lanes carry lines)
+    served: int  # requests finished
+    started_at: float
+    requests: tuple[RequestInProgress, ...]
+
+    @property
+    def idle(self) -> bool:
+        return self.state is SlotState.READY and self.active == 0
+
+    def oldest_busy_since(self) -> float | None:
+        return min((r.busy_since for r in self.requests), default=None)
+
+
+class Scoreboard:
+    """The shared mapping; create it in the master before the first fork."""
+
+    def __init__(self, slots: int, lanes: int) -> None:
+        if slots < 1 or lanes < 1:
+            raise ValueError("a scoreboard needs at least one slot and one lane")
+        self.slots = slots
+        self.lanes = lanes
+        self._slot_size = -(-(_LANES_AT + lanes * _LANE.size) // 8) * 8
+        self._map = mmap.mmap(-1, slots * self._slot_size, flags=mmap.MAP_SHARED)
+
+    def close(self) -> None:
+        self._map.close()
+
+    # -- master side -------------------------------------------------------------------------------
+
+    def allocate(self, generation: int, now: float) -> int | None:
+        """Claim a FREE slot for a child about to be forked; None when the board is full."""
+        for index in range(self.slots):
+            if self._map[index * self._slot_size + _HEADER_AT] == SlotState.FREE:
+                self._reset(index, SlotState.STARTING, generation, now)
+                return index
+        return None
+
+    def release(self, index: int) -> None:
+        """Free the slot of a reaped child (its writer is gone, so an odd counter is reset too)."""
+        self._reset(index, SlotState.FREE, 0, 0.0)
+
+    def read(self, index: int) -> SlotSnapshot:
+        base = index * self._slot_size
+        data = b""
+        for attempt in range(_READ_ATTEMPTS):
+            (before,) = _SEQ.unpack_from(self._map, base)
+            data = self._map[base : base + self._slot_size]
+            (after,) = _SEQ.unpack_from(self._map, base)
+            if before == after and not before & 1:
+                break
+            if attempt >= 8:
+                os.sched_yield()  # let a writer on this CPU finish its few stores
+        return self._decode(index, data)
+
+    def snapshot(self) -> list[SlotSnapshot]:
+        """Every slot in use, in slot order."""
+        return [
+            self.read(index)
+            for index in range(self.slots)
+            if self._map[index * self._slot_size + _HEADER_AT] != SlotState.FREE
+        ]
+
+    def writer(self, index: int) -> SlotWriter:
+        """The child's handle on its own slot (call in the child, after the fork)."""
+        return SlotWriter(self._map, index * self._slot_size, self.lanes)
+
+    def _reset(self, index: int, state: SlotState, generation: int, now: float) -> None:
+        base = index * self._slot_size
+        self._map[base : base + self._slot_size] = bytes(self._slot_size)
+        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, now)
+
+    def _decode(self, index: int, data: bytes) -> SlotSnapshot:
+        state, pid, generation, active, served, started_at = _HEADER.unpack_from(data, _HEADER_AT)
+        requests = []
+        for lane in range(self.lanes):
+            busy_since, length, line = _LANE.unpack_from(data, _LANES_AT + lane * _LANE.size)
+            if busy_since:
+                requests.append(RequestInProgress(busy_since, line[:length].decode("utf-8", "ignore")))
+        return SlotSnapshot(
+            index=index,
+            state=SlotState(state),
+            pid=pid,
+            generation=generation,
+            active=active,
+            served=served,
+            started_at=started_at,
+            requests=tuple(requests),
+        )
+
+
+@dataclass(slots=True)
+class _Held:
+    lane: int
+    since: float
+    line: str
+
+
+class SlotWriter:
+    """A child's writer for its own slot; also the pool's RequestObserver inside the child.
+
+    Worker threads call ``request_started`` / ``request_finished`` around each request. The lock is
+    in-process and almost never contended (a futex syscall only then). A request takes a free lane
+    keyed by its thread; when every lane is taken it is still counted in ``active``.
+    """
+
+    def __init__(self, buffer: mmap.mmap, base: int, lanes: int) -> None:
+        self._map = buffer
+        self._base = base
+        self._lock = threading.Lock()
+        self._free_lanes = list(range(lanes - 1, -1, -1))
+        self._held: dict[int, _Held] = {}  # thread ident -> its lane, for the stack dump too
+        header = _HEADER.unpack_from(buffer, base + _HEADER_AT)
+        self._seq: int = _SEQ.unpack_from(buffer, base)[0]
+        self._state = SlotState(header[0])
+        self.retire_after = 0  # requests after which the child drains (max_requests): shown as STOPPING
+        self._pid: int = header[1]
+        self._generation: int = header[2]
+        self._active: int = header[3]
+        self._served: int = header[4]
+        self._started_at: float = header[5]
+
+    @property
+    def served(self) -> int:
+        return self._served
+
+    def mark_starting(self, pid: int) -> None:
+        with self._lock:
+            self._pid = pid
+            self._write_header(SlotState.STARTING)
+
+    def mark_ready(self) -> None:
+        with self._lock:
+            self._write_header(SlotState.READY)
+
+    def mark_stopping(self) -> None:
+        with self._lock:
+            self._write_header(SlotState.STOPPING)
+
+    def busy_threads(self) -> dict[int, str]:
+        """Thread ident -> request line of every request in progress that holds a lane."""
+        with self._lock:
+            return {thread: held.line for thread, held in self._held.items()}
+
+    def request_started(self, info: str) -> None:
+        now = time.monotonic()
+        line = info.encode("utf-8", "replace")[:LINE_BYTES]
+        thread = threading.get_ident()
+        with self._lock:
+            self._active += 1
+            self._begin_write()
+            if self._free_lanes and thread not in self._held:
+                lane = self._free_lanes.pop()
+                self._held[thread] = _Held(lane, now, info)
+                _LANE.pack_into(self._map, self._lane_offset(lane), now, len(line), line)
+            self._pack_header()
+            self._end_write()
+
+    def request_finished(self) -> None:
+        thread = threading.get_ident()
+        with self._lock:
+            self._active = max(self._active - 1, 0)
+            self._served += 1
+            if self._served == self.retire_after:
+                self._state = SlotState.STOPPING
+            self._begin_write()
+            held = self._held.pop(thread, None)
+            if held is None and len(self._held) > self._active:
+                # Finished on another thread than it started (should not happen): a lane must not
+                # stay busy forever, or the master would take it for a stuck request.
+                held = self._held.pop(min(self._held, key=lambda t: self._held[t].since))
+            if held is not None:
+                self._free_lanes.append(held.lane)
+                _LANE.pack_into(self._map, self._lane_offset(held.lane), 0.0, 0, b"")
+            self._pack_header()
+            self._end_write()
+
+    def _lane_offset(self, lane: int) -> int:
+        return self._base + _LANES_AT + lane * _LANE.size
+
+    def _write_header(self, state: SlotState) -> None:
+        self._state = state
+        self._begin_write()
+        self._pack_header()
+        self._end_write()
+
+    def _pack_header(self) -> None:
+        _HEADER.pack_into(
+            self._map,
+            self._base + _HEADER_AT,
+            self._state,
+            self._pid,
+            self._generation,
+            self._active,
+            self._served,
+            self._started_at,
+        )
+
+    def _begin_write(self) -> None:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        _SEQ.pack_into(self._map, self._base, self._seq)
+
+    def _end_write(self) -> None:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        _SEQ.pack_into(self._map, self._base, self._seq)

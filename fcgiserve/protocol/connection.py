@@ -1,0 +1,477 @@
+"""ServerConnection: the application side of one FastCGI transport connection, sans IO.
+
+Bytes from the web server go into ``receive_data`` and come out as events; the caller's output goes through
+``send_stdout`` / ``send_stderr`` / ``end_request`` and comes back as bytes to write. Management records are
+answered here (``data_to_send``). Every request transition is looked up in ``state.TRANSITIONS``.
+
+Not thread-safe: a caller that uses one connection from several threads holds one lock around every call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .constants import (
+    FCGI_KEEP_CONN,
+    FCGI_MAX_CONNS,
+    FCGI_MAX_REQS,
+    FCGI_MPXS_CONNS,
+    MAX_CONTENT_LENGTH,
+    ProtocolStatus,
+    RecordType,
+    Role,
+)
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    ConnectionClosed,
+    Data,
+    DataEnd,
+    Event,
+    ParamsComplete,
+    RequestAborted,
+    RequestFailed,
+    RequestRejected,
+    RequestStarted,
+    StdinData,
+    StdinEnd,
+)
+from .records import (
+    BEGIN_BODY,
+    HEADER,
+    Buffer,
+    PairLimitError,
+    RecordReader,
+    decode_pairs,
+    encode_end_request,
+    encode_pairs,
+    encode_record,
+)
+from .state import TRANSITIONS, UNANNOUNCED, RequestInput, RequestState
+
+__all__ = ["ConnectionSettings", "ProtocolLimits", "ServerConnection"]
+
+_I = RequestInput
+_S = RequestState
+# Module-level aliases: Enum attribute access is slow on 3.11 and these are read once per record.
+_BEGIN, _BEGIN_FILTER, _ABORT = _I.BEGIN, _I.BEGIN_FILTER, _I.ABORT
+_PARAMS, _PARAMS_END, _STDIN, _STDIN_END, _DATA, _DATA_END = (
+    _I.PARAMS, _I.PARAMS_END, _I.STDIN, _I.STDIN_END, _I.DATA, _I.DATA_END,
+)  # fmt: skip
+_STREAM_INPUTS = {
+    RecordType.PARAMS.value: (_PARAMS, _PARAMS_END),
+    RecordType.STDIN.value: (_STDIN, _STDIN_END),
+    RecordType.DATA.value: (_DATA, _DATA_END),
+}
+_PADDING = [bytes(n) for n in range(8)]
+# Types a web server never sends (S-B4) and management types: either is fatal for a non-zero id.
+_APP_OUTPUT_TYPES = frozenset({RecordType.END_REQUEST, RecordType.STDOUT, RecordType.STDERR})
+_MANAGEMENT_TYPES = frozenset({RecordType.GET_VALUES, RecordType.GET_VALUES_RESULT, RecordType.UNKNOWN_TYPE})
+_KNOWN_TYPES = frozenset(int(t) for t in RecordType)
+_ROLES = frozenset(int(r) for r in Role)
+
+
+def _end_record(request_id: int, status: ProtocolStatus) -> bytes:
+    """A bare END_REQUEST: a refusal "sent in place of processing" (S-F6), so no STDOUT precedes it."""
+    return encode_end_request(request_id, 0, status, close_stdout=False, close_stderr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What GET_VALUES reports (S-E2); it must describe the running server, so pools keep it current.
+
+    ``max_conns``: concurrent transport connections the server accepts; ``max_reqs``: concurrent requests
+    the whole application serves; ``mpxs_conns``: whether one connection may carry concurrent requests (when
+    False a second concurrent request is refused with CANT_MPX_CONN).
+    """
+
+    max_conns: int = 1
+    max_reqs: int = 1
+    mpxs_conns: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_conns < 1 or self.max_reqs < 1:
+            raise ValueError(f"max_conns and max_reqs must be >= 1, got {self.max_conns}, {self.max_reqs}")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolLimits:
+    """Bounds on what one peer can make a connection hold (documented in docs/protocol.md).
+
+    ``max_params_bytes``: encoded PARAMS bytes per request (1 MiB; Apache's own defaults allow ~800 KiB of
+    headers, nginx far less). ``max_params_count``: pairs per request (1000). ``max_requests``: concurrent
+    requests per connection when multiplexing (32). Worst-case buffered memory per connection is one record
+    (65798 bytes) plus ``max_params_bytes * max_requests``.
+    """
+
+    max_params_bytes: int = 1 << 20
+    max_params_count: int = 1000
+    max_requests: int = 32
+
+    def __post_init__(self) -> None:
+        if min(self.max_params_bytes, self.max_params_count, self.max_requests) < 1:
+            raise ValueError(f"every protocol limit must be >= 1: {self}")
+
+
+_DEFAULT_SETTINGS = ConnectionSettings()
+_DEFAULT_LIMITS = ProtocolLimits()
+
+
+class _Request:
+    """Per-request data. Its ``state`` only ever changes to a ``TRANSITIONS`` target."""
+
+    __slots__ = ("keep_conn", "output_started", "params", "role", "state", "stderr_open")
+
+    def __init__(self, state: RequestState, role: Role, keep_conn: bool) -> None:
+        self.state = state
+        self.role = role
+        self.keep_conn = keep_conn
+        self.params = bytearray()
+        self.output_started = False
+        self.stderr_open = False
+
+
+class ServerConnection:
+    """One FastCGI transport connection seen from the application (sans IO)."""
+
+    def __init__(
+        self, settings: ConnectionSettings | None = None, limits: ProtocolLimits | None = None
+    ) -> None:
+        self._settings = settings if settings is not None else _DEFAULT_SETTINGS
+        self._limits = limits if limits is not None else _DEFAULT_LIMITS
+        self._reader = RecordReader()
+        self._requests: dict[int, _Request] = {}
+        self._outbox: list[bytes] = []
+        self._error: RemoteProtocolError | None = None
+        self._eof = False
+        self._close_when_idle = False
+
+    # -- state the caller reads -----------------------------------------------------------------------
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        return self._settings
+
+    @property
+    def limits(self) -> ProtocolLimits:
+        return self._limits
+
+    @property
+    def active_requests(self) -> int:
+        """Request ids that are active: begun by the peer and not yet answered with END_REQUEST."""
+        return len(self._requests)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes the layer holds: a partial record plus the PARAMS of requests still reading them."""
+        held = self._reader.buffered
+        for request in self._requests.values():
+            held += len(request.params)
+        return held
+
+    @property
+    def should_close(self) -> bool:
+        """True once the peer closed, a fatal error happened, or no request is left and one ended without
+        KEEP_CONN (S-D5: then the application closes the connection). Write ``data_to_send()`` first."""
+        return self._eof or self._error is not None or (self._close_when_idle and not self._requests)
+
+    def request_state(self, request_id: int) -> RequestState:
+        """The state of ``request_id`` (IDLE when it is not active)."""
+        request = self._requests.get(request_id)
+        return request.state if request is not None else _S.IDLE
+
+    def update_settings(self, settings: ConnectionSettings) -> None:
+        """Change what GET_VALUES reports and whether concurrent requests are accepted, from now on."""
+        self._settings = settings
+
+    def data_to_send(self) -> bytes:
+        """Replies the layer composed by itself (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST of requests it
+        rejected); empties the buffer. Call it after every ``receive_data``."""
+        out = b"".join(self._outbox)
+        self._outbox.clear()
+        return out
+
+    # -- input ----------------------------------------------------------------------------------------
+
+    def receive_data(self, data: Buffer) -> list[Event]:
+        """Feed bytes from the peer (``b""`` = the peer closed); return the events they complete.
+
+        Error model: a violation that breaks the byte stream or the connection's rules raises
+        ``RemoteProtocolError(request_id=None)`` and poisons the object (every later call raises). A violation
+        that concerns one request never raises: the layer answers a request the caller has not been told
+        about itself (END_REQUEST in ``data_to_send``, event ``RequestRejected``), and reports one the caller
+        owns as ``RequestFailed`` (the caller stops its app and calls ``end_request``).
+        """
+        if self._error is not None:
+            raise RemoteProtocolError(self._error.msg, None)
+        if self._eof:
+            if data:
+                raise LocalProtocolError("receive_data() called with data after the peer closed")
+            return []
+        if not data:
+            return self._on_eof()
+        events: list[Event] = []
+        try:
+            for record_type, request_id, content in self._reader.feed(data):
+                if request_id:
+                    self._on_application_record(record_type, request_id, content, events)
+                else:
+                    self._on_management_record(record_type, content)
+        except RemoteProtocolError as error:
+            self._error = error
+            raise
+        return events
+
+    def _on_eof(self) -> list[Event]:
+        self._eof = True
+        events: list[Event] = []
+        # S-F7: a closed connection aborts every request on it; unannounced ones just vanish.
+        for request_id, request in list(self._requests.items()):
+            if request.state in UNANNOUNCED:
+                del self._requests[request_id]
+                continue
+            next_state, act = TRANSITIONS[(request.state, _I.ABORT)]
+            if act:
+                request.state = next_state
+                events.append(RequestAborted(request_id))
+        events.append(ConnectionClosed())
+        return events
+
+    def _on_management_record(self, record_type: int, content: bytes) -> None:
+        if record_type == RecordType.GET_VALUES:
+            self._outbox.append(self._answer_get_values(content))
+        elif record_type in _KNOWN_TYPES:
+            raise RemoteProtocolError(
+                f"{RecordType(record_type).name} record with request id 0: id 0 is reserved for management "
+                "records a web server sends, i.e. GET_VALUES (S-D1, S-B4)"
+            )
+        else:
+            # S-E4: an unknown management type is answered with UNKNOWN_TYPE {type, reserved[7]}.
+            self._outbox.append(
+                encode_record(RecordType.UNKNOWN_TYPE, 0, bytes((record_type, 0, 0, 0, 0, 0, 0, 0)))
+            )
+
+    def _answer_get_values(self, content: bytes) -> bytes:
+        # S-E1/S-E3: answered at any time, only for the names asked and understood, without ending anything.
+        settings = self._settings
+        known = {
+            FCGI_MAX_CONNS: str(settings.max_conns).encode(),
+            FCGI_MAX_REQS: str(settings.max_reqs).encode(),
+            FCGI_MPXS_CONNS: b"1" if settings.mpxs_conns else b"0",
+        }
+        answer: dict[bytes, bytes] = {}
+        try:
+            asked = decode_pairs(content)
+        except RemoteProtocolError as error:
+            raise RemoteProtocolError(f"malformed GET_VALUES record: {error.msg}") from None
+        for name, _ in asked:
+            if name in known:
+                answer[name] = known[name]
+        return encode_record(RecordType.GET_VALUES_RESULT, 0, encode_pairs(answer.items()))
+
+    def _on_application_record(
+        self, record_type: int, request_id: int, content: bytes, events: list[Event]
+    ) -> None:
+        request = self._requests.get(request_id)
+        stream_inputs = _STREAM_INPUTS.get(record_type)
+        if stream_inputs is not None:
+            request_input = stream_inputs[0] if content else stream_inputs[1]
+        elif record_type == RecordType.BEGIN_REQUEST:
+            if len(content) != BEGIN_BODY.size:
+                raise RemoteProtocolError(
+                    f"BEGIN_REQUEST for request {request_id} has a {len(content)}-byte body, not 8 (S-D5)"
+                )
+            role, flags = BEGIN_BODY.unpack(content)
+            if request is None:
+                self._begin(request_id, role, bool(flags & FCGI_KEEP_CONN), events)
+                return
+            request_input = _BEGIN_FILTER if role == Role.FILTER else _BEGIN
+        elif record_type == RecordType.ABORT_REQUEST:
+            request_input = _ABORT
+        elif record_type in _APP_OUTPUT_TYPES:
+            raise RemoteProtocolError(
+                f"{RecordType(record_type).name} record for request {request_id}: only an application sends "
+                "that type (S-B4)"
+            )
+        elif record_type in _MANAGEMENT_TYPES:
+            raise RemoteProtocolError(
+                f"management record {RecordType(record_type).name} with request id {request_id}: management "
+                "records use id 0 (S-D1)"
+            )
+        else:
+            return  # An unknown application type: the spec does not cover it; ignored, like flup (S-E4).
+        if request is None:
+            # IDLE: the table ignores everything but BEGIN_REQUEST (handled above) for inactive ids (S-D2).
+            return
+        transition = TRANSITIONS.get((request.state, request_input))
+        if transition is None:
+            self._peer_violation(request_id, request, request_input, events)
+        elif transition.act:
+            self._act(request_id, request, request_input, transition.next_state, content, events)
+
+    def _begin(self, request_id: int, role: int, keep_conn: bool, events: list[Event]) -> None:
+        if role not in _ROLES:
+            status, reason = ProtocolStatus.UNKNOWN_ROLE, f"unknown role {role} (S-G4)"
+        elif self._requests and not self._settings.mpxs_conns:
+            status, reason = ProtocolStatus.CANT_MPX_CONN, "a second concurrent request on a connection that "
+            reason += "does not multiplex (FCGI_MPXS_CONNS=0, S-F6)"
+        elif len(self._requests) >= self._limits.max_requests:
+            status = ProtocolStatus.OVERLOADED
+            reason = (
+                f"more than {self._limits.max_requests} concurrent requests on one connection (max_requests)"
+            )
+        else:
+            start = TRANSITIONS[(_S.IDLE, _I.BEGIN_FILTER if role == Role.FILTER else _I.BEGIN)].next_state
+            self._requests[request_id] = _Request(start, Role(role), keep_conn)
+            return
+        if not keep_conn:
+            self._close_when_idle = True
+        error = RemoteProtocolError(f"request {request_id} rejected: {reason}", request_id)
+        self._reject(request_id, status, error, events)
+
+    def _reject(
+        self, request_id: int, status: ProtocolStatus, error: RemoteProtocolError | None, events: list[Event]
+    ) -> None:
+        self._outbox.append(_end_record(request_id, status))
+        events.append(RequestRejected(request_id, status, error))
+
+    def _act(
+        self,
+        request_id: int,
+        request: _Request,
+        request_input: RequestInput,
+        next_state: RequestState,
+        content: bytes,
+        events: list[Event],
+    ) -> None:
+        if request_input is _PARAMS:
+            params = request.params
+            if len(params) + len(content) > self._limits.max_params_bytes:
+                msg = f"PARAMS exceed max_params_bytes ({self._limits.max_params_bytes})"
+                self._fail_unannounced(request_id, request, msg, ProtocolStatus.OVERLOADED, events)
+                return
+            params += content
+        elif request_input is _STDIN:
+            events.append(StdinData(request_id, content))
+        elif request_input is _PARAMS_END:
+            try:
+                pairs = decode_pairs(request.params, self._limits.max_params_count)
+            except PairLimitError as error:
+                self._fail_unannounced(request_id, request, error.msg, ProtocolStatus.OVERLOADED, events)
+                return
+            except RemoteProtocolError as error:
+                msg = f"malformed PARAMS: {error.msg}"
+                self._fail_unannounced(request_id, request, msg, ProtocolStatus.REQUEST_COMPLETE, events)
+                return
+            request.params = bytearray()  # announced requests hold no params
+            events.append(RequestStarted(request_id, request.role, request.keep_conn))
+            events.append(ParamsComplete(request_id, pairs))
+        elif request_input is _STDIN_END:
+            events.append(StdinEnd(request_id))
+        elif request_input is _DATA:
+            events.append(Data(request_id, content))
+        elif request_input is _DATA_END:
+            events.append(DataEnd(request_id))
+        elif next_state is _S.IDLE:  # ABORT_REQUEST before the caller heard of the request: answer it here
+            self._end(request_id, request)
+            self._reject(request_id, ProtocolStatus.REQUEST_COMPLETE, None, events)
+            return
+        else:
+            events.append(RequestAborted(request_id))
+        request.state = next_state
+
+    def _peer_violation(
+        self, request_id: int, request: _Request, request_input: RequestInput, events: list[Event]
+    ) -> None:
+        msg = f"unexpected {request_input.value} while {request.state.value}"
+        if request_input in (_I.BEGIN, _I.BEGIN_FILTER):
+            msg += ": a second BEGIN_REQUEST for an active request id (S-D2)"
+        if request.state in UNANNOUNCED:
+            self._fail_unannounced(request_id, request, msg, ProtocolStatus.REQUEST_COMPLETE, events)
+        else:
+            request.state = _S.FAILED
+            error = RemoteProtocolError(f"request {request_id} ({request.role.name}): {msg}", request_id)
+            events.append(RequestFailed(request_id, error))
+
+    def _fail_unannounced(
+        self, request_id: int, request: _Request, msg: str, status: ProtocolStatus, events: list[Event]
+    ) -> None:
+        self._end(request_id, request)
+        error = RemoteProtocolError(f"request {request_id} ({request.role.name}): {msg}", request_id)
+        self._reject(request_id, status, error, events)
+
+    def _end(self, request_id: int, request: _Request) -> None:
+        del self._requests[request_id]
+        request.params = bytearray()  # announced requests hold no params
+        if not request.keep_conn:
+            self._close_when_idle = True
+
+    # -- output ---------------------------------------------------------------------------------------
+
+    def _owned(self, request_id: int, request_input: RequestInput) -> _Request:
+        if self._error is not None:
+            raise LocalProtocolError(f"connection is dead after a fatal protocol error: {self._error.msg}")
+        request = self._requests.get(request_id)
+        state = request.state if request is not None else _S.IDLE
+        if request is None or (state, request_input) not in TRANSITIONS:
+            raise LocalProtocolError(
+                f"{request_input.value} for request {request_id}, which is {state.value}: only requests "
+                "announced by RequestStarted and not yet ended accept output (S-D2, S-D7)"
+            )
+        return request
+
+    def send_stdout(self, request_id: int, data: Buffer) -> bytes:
+        """STDOUT records carrying ``data`` (split at 65535, padded to 8). ``b""`` gives ``b""``: the stream
+        is ended by ``end_request`` only."""
+        request = self._owned(request_id, _I.SEND_OUTPUT)
+        if not data:
+            return b""
+        request.output_started = True
+        length = len(data)
+        if length <= MAX_CONTENT_LENGTH:
+            pad = -length & 7
+            return b"".join((HEADER.pack(1, 6, request_id, length, pad), data, _PADDING[pad]))
+        return encode_record(RecordType.STDOUT, request_id, data)
+
+    def send_stderr(self, request_id: int, data: Buffer) -> bytes:
+        """STDERR records carrying ``data``; ``end_request`` then also closes STDERR (S-F4)."""
+        request = self._owned(request_id, _I.SEND_OUTPUT)
+        if not data:
+            return b""
+        request.output_started = True
+        request.stderr_open = True
+        return encode_record(RecordType.STDERR, request_id, data)
+
+    def end_request(
+        self,
+        request_id: int,
+        app_status: int = 0,
+        protocol_status: ProtocolStatus = ProtocolStatus.REQUEST_COMPLETE,
+    ) -> bytes:
+        """The empty STDOUT (and empty STDERR if STDERR was written), then END_REQUEST; the id becomes
+        inactive. Exactly once per request (S-D7): a second call raises ``LocalProtocolError``."""
+        if not 0 <= app_status <= 0xFFFFFFFF:
+            raise LocalProtocolError(f"app_status {app_status} does not fit in 32 bits (S-F6)")
+        request = self._owned(request_id, _I.END)
+        request.state = TRANSITIONS[(request.state, _I.END)].next_state
+        self._end(request_id, request)
+        return encode_end_request(
+            request_id, app_status, ProtocolStatus(protocol_status), close_stdout=True,
+            close_stderr=request.stderr_open,
+        )  # fmt: skip
+
+    def reject_request(self, request_id: int, status: ProtocolStatus) -> bytes:
+        """END_REQUEST with ``status`` in place of processing (S-F6), e.g. OVERLOADED when saturated.
+
+        Only before any output was sent, and not with REQUEST_COMPLETE (that needs the STDOUT end).
+        """
+        status = ProtocolStatus(status)
+        if status is ProtocolStatus.REQUEST_COMPLETE:
+            raise LocalProtocolError("reject_request() needs a refusal status; use end_request() to complete")
+        request = self._owned(request_id, _I.END)
+        if request.output_started:
+            raise LocalProtocolError(
+                f"request {request_id} already sent output; finish it with end_request()"
+            )
+        request.state = TRANSITIONS[(request.state, _I.END)].next_state
+        self._end(request_id, request)
+        return _end_record(request_id, status)

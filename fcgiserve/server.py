@@ -1,0 +1,311 @@
+"""Wiring: configuration -> application, listening sockets, connection factory, pool, pidfile, exit status.
+
+This is the one module (with cli, contrib and compat) that knows both the handler and the pools; it holds
+no server logic of its own, only the order in which the parts are built and torn down. The CLI, the Django
+``runfcgi`` command, the flup shim and library users all come through ``Server``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fcgiserve.apploader import AppLoadError, load_app
+from fcgiserve.config import Config, ConfigError
+from fcgiserve.handler import ConnectionFactory, HandlerOptions
+from fcgiserve.listeners import AllowList, Listener, ListenerError, export_for_reexec, is_loopback_bind, open_listeners
+from fcgiserve.logs import reopen as reopen_logs
+from fcgiserve.pidfile import Pidfile, PidfileError
+from fcgiserve.pools.base import PoolSettings, StopReason
+from fcgiserve.pools.prefork import PreforkPool, prefork_capacity
+from fcgiserve.pools.threaded import ThreadedPool
+from fcgiserve.protocol import ConnectionSettings, ProtocolLimits
+from fcgiserve.wsgi import WSGIOptions
+
+__all__ = ["Server", "serve"]
+
+log = logging.getLogger("fcgiserve")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+EXIT_OK = 0
+EXIT_APP_LOAD = 3  # the application failed to import
+EXIT_STARTUP = 4  # the pidfile or a listening socket could not be set up
+
+
+class StartupError(Exception):
+    """The server could not start; the message is one line, the exit status is attached."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Server:
+    """A FastCGI server for one WSGI application; ``run()`` blocks, ``start()``/``stop()`` are for code.
+
+    ``app`` is a WSGI callable or an import spec ("pkg.module:callable"); without it ``config.app`` is used.
+    """
+
+    def __init__(self, app: WSGIApp | str | None = None, config: Config | None = None, **options: Any) -> None:
+        config = config or Config()
+        if options:
+            config = config.replace(**options)
+        if isinstance(app, str):
+            config = config.replace(app=app)
+            app = None
+        if app is None and config.app is None:
+            raise ConfigError("no application given: pass a WSGI callable or MODULE:CALLABLE")
+        self.config = config
+        self._app = app
+        self._pool: ThreadedPool | PreforkPool | None = None
+        self._listeners: list[Listener] = []
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stop_requested: bool | None = None  # graceful flag, if stop() came before the pool existed
+        self.exit_status: int | None = None
+
+    # -- library API --------------------------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The bound addresses (after ``start()``), e.g. ``[("127.0.0.1", 8080)]`` or a unix path."""
+        return [listener.sock.getsockname() for listener in self._listeners]
+
+    def start(self, timeout: float = 30.0) -> Server:
+        """Serve in a background thread (no signal handlers); return once accepting connections."""
+        self._thread = threading.Thread(target=self._run_in_thread, name="fcgiserve-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("fcgiserve did not become ready in time")
+        if self.exit_status not in (None, EXIT_OK):
+            raise RuntimeError(f"fcgiserve failed to start (exit status {self.exit_status})")
+        return self
+
+    def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
+        """Stop a server started with ``start()`` (or running ``run()`` in another thread)."""
+        pool = self._pool
+        if pool is None:
+            self._stop_requested = graceful
+        else:
+            pool.request_stop(graceful)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run_in_thread(self) -> None:
+        try:
+            self.exit_status = self.run(install_signals=False)
+        finally:
+            self._ready.set()
+
+    # -- the serving life -------------------------------------------------------------------------------
+
+    def run(self, install_signals: bool = True, reexec_argv: list[str] | None = None) -> int:
+        """Serve until stopped; return the process exit status.
+
+        With ``reexec_argv`` (the CLI passes the original command line), a reload of the threaded pool
+        re-executes the process in place, keeping its pid and its listening sockets.
+        """
+        config = self.config
+        start_dir = os.getcwd()
+        try:
+            self._prepare_process()
+            app = self._load_application()
+            pidfile = self._create_pidfile()
+        except StartupError as exc:
+            log.error("%s", exc)
+            self._ready.set()
+            return exc.status
+        try:
+            try:
+                self._listeners = open_listeners(config)
+            except (ListenerError, OSError) as exc:
+                log.error("cannot listen: %s", exc)
+                self._ready.set()
+                return EXIT_STARTUP
+            self._warn_if_exposed()
+            reason = self._serve(app)
+            if reason is StopReason.RELOAD and reexec_argv is not None:
+                self._reexec(reexec_argv, start_dir)  # does not return
+            return EXIT_OK
+        finally:
+            for listener in self._listeners:
+                listener.close(unlink=True)
+            if pidfile is not None:
+                pidfile.remove()
+
+    def _prepare_process(self) -> None:
+        config = self.config
+        if config.umask is not None:
+            os.umask(config.umask)
+        if config.chdir is not None:
+            try:
+                os.chdir(config.chdir)
+            except OSError as exc:
+                raise StartupError(f"--chdir {config.chdir}: {exc.strerror}", EXIT_STARTUP) from None
+
+    def _load_application(self) -> WSGIApp | None:
+        """The application, or None when prefork children import it themselves (checked first, in a fork)."""
+        if self._app is not None:
+            return self._app
+        config = self.config
+        assert config.app is not None
+        if config.method == "prefork" and not config.preload:
+            _check_import_in_child(config.app)
+            return None
+        try:
+            return load_app(config.app)
+        except AppLoadError as exc:
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+            raise StartupError(f"cannot load the application: {exc}", EXIT_APP_LOAD) from None
+
+    def _create_pidfile(self) -> Pidfile | None:
+        if self.config.pidfile is None:
+            return None
+        pidfile = Pidfile(self.config.pidfile)
+        try:
+            pidfile.create(os.getpid())
+        except (PidfileError, OSError) as exc:
+            raise StartupError(str(exc), EXIT_STARTUP) from None
+        return pidfile
+
+    def _warn_if_exposed(self) -> None:
+        allow = AllowList.from_config(self.config)
+        for listener in self._listeners:
+            if not allow.active and not is_loopback_bind(listener):
+                log.warning(
+                    "listening on %s with no --allow-from list: FastCGI has no authentication, so anyone who "
+                    "can reach this address can run requests as this application",
+                    listener.description,
+                )
+
+    def _serve(self, app: WSGIApp | None) -> StopReason:
+        config = self.config
+        settings = pool_settings(config)
+        socks = [listener.sock for listener in self._listeners]
+        options = handler_options(config)
+        while True:
+            if config.method == "prefork":
+                spec = config.app
+
+                def make_factory() -> ConnectionFactory:
+                    loaded = app if app is not None else load_app(spec or "")
+                    return ConnectionFactory(loaded, options)
+
+                self._pool = PreforkPool(socks, make_factory, settings, on_reopen_logs=reopen_logs)
+            else:
+                assert app is not None
+                self._pool = ThreadedPool(socks, ConnectionFactory(app, options), settings, reopen_logs)
+            if self._stop_requested is not None:
+                self._pool.request_stop(self._stop_requested)
+            for listener in self._listeners:
+                log.info("fcgiserve %s pool serving on %s (pid %d)", config.method, listener.description, os.getpid())
+            watcher = threading.Thread(target=self._signal_ready, daemon=True)
+            watcher.start()
+            reason = self._pool.run(install_signals=self._thread is None)
+            if reason is StopReason.RELOAD and self._thread is not None:
+                log.info("reload requested in library mode: restarting the pool with the same application")
+                continue
+            log.info("fcgiserve stopped (%s)", reason.value)
+            return reason
+
+    def _signal_ready(self) -> None:
+        pool = self._pool
+        if pool is not None and pool.ready.wait(60):
+            self._ready.set()
+
+    def _reexec(self, argv: list[str], start_dir: str) -> None:
+        env = {**os.environ, **export_for_reexec(self._listeners)}
+        log.info("reloading: re-executing %s in place (pid %d)", " ".join(argv), os.getpid())
+        os.chdir(start_dir)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def pool_settings(config: Config) -> PoolSettings:
+    return PoolSettings(
+        min_spare=config.minspare,
+        max_spare=config.maxspare,
+        max_children=config.effective_maxchildren,
+        max_requests=config.maxrequests,
+        max_requests_jitter=config.maxrequests_jitter,
+        timeout=config.timeout,
+        graceful_timeout=config.graceful_timeout,
+        threads_per_child=config.threads,
+        idle_timeout=config.idle_timeout,
+        max_connections=config.max_connections,
+    )
+
+
+def handler_options(config: Config) -> HandlerOptions:
+    """What every connection needs; GET_VALUES answers are computed here from the real pool limits."""
+    prefork = config.method == "prefork"
+    mpxs = config.effective_multiplexed
+    if prefork:
+        max_conns, max_reqs = prefork_capacity(pool_settings(config))
+    else:
+        max_reqs = config.effective_maxchildren
+        max_conns = config.max_connections or max_reqs
+    allow = AllowList.from_config(config)
+    return HandlerOptions(
+        wsgi=WSGIOptions(
+            script_name=config.script_name,
+            debug=config.debug,
+            multithread=not prefork or config.threads > 1,
+            multiprocess=prefork,
+            spool_threshold=config.spool_threshold,
+        ),
+        settings=ConnectionSettings(max_conns=max_conns, max_reqs=max_reqs, mpxs_conns=mpxs),
+        limits=ProtocolLimits(
+            max_params_bytes=config.max_params_bytes,
+            max_params_count=config.max_params_count,
+            max_requests=config.max_requests_per_connection if mpxs else 1,
+        ),
+        max_body_size=config.max_body_size,
+        allowed=allow.allowed if allow.active else None,
+        max_in_flight=max_reqs,
+    )
+
+
+def _check_import_in_child(spec: str) -> None:
+    """prefork without --preload: prove the application imports before any socket is opened.
+
+    The import runs in a throw-away child so that the master stays free of application code (which is
+    the point of not preloading), yet a broken import still fails fast with its traceback.
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's exit status is what is tested
+        status = 0
+        try:
+            load_app(spec)
+        except AppLoadError as exc:
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+            print(f"fcgiserve: cannot load the application: {exc}", file=sys.stderr)
+            status = 1
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise StartupError(f"cannot load the application {spec!r} (traceback above)", EXIT_APP_LOAD)
+
+
+def serve(app: WSGIApp | str, **options: Any) -> int:
+    """Serve ``app`` until SIGTERM/SIGINT (blocking, in the foreground); return the exit status.
+
+    ``options`` are the option names of ``fcgiserve --help`` with underscores, e.g.
+    ``serve(application, port=8080, method="prefork", maxchildren=4)``.
+    """
+    return Server(app, **options).run()
+
+
+

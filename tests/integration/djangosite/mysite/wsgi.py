@@ -1,0 +1,9 @@
+"""WSGI entry point, exactly as ``django-admin startproject`` writes it."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+
+application = get_wsgi_application()

@@ -1,0 +1,474 @@
+"""Dispatcher: real loopback sockets, real worker threads, the line protocol as the handler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fcgiserve.pools.dispatch import Dispatcher
+from tests.pools.lineproto import (
+    LineClient,
+    LineFactory,
+    close_clients,
+    tcp_listener,
+    wait_until,
+    worker_threads,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_clients() -> Iterator[None]:
+    yield
+    close_clients()
+
+
+@contextlib.contextmanager
+def running(dispatcher: Dispatcher) -> Iterator[threading.Thread]:
+    """serve_forever in a background thread, stopped at once on the way out whatever the test did."""
+    thread = threading.Thread(target=dispatcher.serve_forever, name="test-selector")
+    thread.start()
+    try:
+        assert dispatcher.ready.wait(2)
+        yield thread
+    finally:
+        dispatcher.stop(graceful=False, timeout=0)
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def serving(
+    listener: socket.socket, factory: LineFactory | None = None, **options: Any
+) -> Iterator[tuple[Dispatcher, LineFactory]]:
+    """Run a Dispatcher in a background thread; stop it and check that it and its workers are gone."""
+    factory = factory if factory is not None else LineFactory()
+    settings: dict[str, Any] = {"min_spare": 1, "max_spare": 4, "max_threads": 8}
+    settings.update(options)
+    dispatcher = Dispatcher([listener], factory, **settings)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            dispatcher.serve_forever()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-selector")
+    thread.start()
+    try:
+        assert dispatcher.ready.wait(2)
+        yield dispatcher, factory
+    finally:
+        dispatcher.stop(graceful=False, timeout=0)
+        thread.join(5)
+    assert not thread.is_alive()
+    assert errors == []
+    assert wait_until(lambda: not worker_threads(), 2)
+
+
+def test_accepted_tcp_connections_get_tcp_nodelay() -> None:
+    with tcp_listener() as listener, serving(listener) as (_, factory):
+        client = LineClient(listener.getsockname())
+        assert client.request("ECHO a") == "a"
+        assert factory.sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client.close()
+
+
+def test_ipv6_connections_get_tcp_nodelay() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        listener.bind(("::1", 0))
+    except OSError:
+        listener.close()
+        pytest.skip("no IPv6 loopback")
+    listener.listen(8)
+    with listener, serving(listener) as (_, factory):
+        client = LineClient(listener.getsockname()[:2], socket.AF_INET6)
+        assert client.request("ECHO six") == "six"
+        assert factory.sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client.close()
+
+
+def test_unix_socket_connections_are_served(tmp_path: Any) -> None:
+    path = str(tmp_path / "fcgi.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    with listener, serving(listener):
+        client = LineClient(path, socket.AF_UNIX)
+        assert client.request("ECHO unix") == "unix"
+        client.close()
+
+
+def test_min_spare_threads_start_and_idle_threads_above_max_spare_exit() -> None:
+    with tcp_listener() as listener, serving(listener, min_spare=2, max_spare=3, max_threads=10) as (d, f):
+        factory = f
+        assert wait_until(lambda: len(worker_threads()) == 2)
+        assert d.idle_threads == 2
+        clients = [LineClient(listener.getsockname()) for _ in range(8)]
+        for client in clients:
+            client.send("SLEEP 0.3")
+        assert wait_until(lambda: factory.in_progress == 8)
+        assert d.busy_requests == 8
+        # Eight busy, and the dispatcher keeps min_spare idle on top of them.
+        assert wait_until(lambda: d.idle_threads >= 2)
+        assert wait_until(lambda: len(worker_threads()) == d.thread_count == 10)
+        assert [client.read_line() for client in clients] == ["SLEPT"] * 8
+        # All finished: at most max_spare idle threads stay; the others have exited.
+        assert wait_until(lambda: len(worker_threads()) == 3)
+        assert d.thread_count == d.idle_threads == 3
+        assert d.requests_served == 8
+        for client in clients:
+            client.close()
+
+
+def test_max_threads_is_never_exceeded_under_twenty_concurrent_slow_requests() -> None:
+    with tcp_listener() as listener, serving(listener, min_spare=1, max_spare=2, max_threads=4) as (d, f):
+        factory = f
+        clients = [LineClient(listener.getsockname()) for _ in range(20)]
+        started = time.monotonic()
+        for client in clients:
+            client.send("SLEEP 0.1")
+        assert [client.read_line() for client in clients] == ["SLEPT"] * 20
+        elapsed = time.monotonic() - started
+        assert factory.max_in_progress == 4
+        assert factory.max_worker_threads <= 4
+        assert elapsed >= 0.5  # five rounds of four
+        assert d.requests_served == 20
+        for client in clients:
+            client.close()
+
+
+def test_connections_beyond_capacity_wait_in_the_backlog_and_are_never_refused() -> None:
+    """One thread, a listen backlog of 16 and 12 clients that each close after one request."""
+    with (
+        tcp_listener(backlog=16) as listener,
+        serving(listener, min_spare=1, max_spare=1, max_threads=1) as (
+            d,
+            factory,
+        ),
+    ):
+        clients = [LineClient(listener.getsockname()) for _ in range(12)]
+        for client in clients:
+            client.send("SLEEP 0.02")
+            client.send("QUIT")
+        # While the single thread is busy the rest sit un-accepted in the kernel's queue.
+        assert wait_until(lambda: factory.in_progress == 1)
+        assert d.open_connections == 1
+        for client in clients:
+            assert client.read_line() == "SLEPT"
+            assert client.read_line() == "BYE"
+            assert client.read_line() == ""
+            client.close()
+        assert factory.max_in_progress == 1
+        assert wait_until(lambda: d.open_connections == 0)
+
+
+def test_parked_connections_cost_no_thread() -> None:
+    """max_threads=2, ten idle kept-alive connections: an 11th and a parked one are still served promptly."""
+    with tcp_listener() as listener, serving(listener, min_spare=1, max_spare=2, max_threads=2) as (d, f):
+        factory = f
+        address = listener.getsockname()
+        parked = [LineClient(address) for _ in range(10)]
+        for n, client in enumerate(parked):
+            assert client.request(f"ECHO {n}") == str(n)
+        assert wait_until(lambda: d.parked_connections == 10)
+        assert d.busy_threads == 0
+        assert len(worker_threads()) <= 2
+        started = time.monotonic()
+        newcomer = LineClient(address)
+        assert newcomer.request("ECHO new") == "new"
+        assert parked[7].request("ECHO again") == "again"
+        assert time.monotonic() - started < 0.5
+        assert d.open_connections == 11
+        for client in [*parked, newcomer]:
+            client.close()
+        # Each close is noticed (EOF while parked -> a worker serves it -> serve() returns False).
+        assert wait_until(lambda: d.open_connections == 0)
+        assert factory.closed == 11
+
+
+def test_a_parked_connection_that_becomes_readable_waits_for_a_busy_pool() -> None:
+    with tcp_listener() as listener, serving(listener, min_spare=0, max_spare=1, max_threads=1) as (d, _):
+        address = listener.getsockname()
+        idle = LineClient(address)
+        assert idle.request("ECHO park") == "park"
+        assert wait_until(lambda: d.parked_connections == 1)
+        slow = LineClient(address)
+        slow.send("SLEEP 0.2")
+        assert wait_until(lambda: d.busy_requests == 1)
+        idle.send("ECHO later")
+        assert slow.read_line() == "SLEPT"
+        assert idle.read_line() == "later"
+        idle.close()
+        slow.close()
+
+
+def test_idle_timeout_closes_parked_connections() -> None:
+    with tcp_listener() as listener, serving(listener, idle_timeout=0.2) as (d, _):
+        address = listener.getsockname()
+        quiet = LineClient(address)
+        chatty = LineClient(address)
+        assert quiet.request("ECHO 1") == "1"
+        started = time.monotonic()
+        for n in range(6):  # keeps re-parking, so its idle clock restarts
+            assert chatty.request(f"ECHO {n}") == str(n)
+            time.sleep(0.06)
+        assert quiet.read_line() == ""  # EOF: the pool closed it
+        assert 0.15 < time.monotonic() - started < 1.5
+        assert chatty.request("ECHO alive") == "alive"
+        assert wait_until(lambda: d.parked_connections == 1)
+        quiet.close()
+        chatty.close()
+
+
+def test_max_connections_pauses_accept_without_refusing() -> None:
+    with tcp_listener() as listener, serving(listener, max_connections=2) as (d, _):
+        address = listener.getsockname()
+        first, second = LineClient(address), LineClient(address)
+        assert first.request("ECHO 1") == "1"
+        assert second.request("ECHO 2") == "2"
+        third = LineClient(address)  # connects (kernel backlog) but is not accepted
+        third.send("ECHO 3")
+        time.sleep(0.1)
+        assert d.open_connections == 2
+        first.close()
+        assert third.read_line() == "3"
+        second.close()
+        third.close()
+
+
+def test_accept_while_busy_false_leaves_new_connections_to_siblings() -> None:
+    with tcp_listener() as listener, serving(listener, accept_while_busy=False) as (d, factory):
+        address = listener.getsockname()
+        slow = LineClient(address)
+        slow.send("SLEEP 0.3")
+        assert wait_until(lambda: factory.in_progress == 1)
+        waiting = LineClient(address)
+        waiting.send("ECHO next")
+        time.sleep(0.1)
+        assert d.open_connections == 1  # not accepted while a request runs here
+        assert slow.read_line() == "SLEPT"
+        assert waiting.read_line() == "next"
+        slow.close()
+        waiting.close()
+
+
+def test_pause_and_resume_accepting() -> None:
+    with tcp_listener() as listener, serving(listener) as (d, _):
+        d.pause_accepting()
+        client = LineClient(listener.getsockname())
+        client.send("ECHO hello")
+        time.sleep(0.1)
+        assert d.open_connections == 0
+        d.resume_accepting()
+        assert client.read_line() == "hello"
+        client.close()
+
+
+def test_refused_connections_are_not_counted_open() -> None:
+    factory = LineFactory(refuse=lambda peer: True)
+    with tcp_listener() as listener, serving(listener, factory) as (d, _):
+        client = LineClient(listener.getsockname())
+        assert client.read_line() == ""
+        assert wait_until(lambda: d.open_connections == 0)
+        assert len(factory.peers) == 1
+        client.close()
+
+
+def test_a_failing_connection_is_logged_closed_and_the_worker_survives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with (
+        tcp_listener() as listener,
+        serving(listener, min_spare=1, max_spare=1, max_threads=1) as (d, _),
+        caplog.at_level(logging.ERROR, "fcgiserve.pools"),
+    ):
+        address = listener.getsockname()
+        crasher = LineClient(address)
+        crasher.send("CRASH")
+        assert crasher.read_line() == ""
+        assert LineClient(address).request("ECHO still here") == "still here"
+        assert "serving a connection failed" in caplog.text
+        assert d.thread_count == 1
+        crasher.close()
+
+
+def test_graceful_stop_finishes_in_flight_requests_and_leaves_the_listener_open() -> None:
+    with tcp_listener() as listener:
+        factory = LineFactory()
+        dispatcher = Dispatcher([listener], factory, min_spare=1, max_spare=2, max_threads=4)
+        with running(dispatcher) as thread:
+            address = listener.getsockname()
+            idle = LineClient(address)
+            assert idle.request("ECHO park") == "park"
+            assert wait_until(lambda: dispatcher.parked_connections == 1)
+            slow = LineClient(address)
+            slow.send("SLEEP 0.3")
+            assert wait_until(lambda: factory.in_progress == 1)
+            dispatcher.stop(graceful=True, timeout=5)
+            assert idle.read_line() == ""  # parked: closed at once
+            late = LineClient(address)  # the listener is still open: this waits in the backlog
+            late.send("ECHO late")
+            assert slow.read_line() == "SLEPT"
+            thread.join(3)
+            assert not thread.is_alive()
+            assert not worker_threads()
+            assert dispatcher.requests_served == 2
+            # The un-accepted connection is still queued on the listener, its request intact.
+            listener.settimeout(1)
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.recv(100) == b"ECHO late\n"
+            for client in (idle, slow, late):
+                client.close()
+
+
+def test_graceful_stop_that_runs_out_of_time_closes_what_is_left() -> None:
+    with tcp_listener() as listener:
+        factory = LineFactory()
+        dispatcher = Dispatcher([listener], factory, min_spare=1, max_spare=2, max_threads=4)
+        with running(dispatcher) as thread:
+            slow = LineClient(listener.getsockname())
+            slow.send("SLEEP 1.5")
+            assert wait_until(lambda: factory.in_progress == 1)
+            started = time.monotonic()
+            dispatcher.stop(graceful=True, timeout=0.2)
+            thread.join(3)
+            assert not thread.is_alive()
+            assert time.monotonic() - started < 1.3
+            assert factory.closed == 1  # close() was called on the connection still in service
+            slow.close()
+            assert wait_until(lambda: not worker_threads(), 3)
+
+
+def test_immediate_stop_closes_everything_now() -> None:
+    with tcp_listener() as listener:
+        factory = LineFactory()
+        dispatcher = Dispatcher([listener], factory, min_spare=1, max_spare=2, max_threads=4)
+        with running(dispatcher) as thread:
+            address = listener.getsockname()
+            idle = LineClient(address)
+            assert idle.request("ECHO park") == "park"
+            slow = LineClient(address)
+            slow.send("SLEEP 1")
+            assert wait_until(lambda: factory.in_progress == 1)
+            started = time.monotonic()
+            dispatcher.stop(graceful=False)
+            thread.join(3)
+            assert time.monotonic() - started < 0.5
+            assert idle.read_line() == ""
+            assert slow.read_line() == ""
+            assert listener.fileno() != -1
+            idle.close()
+            slow.close()
+            assert wait_until(lambda: not worker_threads(), 3)
+
+
+def test_stop_before_serve_forever_returns_at_once() -> None:
+    with tcp_listener() as listener:
+        dispatcher = Dispatcher([listener], LineFactory(), min_spare=2, max_spare=2, max_threads=2)
+        dispatcher.stop()
+        thread = threading.Thread(target=dispatcher.serve_forever, daemon=True)
+        thread.start()
+        thread.join(1)
+        assert not thread.is_alive()
+        assert not worker_threads()
+        with pytest.raises(RuntimeError):
+            dispatcher.serve_forever()
+
+
+def test_max_requests_drains_and_flags_it() -> None:
+    with tcp_listener() as listener:
+        dispatcher = Dispatcher(
+            [listener], LineFactory(), min_spare=1, max_spare=2, max_threads=2, max_requests=3
+        )
+        with running(dispatcher) as thread:
+            client = LineClient(listener.getsockname())
+            assert [client.request(f"ECHO {n}") for n in range(3)] == ["0", "1", "2"]
+            thread.join(3)
+            assert not thread.is_alive()
+            assert dispatcher.max_requests_reached
+            assert client.read_line() == ""  # it was parked: closed by the drain
+
+
+def test_observer_already_on_the_factory_is_chained_and_restored() -> None:
+    events: list[str] = []
+
+    class Recorder:
+        def request_started(self, info: str) -> None:
+            events.append("start " + info)
+
+        def request_finished(self) -> None:
+            events.append("end")
+
+    recorder = Recorder()
+    factory = LineFactory()
+    factory.observer = recorder
+    with tcp_listener() as listener:
+        with serving(listener, factory) as (d, _):
+            assert factory.observer is not recorder
+            client = LineClient(listener.getsockname())
+            assert client.request("ECHO x") == "x"
+            assert d.requests_served == 1
+            client.close()
+        assert factory.observer is recorder
+    assert events == ["start ECHO x", "end"]
+
+
+def test_wakeup_callbacks_run_in_the_selector_thread() -> None:
+    reader, writer = socket.socketpair()
+    calls: list[str] = []
+    with tcp_listener() as listener, reader, writer:
+        dispatcher = Dispatcher([listener], LineFactory(), min_spare=0, max_spare=1, max_threads=1)
+
+        def on_readable() -> None:
+            calls.append(threading.current_thread().name)
+            reader.recv(10)
+            dispatcher.stop()
+
+        dispatcher.add_wakeup(reader.fileno(), on_readable)
+        with running(dispatcher) as thread:
+            writer.send(b"!")
+            thread.join(3)
+            assert not thread.is_alive()
+    assert calls == ["test-selector"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"min_spare": 1, "max_spare": 1, "max_threads": 0},
+        {"min_spare": 3, "max_spare": 2, "max_threads": 4},
+        {"min_spare": -1, "max_spare": 2, "max_threads": 4},
+        {"min_spare": 1, "max_spare": 2, "max_threads": 4, "idle_timeout": -1},
+    ],
+)
+def test_invalid_settings_are_rejected(options: dict[str, Any]) -> None:
+    with tcp_listener() as listener, pytest.raises(ValueError):
+        Dispatcher([listener], LineFactory(), **options)
+
+
+def test_no_file_descriptors_leak_across_a_run() -> None:
+    fd_dir = f"/proc/{os.getpid()}/fd"
+    if not os.path.isdir(fd_dir):
+        pytest.skip("needs /proc")
+    with tcp_listener() as listener:
+        before = len(os.listdir(fd_dir))
+        with serving(listener) as (d, _):
+            clients = [LineClient(listener.getsockname()) for _ in range(5)]
+            for client in clients:
+                assert client.request("ECHO x") == "x"
+            for client in clients:
+                client.close()
+            assert wait_until(lambda: d.open_connections == 0)
+        assert len(os.listdir(fd_dir)) == before

@@ -1,0 +1,462 @@
+"""The prefork pool, for real: a master subprocess (tests/pools/prefork_master.py) forking children
+that serve the line protocol on a loopback listener; processes are observed through /proc.
+
+Every connection is greeted with ``PID <child pid>``, so a test knows which child holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fcgiserve.pools.base import PoolSettings
+from fcgiserve.pools.prefork import prefork_capacity
+from tests.pools.lineproto import LineClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process, or None when it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def _all_pids() -> Iterator[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+class Master:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.port = port
+        self.log_path = log_path
+
+    def children(self) -> set[int]:
+        """Live (non-zombie) children of the master."""
+        found = set()
+        for pid in _all_pids():
+            stat = _stat(pid)
+            if stat is not None and stat[1] == self.pid and stat[0] != "Z":
+                found.add(pid)
+        return found
+
+    def zombies(self) -> set[int]:
+        return {pid for pid in _all_pids() if (_stat(pid) or ("", 0)) == ("Z", self.pid)}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def connect(self) -> tuple[LineClient, int]:
+        """A connection and the pid of the child that accepted it."""
+        client = LineClient(("127.0.0.1", self.port), timeout=5.0)
+        greeting = client.read_line()
+        assert greeting.startswith("PID "), f"no greeting: {greeting!r}\n{self.log()}"
+        return client, int(greeting[4:])
+
+    def request(self, line: str) -> tuple[str, int]:
+        """One request on a new connection: (reply, child pid)."""
+        client, pid = self.connect()
+        try:
+            return client.request(line), pid
+        finally:
+            client.close()
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """The pool's stats(), logged by the master on SIGUSR1."""
+        before = self.log().count(" STATS ")
+        self.signal(signal.SIGUSR1)
+        assert _wait_until(lambda: self.log().count(" STATS ") > before, 2.0)
+        line = [x for x in self.log().splitlines() if " STATS " in x][-1]
+        return dict(json.loads(line.split(" STATS ", 1)[1]))
+
+
+@contextlib.contextmanager
+def _master(tmp_path: Path, boot_control: Path | None = None, **settings: Any) -> Iterator[Master]:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    log_path = tmp_path / "master.log"
+    command = [sys.executable, "-m", "tests.pools.prefork_master", "--fd", str(listener.fileno())]
+    command += ["--settings", json.dumps({"graceful_timeout": 3.0, **settings})]
+    if boot_control is not None:
+        command += ["--boot-control", str(boot_control)]
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, pass_fds=[listener.fileno()], stdout=log_file, stderr=subprocess.STDOUT
+        )
+    listener.close()  # the master holds it now
+    master = Master(proc, port, log_path)
+    children: set[int] = set()
+    try:
+        yield master
+    finally:
+        if proc.poll() is None:
+            children = master.children()
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for pid in children:  # children die with the master; make sure of it, by pid
+            if _wait_until(lambda pid=pid: not _alive(pid), 2.0) is False:
+                os.kill(pid, signal.SIGKILL)
+
+
+def _ready(master: Master, count: int = 1) -> None:
+    """Wait until a child answers and ``count`` children exist."""
+    assert master.request("ECHO up")[0] == "up", master.log()
+    assert _wait_until(lambda: len(master.children()) >= count, 3.0), master.log()
+
+
+def _concurrently(master: Master, lines: list[str]) -> list[tuple[str, int, float]]:
+    """Send each line on its own connection at once; (reply, pid, seconds) each, "" reply on failure."""
+    results: list[tuple[str, int, float]] = [("", 0, 0.0)] * len(lines)
+    start = time.monotonic()
+
+    def one(i: int) -> None:
+        pid = 0
+        try:
+            client, pid = master.connect()
+            try:
+                results[i] = (client.request(lines[i]), pid, time.monotonic() - start)
+            finally:
+                client.close()
+        except OSError:
+            results[i] = ("", pid, time.monotonic() - start)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(lines))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def test_prefork_capacity_counts_threads_of_every_child() -> None:
+    """S-E2: FCGI_MAX_REQS is per application: children x threads."""
+    assert prefork_capacity(PoolSettings(max_children=6, threads_per_child=4)) == (24, 24)
+    assert prefork_capacity(PoolSettings(max_children=3, threads_per_child=2, max_connections=10)) == (30, 6)
+
+
+def test_idle_children_stay_within_spare_bounds(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=2, max_spare=3, max_children=8) as master:
+        _ready(master, 2)
+        time.sleep(0.5)
+        assert 2 <= len(master.children()) <= 3
+        replies = _concurrently(master, ["SLEEP 0.5"] * 6)
+        assert [r[0] for r in replies] == ["SLEPT"] * 6
+        # Back to at most max_spare idle children, one retirement per tick.
+        assert _wait_until(lambda: len(master.children()) <= 3, 3.0), master.log()
+        time.sleep(0.3)
+        assert 2 <= len(master.children()) <= 3
+        assert not master.zombies()
+
+
+def test_growth_is_prompt_when_all_children_are_busy(tmp_path: Path) -> None:
+    """Field note P1 (flup's prefork stuck at maxSpare on Python 3): six concurrent 1 s requests with
+    min_spare=1 max_spare=2 max_children=10 must not queue behind two children."""
+    with _master(tmp_path, min_spare=1, max_spare=2, max_children=10) as master:
+        _ready(master)
+        replies = _concurrently(master, ["SLEEP 1"] * 6)
+        assert [r[0] for r in replies] == ["SLEPT"] * 6
+        assert len({r[1] for r in replies}) == 6  # one child each: none waited for another
+        assert max(r[2] for r in replies) < 1.85, replies
+
+
+def test_never_more_than_max_children_under_load(tmp_path: Path) -> None:
+    counts: list[int] = []
+    with _master(tmp_path, min_spare=1, max_spare=2, max_children=4) as master:
+        _ready(master)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                counts.append(len(master.children()))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            replies = _concurrently(master, ["SLEEP 0.3"] * 20)
+        finally:
+            done.set()
+            sampler.join(5)
+        assert [r[0] for r in replies] == ["SLEPT"] * 20
+        assert max(counts) == 4
+        assert "reached max_children (4)" in master.log()
+        assert master.stats()["max_children_reached"] >= 1
+
+
+def test_each_child_serves_at_most_max_requests(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=1, max_spare=2, max_children=3, max_requests=3) as master:
+        _ready(master)
+        served_by: Counter[int] = Counter()
+        for n in range(15):
+            reply, pid = master.request(f"ECHO {n}")
+            assert reply == str(n)
+            served_by[pid] += 1
+        assert max(served_by.values()) <= 3
+        assert len(served_by) >= 5
+        assert _wait_until(lambda: not master.zombies(), 1.0)
+
+
+def test_sigkill_of_a_busy_child_fails_only_its_request(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=3, max_spare=4, max_children=6) as master:
+        _ready(master, 3)
+        connections = [master.connect() for _ in range(3)]
+        pids = [pid for _, pid in connections]
+        assert len(set(pids)) == 3  # a child with a connection in service accepts no other
+        for client, _ in connections:
+            client.send("SLEEP 1")
+        time.sleep(0.3)
+        os.kill(pids[0], signal.SIGKILL)
+        replies = [client.read_line() for client, _ in connections]
+        for client, _ in connections:
+            client.close()
+        assert replies == ["", "SLEPT", "SLEPT"]
+        assert _wait_until(lambda: pids[0] not in master.children() and len(master.children()) >= 3, 2.0)
+        assert master.request("ECHO after")[0] == "after"
+        assert f"worker {pids[0]} died (signal SIGKILL)" in master.log()
+        assert not master.zombies()
+
+
+def test_children_die_with_a_killed_master(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=2, max_spare=3, max_children=4) as master:
+        _ready(master, 2)
+        busy, _ = master.connect()
+        busy.send("SLEEP 5")
+        children = master.children()
+        assert len(children) >= 2
+        master.proc.kill()
+        master.wait(5)
+        assert _wait_until(lambda: not any(_alive(pid) for pid in children), 2.0)
+        busy.close()
+
+
+def test_term_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=1, max_spare=2, max_children=3) as master:
+        _ready(master)
+        client, _ = master.connect()
+        client.send("SLEEP 1")
+        time.sleep(0.2)
+        started = time.monotonic()
+        master.signal(signal.SIGTERM)
+        assert client.read_line() == "SLEPT"
+        client.close()
+        assert master.wait(5) == 0
+        assert time.monotonic() - started < 3.0
+        assert "RETURNED stop" in master.log()
+
+
+def test_second_term_or_quit_stops_at_once(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=1, max_spare=2, max_children=3, graceful_timeout=30.0) as master:
+        _ready(master)
+        client, _ = master.connect()
+        client.send("SLEEP 5")
+        time.sleep(0.2)
+        started = time.monotonic()
+        master.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        master.signal(signal.SIGQUIT)
+        assert client.read_line() == ""
+        client.close()
+        assert master.wait(5) == 0
+        assert time.monotonic() - started < 2.5
+
+
+def test_quit_stops_now(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=2, max_spare=2, max_children=3) as master:
+        _ready(master, 2)
+        children = master.children()
+        client, _ = master.connect()
+        client.send("SLEEP 5")
+        time.sleep(0.2)
+        started = time.monotonic()
+        master.signal(signal.SIGQUIT)
+        assert client.read_line() == ""
+        assert master.wait(5) == 0
+        assert time.monotonic() - started < 2.0
+        assert "RETURNED quit" in master.log()
+        assert not any(_alive(pid) for pid in children)
+        client.close()
+
+
+def test_hup_replaces_the_generation_without_a_failed_request(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=2, max_spare=3, max_children=6) as master:
+        _ready(master, 2)
+        old = master.children()
+        failures: list[str] = []
+        pids_after: set[int] = set()
+        hup_at = time.monotonic() + 0.3
+        deadline = time.monotonic() + 2.0
+        sent_hup = False
+        n = 0
+        while time.monotonic() < deadline:
+            if not sent_hup and time.monotonic() >= hup_at:
+                master.signal(signal.SIGHUP)
+                sent_hup = True
+            try:
+                reply, pid = master.request(f"ECHO {n}")
+            except (OSError, AssertionError) as exc:
+                failures.append(repr(exc))
+                continue
+            if reply != str(n):
+                failures.append(reply)
+            if sent_hup:
+                pids_after.add(pid)
+            n += 1
+        assert failures == []
+        assert n > 20
+        assert _wait_until(lambda: not (master.children() & old), 3.0), master.log()
+        new = master.children()
+        assert len(new) >= 2
+        assert master.request("ECHO new")[1] in new
+        assert pids_after - old  # the new generation took over while requests kept flowing
+        assert master.stats()["generation"] == 2
+
+
+def test_reload_with_a_broken_application_keeps_the_old_generation(tmp_path: Path) -> None:
+    control = tmp_path / "boot"
+    control.write_text("ok")
+    with _master(tmp_path, boot_control=control, min_spare=2, max_spare=2, max_children=4) as master:
+        _ready(master, 2)
+        old = master.children()
+        control.write_text("fail")
+        master.signal(signal.SIGHUP)
+        assert _wait_until(lambda: "reload to generation 2 abandoned" in master.log(), 3.0), master.log()
+        assert _wait_until(lambda: "failed to boot: make_factory() raised" in master.log(), 1.0)
+        assert master.proc.poll() is None
+        assert master.children() == old
+        reply, pid = master.request("ECHO still")
+        assert (reply, pid in old) == ("still", True)
+
+
+def test_boot_failure_stops_the_master_without_a_fork_loop(tmp_path: Path) -> None:
+    control = tmp_path / "boot"
+    control.write_text("fail")
+    started = time.monotonic()
+    with _master(tmp_path, boot_control=control, min_spare=1, max_spare=2, max_children=4) as master:
+        assert master.wait(5) == 3
+        assert time.monotonic() - started < 4.0
+        log = master.log()
+        assert "ImportError: the test application cannot be imported" in log
+        assert "the application cannot start" in log
+        assert log.count("failed to boot: make_factory() raised") == 1  # start_servers = 1: one attempt
+
+
+def test_timeout_dumps_the_stack_and_replaces_the_child(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=2, max_spare=2, max_children=4, timeout=0.5) as master:
+        _ready(master, 2)
+        client, pid = master.connect()
+        started = time.monotonic()
+        assert client.request("SLEEP 4") == ""
+        assert time.monotonic() - started < 3.0
+        client.close()
+        log = master.log()
+        assert f"worker {pid} exceeded the request timeout" in log
+        assert "serving 'SLEEP 4'" in log
+        assert "time.sleep(float(arg))" in log  # the busy thread's stack, down to the stuck line
+        assert f"worker {pid} killed: request timeout" in log
+        assert _wait_until(lambda: pid not in master.children() and len(master.children()) >= 2, 2.0)
+        assert master.request("ECHO fine")[0] == "fine"
+
+
+def test_kept_alive_idle_connections_do_not_pin_children(tmp_path: Path) -> None:
+    """nginx `fastcgi_keep_conn on` + `keepalive 16` against max_children 6: sixteen idle kept
+    connections are parked in the children, which still take new work at once."""
+    with _master(tmp_path, min_spare=2, max_spare=6, max_children=6, threads_per_child=4) as master:
+        _ready(master, 2)
+        kept: list[LineClient] = []
+        try:
+            for n in range(16):  # like nginx: the request follows the connect at once
+                client = master.connect()[0]
+                kept.append(client)
+                assert client.request(f"ECHO {n}") == str(n)
+            replies = _concurrently(master, ["SLEEP 0.5"] * 5)
+            assert [r[0] for r in replies] == ["SLEPT"] * 5
+            assert max(r[2] for r in replies) < 1.4, replies
+            for n, client in enumerate(kept):
+                assert client.request(f"ECHO again {n}") == f"again {n}"
+        finally:
+            for client in kept:
+                client.close()
+
+
+def test_usr1_reopens_logs_everywhere_and_ttin_ttou_move_the_spare_bounds(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=1, max_spare=2, max_children=5) as master:
+        _ready(master)
+        children = master.children()
+        assert _wait_until(lambda: master.stats()["generation"] == 1, 2.0)  # the master saw it READY
+        stats = master.stats()
+        assert _wait_until(lambda: all(f"REOPEN {pid}" in master.log() for pid in children), 2.0)
+        assert f"REOPEN {master.pid}" in master.log()
+        assert stats["max_children"] == 5 and stats["generation"] == 1
+        assert {c["pid"] for c in stats["children"]} == children
+        assert stats["served_requests"] >= 1
+        master.signal(signal.SIGTTIN)
+        assert _wait_until(lambda: "spare children now 2..3" in master.log(), 2.0)
+        master.signal(signal.SIGTTIN)  # one at a time: a signal still pending absorbs a second one
+        assert _wait_until(lambda: "spare children now 3..4" in master.log(), 2.0)
+        assert _wait_until(lambda: len(master.children()) >= 3, 2.0)
+        master.signal(signal.SIGTTOU)
+        assert _wait_until(lambda: "TTOU: spare children now 2..3" in master.log(), 2.0)
+
+
+def test_stats_show_the_request_in_progress(tmp_path: Path) -> None:
+    with _master(tmp_path, min_spare=2, max_spare=3, max_children=4) as master:
+        _ready(master, 2)
+        client, pid = master.connect()
+        client.send("SLEEP 1")
+        time.sleep(0.3)
+        stats = master.stats()
+        (busy,) = [c for c in stats["children"] if c["pid"] == pid]
+        assert busy["state"] == "busy" and busy["current_request"] == "SLEEP 1"
+        assert 0.2 < busy["request_duration"] < 1.0
+        assert stats["active_processes"] >= 1
+        assert client.read_line() == "SLEPT"
+        client.close()

@@ -1,0 +1,117 @@
+"""S-B record framing: header layout, padding, splitting at 65535, every record type, the reader's bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from fcgiserve.protocol import (
+    MAX_CONTENT_LENGTH,
+    LocalProtocolError,
+    RecordReader,
+    RecordType,
+    RemoteProtocolError,
+    encode_record,
+)
+from fcgiserve.protocol.records import MAX_RECORD_LENGTH
+
+from . import wire
+
+ALL_TYPES = list(range(1, 12))
+
+
+def test_s_b3_all_eleven_record_types_have_their_spec_numbers() -> None:
+    assert [t.value for t in RecordType] == ALL_TYPES
+    assert RecordType.UNKNOWN_TYPE == 11  # FCGI_MAXTYPE
+
+
+@pytest.mark.parametrize(
+    ("record_type", "request_id", "content", "expected"),
+    [
+        (wire.STDOUT, 1, b"", b"\x01\x06\x00\x01\x00\x00\x00\x00"),
+        (wire.STDOUT, 1, b"abc", b"\x01\x06\x00\x01\x00\x03\x05\x00abc\x00\x00\x00\x00\x00"),
+        (wire.STDERR, 0x1234, b"12345678", b"\x01\x07\x12\x34\x00\x08\x00\x0012345678"),
+        (wire.END_REQUEST, 65535, bytes(8), b"\x01\x03\xff\xff\x00\x08\x00\x00" + bytes(8)),
+        (wire.GET_VALUES_RESULT, 0, b"x" * 9, b"\x01\x0a\x00\x00\x00\x09\x07\x00" + b"x" * 9 + bytes(7)),
+    ],
+)
+def test_s_b1_s_b2_header_bytes_and_padding_to_eight(
+    record_type: int, request_id: int, content: bytes, expected: bytes
+) -> None:
+    encoded = encode_record(record_type, request_id, content)
+    assert encoded == expected
+    assert len(encoded) % 8 == 0
+
+
+@pytest.mark.parametrize("record_type", ALL_TYPES)
+def test_s_b3_every_type_encodes_and_reads_back(record_type: int) -> None:
+    encoded = encode_record(record_type, 7, b"payload")
+    assert encoded == wire.rec(record_type, 7, b"payload")
+    assert RecordReader().feed(encoded) == [(record_type, 7, b"payload")]
+
+
+@pytest.mark.parametrize(
+    "size", [MAX_CONTENT_LENGTH - 1, MAX_CONTENT_LENGTH, MAX_CONTENT_LENGTH + 1, 200_000]
+)
+def test_s_b2_payloads_longer_than_65535_are_split(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    encoded = encode_record(wire.STDOUT, 3, payload)
+    records = RecordReader().feed(encoded)
+    assert all(len(content) <= MAX_CONTENT_LENGTH for _, _, content in records)
+    assert b"".join(content for _, _, content in records) == payload
+    assert len(records) == -(-size // MAX_CONTENT_LENGTH)
+    assert len(encoded) % 8 == 0
+
+
+def test_encode_record_rejects_request_ids_outside_sixteen_bits() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_record(wire.STDOUT, 65536, b"")
+    with pytest.raises(LocalProtocolError):
+        encode_record(wire.STDOUT, -1, b"")
+
+
+@pytest.mark.parametrize("padding", [0, 1, 7, 8, 100, 255])
+def test_s_b2_any_padding_is_skipped_on_input(padding: int) -> None:
+    data = wire.rec(wire.STDIN, 1, b"abc", padding=padding) + wire.rec(wire.STDIN, 1, b"", padding=padding)
+    assert RecordReader().feed(data) == [(wire.STDIN, 1, b"abc"), (wire.STDIN, 1, b"")]
+    reader = RecordReader()
+    records = []
+    for i in range(len(data)):
+        records += reader.feed(data[i : i + 1])
+    assert records == [(wire.STDIN, 1, b"abc"), (wire.STDIN, 1, b"")]
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize("version", [0, 2, 6, 255])
+def test_s_b1_a_version_other_than_1_is_fatal(version: int) -> None:
+    data = wire.header(wire.STDIN, 1, 0, version=version)
+    with pytest.raises(RemoteProtocolError, match=f"version {version}") as info:
+        RecordReader().feed(data)
+    assert info.value.request_id is None and info.value.fatal
+
+
+def test_reader_accepts_bytearray_and_memoryview() -> None:
+    data = wire.rec(wire.STDIN, 2, b"xyz")
+    assert RecordReader().feed(bytearray(data)) == [(wire.STDIN, 2, b"xyz")]
+    assert RecordReader().feed(memoryview(data)) == [(wire.STDIN, 2, b"xyz")]
+    reader = RecordReader()
+    assert reader.feed(memoryview(data)[:3]) == []
+    assert reader.feed(memoryview(data)[3:]) == [(wire.STDIN, 2, b"xyz")]
+
+
+def test_reader_holds_at_most_one_incomplete_record() -> None:
+    reader = RecordReader()
+    biggest = wire.rec(wire.STDIN, 1, b"x" * MAX_CONTENT_LENGTH, padding=255)
+    assert len(biggest) == MAX_RECORD_LENGTH
+    assert reader.feed(biggest[:-1]) == []
+    assert reader.buffered == MAX_RECORD_LENGTH - 1
+    assert reader.feed(biggest[-1:] + biggest[:10]) == [(wire.STDIN, 1, b"x" * MAX_CONTENT_LENGTH)]
+    assert reader.buffered == 10
+
+
+def test_reader_waits_for_the_whole_record_before_reparsing() -> None:
+    # A byte-at-a-time peer must cost linear work: nothing is parsed until the record can complete.
+    reader = RecordReader()
+    data = wire.rec(wire.STDIN, 1, b"y" * 1000)
+    for i in range(len(data) - 1):
+        assert reader.feed(data[i : i + 1]) == []
+    assert reader.feed(data[-1:]) == [(wire.STDIN, 1, b"y" * 1000)]

@@ -1,0 +1,363 @@
+"""RequestBody, the stream behind wsgi.input / fcgi.data (PEP 3333 input stream; checklist S-G1, S-F7)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from fcgiserve.wsgi import BodyIncomplete, ClientDisconnected, RequestAborted, RequestBody
+from tests.wsgi.wsgi_support import finished_body
+
+LINES = b"first line\nsecond\n\nlast without newline"
+_OPENED: list[RequestBody] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_bodies() -> Iterator[None]:
+    """The handler closes every body (releasing its spool file); so do the tests."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
+def fed_in_pieces(data: bytes, threshold: int, piece: int, expected: int | None = -1) -> RequestBody:
+    body = RequestBody(len(data) if expected == -1 else expected, threshold)
+    _OPENED.append(body)
+    for start in range(0, len(data), piece):
+        body.feed(data[start : start + piece])
+    body.finish()
+    return body
+
+
+# Every reading method on the same body, in memory (big threshold) and spooled (threshold 0 and 7).
+THRESHOLDS = [1 << 20, 0, 7]
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+@pytest.mark.parametrize("piece", [1, 3, 1000])
+def test_read_all(threshold: int, piece: int) -> None:
+    body = fed_in_pieces(LINES, threshold, piece)
+    assert body.read() == LINES
+    assert body.read() == b""
+    assert body.read(10) == b""
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_read_sizes(threshold: int) -> None:
+    body = fed_in_pieces(LINES, threshold, 5)
+    assert body.read(0) == b""
+    assert body.read(5) == LINES[:5]
+    assert body.read(None) == LINES[5:]
+    body = fed_in_pieces(LINES, threshold, 5)
+    assert body.read(-1) == LINES
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+@pytest.mark.parametrize("piece", [1, 4, 1000])
+def test_readline(threshold: int, piece: int) -> None:
+    body = fed_in_pieces(LINES, threshold, piece)
+    assert body.readline() == b"first line\n"
+    assert body.readline(3) == b"sec"
+    assert body.readline(100) == b"ond\n"
+    assert body.readline() == b"\n"
+    assert body.readline(0) == b""
+    assert body.readline() == b"last without newline"
+    assert body.readline() == b""
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_readlines_and_iteration(threshold: int) -> None:
+    expected = [b"first line\n", b"second\n", b"\n", b"last without newline"]
+    assert fed_in_pieces(LINES, threshold, 3).readlines() == expected
+    assert list(fed_in_pieces(LINES, threshold, 3)) == expected
+    assert fed_in_pieces(LINES, threshold, 3).readlines(12) == expected[:2]  # stops once the hint is reached
+    assert fed_in_pieces(LINES, threshold, 3).readlines(None) == expected
+
+
+def test_readinto() -> None:
+    body = finished_body(b"abcdef")
+    buffer = bytearray(4)
+    assert body.readinto(buffer) == 4 and buffer == b"abcd"
+    assert body.readinto(buffer) == 2 and buffer[:2] == b"ef"
+    assert body.readinto(buffer) == 0
+
+
+def test_never_reads_past_content_length() -> None:
+    """PEP 3333: the application must not read past CONTENT_LENGTH; extra STDIN bytes are dropped."""
+    body = RequestBody(5, 1 << 20)
+    body.feed(b"hello, and more")
+    body.feed(b"even more")
+    # No finish(): CONTENT_LENGTH bytes arrived, so nothing here may block.
+    assert body.readline() == b"hello"
+    assert body.read() == b""
+    assert body.read(10) == b""
+    assert body.readline() == b""
+    assert body.received == 5
+
+
+def test_unknown_length_reads_to_the_end_of_the_stream() -> None:
+    body = fed_in_pieces(b"abc\ndef", 1 << 20, 2, expected=None)
+    assert body.expected_length is None
+    assert body.read(2) == b"ab"
+    assert body.readline() == b"c\n"
+    assert body.read(100) == b"def"
+    assert body.read() == b""
+
+
+def test_unknown_length_empty_body() -> None:
+    body = RequestBody(None, 1 << 20)
+    body.finish()
+    assert body.read() == b"" and body.readline() == b"" and body.readlines() == []
+    assert body.complete
+
+
+def test_zero_length_body_never_waits() -> None:
+    body = RequestBody(0, 1 << 20)  # never fed nor finished: a read must still return at once
+    assert body.read() == b"" and body.readline() == b"" and list(body) == []
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda b: b.read(),
+        lambda b: b.read(10),
+        lambda b: b.readline(),
+        lambda b: b.readlines(),
+    ],
+)
+def test_short_body_raises_body_incomplete(threshold: int, read: Callable[[RequestBody], object]) -> None:
+    """S-G1: STDIN ended before CONTENT_LENGTH: the application gets an error, not a silently short body."""
+    body = RequestBody(10, threshold)
+    body.feed(b"abc")
+    body.finish()
+    assert not body.complete
+    with pytest.raises(BodyIncomplete, match="3 of 10"):
+        read(body)
+
+
+def test_short_body_still_gives_complete_lines_and_reads() -> None:
+    body = RequestBody(100, 1 << 20)
+    body.feed(b"line\nrest")
+    body.finish()
+    assert body.readline() == b"line\n"
+    assert body.read(2) == b"re"
+    with pytest.raises(BodyIncomplete):
+        body.readline()
+    assert issubclass(BodyIncomplete, OSError)
+
+
+@pytest.mark.parametrize(
+    "read", [lambda b: b.read(), lambda b: b.read(1), lambda b: b.readline(), lambda b: list(b)]
+)
+def test_abort_makes_reads_raise(read: Callable[[RequestBody], object]) -> None:
+    """S-F7: ABORT_REQUEST (or the connection closing) is delivered to the reader."""
+    body = RequestBody(10, 1 << 20)
+    body.feed(b"abc")
+    assert not body.is_aborted()
+    body.abort()
+    assert body.is_aborted()
+    with pytest.raises(RequestAborted):
+        read(body)
+    assert issubclass(RequestAborted, ClientDisconnected) and issubclass(ClientDisconnected, OSError)
+    body.feed(b"ignored")
+    assert body.received == 3
+
+
+def test_closed_body_refuses_reads_and_drops_feeds() -> None:
+    with RequestBody(10, 0) as body:
+        body.feed(b"spooled")
+    assert body.closed
+    with pytest.raises(ValueError, match="closed"):
+        body.read()
+    body.feed(b"x")
+    body.finish()
+    assert body.received == 7
+    assert body.readable()
+    assert "RequestBody" in repr(body)
+
+
+def test_feeds_after_finish_are_dropped() -> None:
+    body = RequestBody(None, 1 << 20)
+    body.feed(b"a")
+    body.finish()
+    body.feed(b"b")
+    body.feed(b"")
+    assert body.read() == b"a"
+
+
+def test_constructor_validates() -> None:
+    with pytest.raises(ValueError, match="expected_length"):
+        RequestBody(-1, 0)
+    with pytest.raises(ValueError, match="spool_threshold"):
+        RequestBody(None, -1)
+
+
+# ------------------------------------------------------------------------------------------------- spooling
+
+
+def test_spool_keeps_memory_under_the_threshold_for_a_50_mb_body() -> None:
+    """A 50 MB body fed in 64 KiB pieces and never read costs at most the threshold in memory."""
+    threshold = 256 * 1024
+    size = 50 * 1024 * 1024
+    chunk = os.urandom(65536)
+    body = RequestBody(size, threshold)
+    tracemalloc.start()
+    try:
+        for _ in range(size // len(chunk)):
+            body.feed(chunk)
+            assert len(body._mem) <= threshold
+        body.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < threshold + 4 * len(chunk), peak
+    assert body.received == size and body.complete
+    # Everything comes back, in order.
+    total = 0
+    while piece := body.read(1 << 20):
+        assert piece[:65536] == chunk
+        total += len(piece)
+    assert total == size
+    body.close()
+
+
+def test_spool_returns_to_memory_once_the_reader_catches_up() -> None:
+    body = RequestBody(None, 8)
+    body.feed(b"0123456789")  # over the threshold: spooled
+    assert body._spilled
+    assert body.read(10) == b"0123456789"
+    assert not body._spilled  # caught up: back in memory, the file reused from its start
+    body.feed(b"abc")
+    body.feed(b"defghijk")  # spooled again, from offset 0 of the same file
+    assert body._spilled
+    body.finish()
+    assert body.readline() == b"abcdefghijk"
+    body.close()
+
+
+def test_spooled_readline_finds_newlines_across_pieces() -> None:
+    body = RequestBody(None, 4)
+    for piece in (b"ab", b"cd", b"ef\ngh", b"\n"):
+        body.feed(piece)
+    body.finish()
+    assert body.readlines() == [b"abcdef\n", b"gh\n"]
+
+
+# ------------------------------------------------------------------------------------------ two threads, fill()
+
+
+def test_reading_in_one_thread_while_feeding_from_another() -> None:
+    """Without fill(), reads wait on a condition for the handler's feeds; spooling works across threads."""
+    pieces = [bytes([65 + i % 26]) * 997 for i in range(200)]
+    data = b"".join(pieces)
+    body = RequestBody(len(data), 4096)
+    got: list[bytes] = []
+
+    def reader() -> None:
+        while piece := body.read(3000):
+            got.append(piece)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for piece in pieces:
+        body.feed(piece)
+        if len(got) % 7 == 0:
+            time.sleep(0)  # let the reader interleave
+    body.finish()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert b"".join(got) == data
+
+
+def test_waiting_reader_is_woken_by_abort_and_by_finish() -> None:
+    for end in ("abort", "finish"):
+        body = RequestBody(None, 1024)
+        outcome: list[object] = []
+
+        def reader(body: RequestBody = body, outcome: list[object] = outcome) -> None:
+            try:
+                outcome.append(body.readline())
+            except RequestAborted as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        body.feed(b"partial")
+        deadline = time.monotonic() + 5
+        while body._cond is None and time.monotonic() < deadline:  # the reader is waiting
+            time.sleep(0.001)
+        getattr(body, end)()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        if end == "abort":
+            assert isinstance(outcome[0], RequestAborted)
+        else:
+            assert outcome == [b"partial"]
+
+
+def test_close_wakes_a_waiting_reader() -> None:
+    body = RequestBody(10, 1024)
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            body.read()
+        except ValueError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while body._cond is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    body.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and len(errors) == 1
+
+
+def test_fill_mode_pulls_data_in_the_reading_thread() -> None:
+    """With fill(), a read that needs more bytes calls it (no thread hop); fill() feeds the body."""
+    supply = [b"ab", b"", b"c\nde", b"f"]  # b"": a fill that brought nothing for this body (another record)
+    calls: list[str] = []
+    body: RequestBody
+
+    def fill() -> bool:
+        calls.append(threading.current_thread().name)
+        piece = supply.pop(0)
+        body.feed(piece)
+        if not supply:
+            body.finish()
+        return True
+
+    body = RequestBody(None, 1024, fill)
+    assert body.readline() == b"abc\n"
+    assert body.read() == b"def"
+    assert calls == [threading.current_thread().name] * 4
+
+
+def test_fill_reporting_a_lost_connection_aborts() -> None:
+    calls = 0
+
+    def fill() -> bool:
+        nonlocal calls
+        calls += 1
+        return False
+
+    body = RequestBody(5, 1024, fill)
+    with pytest.raises(RequestAborted):
+        body.read()
+    assert calls == 1 and body.is_aborted()
+
+
+def test_fill_can_be_dropped_by_the_handler() -> None:
+    """The handler sets ``fill = None`` when the request moves to a thread of its own."""
+    body = RequestBody(3, 1024, lambda: pytest.fail("fill must not be called"))  # type: ignore[arg-type,return-value]
+    body.fill = None
+    threading.Timer(0.05, body.feed, (b"xyz",)).start()
+    assert body.read() == b"xyz"
