@@ -113,13 +113,16 @@ class Server:
         """
         config = self.config
         start_dir = os.getcwd()
+        pidfile = None
         try:
             self._prepare_process()
+            pidfile = self._create_pidfile()  # first: a second instance is refused before any work
             app = self._load_application()
-            pidfile = self._create_pidfile()
         except StartupError as exc:
             log.error("%s", exc)
             self._ready.set()
+            if pidfile is not None:
+                pidfile.remove()
             return exc.status
         try:
             try:

@@ -169,7 +169,7 @@ class RequestBody:
         if want == 0:
             return b""
         if want < 0:  # unknown length, read to the end of the stream
-            while not self._wait(self._received - self._consumed + 1):
+            while self._wait(self._received - self._consumed + 1):
                 pass
             return self._take(self._received - self._consumed)
         self._wait(want)

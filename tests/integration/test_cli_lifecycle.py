@@ -41,8 +41,10 @@ def slow_app(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield {"VERSION_FILE": str(version)}
 
 
-def _run_cli(args: list[str], cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _run_cli(
+    args: list[str], cwd: Path, timeout: float = 20, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "fcgiserve", *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout,
@@ -80,7 +82,7 @@ def test_pidfile_lifecycle(tmp_path: Path, slow_app: dict[str, str]) -> None:
     with run_fcgiserve(["slowapp", "--pidfile", str(pidfile)], tmp_path, env=slow_app) as server:
         assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() == str(server.pid))
         # A second server with the same pidfile is refused while the first lives.
-        second = _run_cli(["slowapp", "--pidfile", str(pidfile), "--port", str(free_port())], tmp_path)
+        second = _run_cli(["slowapp", "--pidfile", str(pidfile), "--port", str(free_port())], tmp_path, env=slow_app)
         assert second.returncode != 0 and "running process" in second.stderr
         assert server.stop() == 0
     assert not pidfile.exists()

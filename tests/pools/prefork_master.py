@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--boot-control", type=Path)
     args = parser.parse_args()
     logging.basicConfig(
-        level=os.environ.get("PREFORK_LOG_LEVEL", "INFO"), stream=sys.stderr, format="%(relativeCreated)d %(process)d %(levelname)s %(name)s: %(message)s"
+        level=os.environ.get("PREFORK_LOG_LEVEL", "DEBUG"), stream=sys.stderr, format="%(relativeCreated)d %(process)d %(levelname)s %(name)s: %(message)s"
     )
     listener = socket.socket(fileno=args.fd)
     master_pid = os.getpid()

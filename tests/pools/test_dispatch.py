@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -472,3 +473,53 @@ def test_no_file_descriptors_leak_across_a_run() -> None:
                 client.close()
             assert wait_until(lambda: d.open_connections == 0)
         assert len(os.listdir(fd_dir)) == before
+
+
+def test_churn_of_short_lived_and_kept_alive_connections_keeps_the_books_straight() -> None:
+    """Eight client threads open, use, park, quit and drop connections at random against three threads that
+    are started and retired as the load swings; every request is answered and every count returns to 0."""
+    failures: list[str] = []
+
+    with tcp_listener() as listener, serving(listener, min_spare=0, max_spare=1, max_threads=3) as (d, f):
+        address = listener.getsockname()
+
+        def client_thread(seed: int) -> None:
+            rng = random.Random(seed)
+            conn: LineClient | None = None
+            try:
+                for n in range(30):
+                    if conn is None:
+                        conn = LineClient(address)
+                    action = rng.random()
+                    if action < 0.6:
+                        reply = conn.request(f"ECHO {seed}-{n}")
+                        if reply != f"{seed}-{n}":
+                            failures.append(f"ECHO {seed}-{n} -> {reply!r}")
+                    elif action < 0.75:
+                        if conn.request("SLEEP 0.01") != "SLEPT":
+                            failures.append("SLEEP not answered")
+                    elif action < 0.9:
+                        if conn.request("QUIT") != "BYE":
+                            failures.append("QUIT not answered")
+                        conn.close()
+                        conn = None
+                    else:
+                        conn.close()  # drop it, parked or not
+                        conn = None
+            except OSError as exc:
+                failures.append(repr(exc))
+            finally:
+                if conn is not None:
+                    conn.close()
+
+        threads = [threading.Thread(target=client_thread, args=(seed,)) for seed in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert failures == []
+        # (A retiring thread stays in threading.enumerate() for a moment, so count requests, not names.)
+        assert f.max_in_progress <= 3
+        assert wait_until(lambda: d.open_connections == 0 and d.parked_connections == 0)
+        assert d.busy_requests == 0
+        assert wait_until(lambda: d.thread_count <= 1 and len(worker_threads()) == d.thread_count)

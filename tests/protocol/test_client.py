@@ -192,10 +192,10 @@ def test_pair_responder_round_trip() -> None:
     ]
     response = server.send_stdout(1, b"Status: 201 Created\r\n\r\n") + server.send_stdout(1, b"x" * 100_000)
     response += server.send_stderr(1, b"note") + server.end_request(1, 0)
-    events = client.receive_data(response)
-    stdout = b"".join(e.data for e in events if isinstance(e, Stdout))
+    replies = client.receive_data(response)
+    stdout = b"".join(e.data for e in replies if isinstance(e, Stdout))
     assert stdout == b"Status: 201 Created\r\n\r\n" + b"x" * 100_000
-    assert events[-3:] == [StdoutEnd(1), StderrEnd(1), EndRequest(1, 0, ProtocolStatus.REQUEST_COMPLETE)]
+    assert replies[-3:] == [StdoutEnd(1), StderrEnd(1), EndRequest(1, 0, ProtocolStatus.REQUEST_COMPLETE)]
     assert server.should_close and client.active_requests == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 
@@ -28,7 +29,7 @@ from fcgiserve.protocol import (
     StdoutEnd,
 )
 
-REQUEST_EVENTS = [
+REQUEST_EVENTS: list[Callable[[int], object]] = [
     lambda rid: RequestStarted(rid, Role.RESPONDER, False),
     lambda rid: ParamsComplete(rid, []),
     lambda rid: StdinData(rid, b"x"),
@@ -48,17 +49,17 @@ REQUEST_EVENTS = [
 
 @pytest.mark.parametrize("make", REQUEST_EVENTS)
 @pytest.mark.parametrize("bad_id", [0, -1, 65536])
-def test_request_events_refuse_ids_outside_1_to_65535(make: object, bad_id: int) -> None:
-    with pytest.raises(ValueError, match="outside 1..65535"):
-        make(bad_id)  # type: ignore[operator]
+def test_request_events_refuse_ids_outside_1_to_65535(make: Callable[[int], object], bad_id: int) -> None:
+    with pytest.raises(ValueError, match=r"outside 1\.\.65535"):
+        make(bad_id)
 
 
 @pytest.mark.parametrize("make", REQUEST_EVENTS)
-def test_events_are_frozen_and_slotted(make: object) -> None:
-    event = make(65535)  # type: ignore[operator]
+def test_events_are_frozen_and_slotted(make: Callable[[int], object]) -> None:
+    event = make(65535)
     assert not hasattr(event, "__dict__")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        event.request_id = 2
+        event.request_id = 2  # type: ignore[attr-defined]
 
 
 def test_stream_data_events_carry_at_least_one_byte() -> None:
