@@ -16,7 +16,8 @@ PAGE = """<!doctype html>
 <p>Process {pid}, request path <code>{path}</code>, {n} requests so far in this process.</p>
 <form method="post" action="{script}/echo"><input name="text" placeholder="say something">
 <button>POST it</button></form>
-<p><a href="{script}/stream">a streamed response</a> &middot; <a href="{script}/environ">the WSGI environ</a></p>
+<p><a href="{script}/stream">a streamed response</a> &middot;
+<a href="{script}/environ">the WSGI environ</a></p>
 </body></html>
 """
 

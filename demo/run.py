@@ -91,12 +91,24 @@ def main() -> int:
     conf = tmp / "nginx.conf"
     conf.write_text(
         NGINX_CONF.format(
-            tmp=tmp, port=args.port, backend=backend, params="/etc/nginx/fastcgi_params",
+            tmp=tmp,
+            port=args.port,
+            backend=backend,
+            params="/etc/nginx/fastcgi_params",
             user="user root;" if os.geteuid() == 0 else "",
         )
-    )  # fmt: skip
+    )
     server = subprocess.Popen(
-        [sys.executable, "-m", "fcgiserve", "app:application", "--port", str(backend), "--method", args.method],
+        [
+            sys.executable,
+            "-m",
+            "fcgiserve",
+            "app:application",
+            "--port",
+            str(backend),
+            "--method",
+            args.method,
+        ],
         cwd=HERE,
     )
     web = None

@@ -22,7 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     config = main_parse(args, PROG)  # bad options: one line on stderr, exit 2
     if config.app is None:
-        print(f"{PROG}: error: the application is required: fcgiserve MODULE[:CALLABLE] [options]", file=sys.stderr)
+        print(
+            f"{PROG}: error: the application is required: fcgiserve MODULE[:CALLABLE] [options]",
+            file=sys.stderr,
+        )
         return 2
     setup_logging(config.log_level, config.log_file, config.access_log)
     try:

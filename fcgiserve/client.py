@@ -1,9 +1,9 @@
 """A blocking FastCGI client on the sans-IO core: what people use ``cgi-fcgi`` for, and what our tests use.
 
-    python -m fcgiserve.client 127.0.0.1:8080 /path?query            # print the response
-    python -m fcgiserve.client /run/site.sock / --status             # print only the status; exit 1 unless 2xx/3xx
+    python -m fcgiserve.client 127.0.0.1:8080 /path?query       # print the response
+    python -m fcgiserve.client /run/site.sock / --status        # only the status; exit 1 on >= 400
     python -m fcgiserve.client 127.0.0.1:8080 /upload -X POST --data @file.bin -p HTTP_HOST=example.org
-    python -m fcgiserve.client 127.0.0.1:8080 --get-values           # FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS
+    python -m fcgiserve.client 127.0.0.1:8080 --get-values      # FCGI_MAX_CONNS, FCGI_MAX_REQS, ...
 
 Exit status: 0 success, 1 the application answered with an error status (>= 400, with --status) or a non-zero
 appStatus, 2 usage error, 3 connection or protocol failure.
@@ -154,7 +154,9 @@ def fcgi_request(
             raise FastCGIError(f"protocol error from {address}: {exc}") from exc
 
 
-def fcgi_get_values(address: Address, names: Sequence[str] = DEFAULT_NAMES, timeout: float = 10.0) -> dict[str, str]:
+def fcgi_get_values(
+    address: Address, names: Sequence[str] = DEFAULT_NAMES, timeout: float = 10.0
+) -> dict[str, str]:
     """Ask the server FCGI_GET_VALUES (spec 4.1) and return what it answered."""
     client = ClientConnection()
     with _connect(address, timeout) as sock:
@@ -202,13 +204,31 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("address", help="HOST:PORT, [V6]:PORT or a unix socket path")
     parser.add_argument("path", nargs="?", default="/", help="request path and query (default /)")
-    parser.add_argument("-X", "--method", default=None, help="request method (default GET, or POST with --data)")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="add or override a CGI parameter (repeatable)")  # fmt: skip
-    parser.add_argument("-H", "--header", action="append", default=[], metavar="NAME: VALUE",
-                        help="add an HTTP header, sent as HTTP_NAME (repeatable)")  # fmt: skip
-    parser.add_argument("-d", "--data", metavar="@FILE|-|TEXT",
-                        help="request body: @file to read a file, - for standard input, else the text itself")  # fmt: skip
+    parser.add_argument(
+        "-X", "--method", default=None, help="request method (default GET, or POST with --data)"
+    )
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="add or override a CGI parameter (repeatable)",
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME: VALUE",
+        help="add an HTTP header, sent as HTTP_NAME (repeatable)",
+    )
+    parser.add_argument(
+        "-d",
+        "--data",
+        metavar="@FILE|-|TEXT",
+        help="request body: @FILE reads a file, - standard input, else the text",
+    )
     parser.add_argument("--status", action="store_true", help="print only the status; exit 1 on >= 400")
     parser.add_argument("-i", "--include", action="store_true", help="print the response headers too")
     parser.add_argument("--get-values", action="store_true", help="print the FCGI_GET_VALUES answer and exit")
@@ -262,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{response.status} {response.reason}")
     else:
         if args.include:
-            lines = [f"Status: {response.status} {response.reason}"] + [f"{k}: {v}" for k, v in response.headers]
+            lines = [f"Status: {response.status} {response.reason}"] + [
+                f"{k}: {v}" for k, v in response.headers
+            ]
             sys.stdout.write("\r\n".join(lines) + "\r\n\r\n")
             sys.stdout.flush()
         sys.stdout.buffer.write(response.body)

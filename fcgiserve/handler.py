@@ -107,9 +107,18 @@ class _Request:
     """One request's server-side state; lives from BEGIN_REQUEST until its END_REQUEST is sent."""
 
     __slots__ = (
-        "aborted", "body", "data", "ended", "keep_conn", "length", "params", "request_id", "role", "started",
+        "aborted",
+        "body",
+        "data",
+        "ended",
+        "keep_conn",
+        "length",
+        "params",
+        "request_id",
+        "role",
+        "started",
         "threaded",
-    )  # fmt: skip
+    )
 
     def __init__(self, request_id: int, role: Role, keep_conn: bool) -> None:
         self.request_id = request_id
@@ -259,28 +268,25 @@ class ServedConnection:
     def _dispatch(self, event: object) -> None:
         # Ordered by frequency on the hot path.
         if isinstance(event, RequestStarted):
-            request = _Request(event.request_id, event.role, event.keep_conn)
-            self._requests[event.request_id] = request
+            self._requests[event.request_id] = _Request(event.request_id, event.role, event.keep_conn)
             if len(self._requests) > 1:
                 self._multiplexed = True
         elif isinstance(event, ParamsComplete):
             self._params_complete(event.request_id, event.params)
-        elif isinstance(event, StdinData):
+        elif isinstance(event, (StdinData, StdinEnd, Data, DataEnd)):
             request = self._requests.get(event.request_id)
-            if request is not None and request.body is not None:
-                request.body.feed(event.data)
-        elif isinstance(event, StdinEnd):
-            request = self._requests.get(event.request_id)
-            if request is not None and request.body is not None:
-                request.body.finish()
-        elif isinstance(event, Data):
-            request = self._requests.get(event.request_id)
-            if request is not None and request.data is not None:
-                request.data.feed(event.data)
-        elif isinstance(event, DataEnd):
-            request = self._requests.get(event.request_id)
-            if request is not None and request.data is not None:
-                request.data.finish()
+            stream = (
+                None
+                if request is None
+                else request.data
+                if isinstance(event, (Data, DataEnd))
+                else request.body
+            )
+            if stream is not None:
+                if isinstance(event, (StdinData, Data)):
+                    stream.feed(event.data)
+                else:
+                    stream.finish()
         elif isinstance(event, RequestAborted):
             self._abort(event.request_id, "aborted by the web server")
         elif isinstance(event, RequestFailed):
@@ -289,8 +295,11 @@ class ServedConnection:
         elif isinstance(event, RequestRejected):
             log.info(
                 "request %d from %s refused (%s): %s",
-                event.request_id, _describe(self._peer), event.protocol_status.name, event.error or "aborted early",
-            )  # fmt: skip
+                event.request_id,
+                _describe(self._peer),
+                event.protocol_status.name,
+                event.error or "aborted early",
+            )
         elif isinstance(event, ConnectionClosed):
             self._abort_all()
 
@@ -346,9 +355,11 @@ class ServedConnection:
                 request.data.fill = None
             request.threaded = True
             thread = threading.Thread(
-                target=self._run_threaded, args=(request,), name=f"fcgiserve-request-{request.request_id}",
+                target=self._run_threaded,
+                args=(request,),
+                name=f"fcgiserve-request-{request.request_id}",
                 daemon=True,
-            )  # fmt: skip
+            )
             thread.start()
 
     def _run_threaded(self, request: _Request) -> None:
@@ -360,8 +371,10 @@ class ServedConnection:
     def _overloaded(self, request: _Request) -> None:
         log.warning(
             "request %d from %s refused: %s requests already in progress (FCGI_MAX_REQS)",
-            request.request_id, _describe(self._peer), self._options.max_in_flight,
-        )  # fmt: skip
+            request.request_id,
+            _describe(self._peer),
+            self._options.max_in_flight,
+        )
         with self._lock:
             request.ended = True
             self._requests.pop(request.request_id, None)
@@ -377,14 +390,21 @@ class ServedConnection:
         environ = build_environ(request.params, options.wsgi, _ROLE_NAMES[request.role])
         environ["fcgiserve.request_id"] = request.request_id
         if observer is not None:
-            observer.request_started(f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI', '-')}")
+            observer.request_started(
+                f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI', '-')}"
+            )
         try:
             limit = options.max_body_size
             if limit and request.length is not None and request.length > limit:
                 app_status = self._reject_too_large(request, limit)
             else:
                 app_status = run_application(
-                    self._factory.app, environ, request.body, _RequestIO(self, request), options.wsgi, request.data
+                    self._factory.app,
+                    environ,
+                    request.body,
+                    _RequestIO(self, request),
+                    options.wsgi,
+                    request.data,
                 )
         except Exception:
             log.exception("request %d: unexpected error in the WSGI adapter", request.request_id)
@@ -521,4 +541,3 @@ def _close_quietly(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
-

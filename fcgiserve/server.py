@@ -18,7 +18,14 @@ from typing import Any
 from fcgiserve.apploader import AppLoadError, load_app
 from fcgiserve.config import Config, ConfigError
 from fcgiserve.handler import ConnectionFactory, HandlerOptions
-from fcgiserve.listeners import AllowList, Listener, ListenerError, export_for_reexec, is_loopback_bind, open_listeners
+from fcgiserve.listeners import (
+    AllowList,
+    Listener,
+    ListenerError,
+    export_for_reexec,
+    is_loopback_bind,
+    open_listeners,
+)
 from fcgiserve.logs import reopen as reopen_logs
 from fcgiserve.pidfile import Pidfile, PidfileError
 from fcgiserve.pools.base import PoolSettings, StopReason
@@ -52,7 +59,9 @@ class Server:
     ``app`` is a WSGI callable or an import spec ("pkg.module:callable"); without it ``config.app`` is used.
     """
 
-    def __init__(self, app: WSGIApp | str | None = None, config: Config | None = None, **options: Any) -> None:
+    def __init__(
+        self, app: WSGIApp | str | None = None, config: Config | None = None, **options: Any
+    ) -> None:
         config = config or Config()
         if options:
             config = config.replace(**options)
@@ -194,20 +203,21 @@ class Server:
         options = handler_options(config)
         while True:
             if config.method == "prefork":
-                spec = config.app
-
-                def make_factory() -> ConnectionFactory:
-                    loaded = app if app is not None else load_app(spec or "")
-                    return ConnectionFactory(loaded, options)
-
-                self._pool = PreforkPool(socks, make_factory, settings, on_reopen_logs=reopen_logs)
+                self._pool = PreforkPool(
+                    socks, _factory_maker(app, config.app, options), settings, on_reopen_logs=reopen_logs
+                )
             else:
                 assert app is not None
                 self._pool = ThreadedPool(socks, ConnectionFactory(app, options), settings, reopen_logs)
             if self._stop_requested is not None:
                 self._pool.request_stop(self._stop_requested)
             for listener in self._listeners:
-                log.info("fcgiserve %s pool serving on %s (pid %d)", config.method, listener.description, os.getpid())
+                log.info(
+                    "fcgiserve %s pool serving on %s (pid %d)",
+                    config.method,
+                    listener.description,
+                    os.getpid(),
+                )
             watcher = threading.Thread(target=self._signal_ready, daemon=True)
             watcher.start()
             reason = self._pool.run(install_signals=self._thread is None)
@@ -229,6 +239,17 @@ class Server:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def _factory_maker(
+    app: WSGIApp | None, spec: str | None, options: HandlerOptions
+) -> Callable[[], ConnectionFactory]:
+    """What a prefork child calls after the fork: the preloaded app's factory, or a fresh import."""
+
+    def make_factory() -> ConnectionFactory:
+        return ConnectionFactory(app if app is not None else load_app(spec or ""), options)
+
+    return make_factory
 
 
 def pool_settings(config: Config) -> PoolSettings:
@@ -309,6 +330,3 @@ def serve(app: WSGIApp | str, **options: Any) -> int:
     ``serve(application, port=8080, method="prefork", maxchildren=4)``.
     """
     return Server(app, **options).run()
-
-
-

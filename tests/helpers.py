@@ -31,7 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -113,9 +115,14 @@ class Server:
 
 @contextlib.contextmanager
 def run_fcgiserve(
-    args: Sequence[str], tmp_path: Path, *, cwd: Path | None = None, port: int | None = None, wait: bool = True,
+    args: Sequence[str],
+    tmp_path: Path,
+    *,
+    cwd: Path | None = None,
+    port: int | None = None,
+    wait: bool = True,
     env: dict[str, str] | None = None,
-) -> Iterator[Server]:  # fmt: skip
+) -> Iterator[Server]:
     port = port or free_port()
     log_path = tmp_path / f"fcgiserve-{port}.log"
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -189,27 +196,37 @@ def nginx_available() -> bool:
 
 @contextlib.contextmanager
 def run_nginx(
-    tmp_path: Path, upstream: str, *, keep_conn: bool = False, extra: str = "", location_extra: str = "",
+    tmp_path: Path,
+    upstream: str,
+    *,
+    keep_conn: bool = False,
+    extra: str = "",
+    location_extra: str = "",
     fastcgi_params: str = "/etc/nginx/fastcgi_params",
-) -> Iterator[Nginx]:  # fmt: skip
+) -> Iterator[Nginx]:
     if not nginx_available():
         pytest.fail("nginx is not installed; .ci/run installs it (apt-get install nginx-light)")
     tmp = tmp_path / f"nginx-{free_port()}"
     tmp.mkdir()
     port = free_port()
     conf = NGINX_CONF.format(
-        tmp=tmp, port=port, upstream=upstream, extra=extra, location_extra=location_extra,
+        tmp=tmp,
+        port=port,
+        upstream=upstream,
+        extra=extra,
+        location_extra=location_extra,
         keepalive="keepalive 16;" if keep_conn else "",
         keep_conn="fastcgi_keep_conn on;" if keep_conn else "",
         fastcgi_params=fastcgi_params,
         # As root, nginx's workers would run as "nobody" and could not read the test's private temp dirs.
         user="user root;" if os.geteuid() == 0 else "",
-    )  # fmt: skip
+    )
     (tmp / "nginx.conf").write_text(conf)
     proc = subprocess.Popen(
         [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_port(port, proc=proc)
         yield Nginx(proc, port, tmp)
@@ -224,7 +241,9 @@ def run_nginx(
             proc.stderr.close()
 
 
-def http_get(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of one HTTP request; error statuses are returned, not raised."""
     request = urllib.request.Request(url, data=data, headers=headers or {})
     try:

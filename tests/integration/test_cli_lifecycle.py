@@ -46,9 +46,13 @@ def _run_cli(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "fcgiserve", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "fcgiserve", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def test_bad_option_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -82,7 +86,9 @@ def test_pidfile_lifecycle(tmp_path: Path, slow_app: dict[str, str]) -> None:
     with run_fcgiserve(["slowapp", "--pidfile", str(pidfile)], tmp_path, env=slow_app) as server:
         assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() == str(server.pid))
         # A second server with the same pidfile is refused while the first lives.
-        second = _run_cli(["slowapp", "--pidfile", str(pidfile), "--port", str(free_port())], tmp_path, env=slow_app)
+        second = _run_cli(
+            ["slowapp", "--pidfile", str(pidfile), "--port", str(free_port())], tmp_path, env=slow_app
+        )
         assert second.returncode != 0 and "running process" in second.stderr
         assert server.stop() == 0
     assert not pidfile.exists()
@@ -109,7 +115,9 @@ def test_quit_stops_at_once(tmp_path: Path, slow_app: dict[str, str]) -> None:
     with run_fcgiserve(["slowapp"], tmp_path, env=slow_app) as server:
         started = time.monotonic()
         thread = threading.Thread(
-            target=lambda: _swallow(lambda: fcgi_request(("127.0.0.1", server.port), {"QUERY_STRING": "5"}, timeout=10))
+            target=lambda: _swallow(
+                lambda: fcgi_request(("127.0.0.1", server.port), {"QUERY_STRING": "5"}, timeout=10)
+            )
         )
         thread.start()
         time.sleep(0.3)
@@ -127,11 +135,14 @@ def _swallow(fn: object) -> None:
 
 
 @pytest.mark.parametrize("method", ["threaded", "prefork"])
-def test_hup_reloads_new_code_with_zero_failed_requests(tmp_path: Path, slow_app: dict[str, str], method: str) -> None:
+def test_hup_reloads_new_code_with_zero_failed_requests(
+    tmp_path: Path, slow_app: dict[str, str], method: str
+) -> None:
     extra = ["--minspare", "1", "--maxspare", "2", "--maxchildren", "4"] if method == "prefork" else []
-    with run_fcgiserve(["slowapp", "--method", method, *extra], tmp_path, env=slow_app) as server, run_nginx(
-        tmp_path, f"127.0.0.1:{server.port}", keep_conn=True
-    ) as web:
+    with (
+        run_fcgiserve(["slowapp", "--method", method, *extra], tmp_path, env=slow_app) as server,
+        run_nginx(tmp_path, f"127.0.0.1:{server.port}", keep_conn=True) as web,
+    ):
         failures: list[str] = []
         bodies: list[bytes] = []
         stop = threading.Event()

@@ -28,7 +28,15 @@ SITE = Path(__file__).resolve().parent / "djangosite"
 @pytest.fixture(scope="module", params=["threaded", "prefork"])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp(f"django-{request.param}")
-    args = ["mysite.wsgi:application", "--chdir", str(SITE), "--method", request.param, "--log-level", "debug"]
+    args = [
+        "mysite.wsgi:application",
+        "--chdir",
+        str(SITE),
+        "--method",
+        request.param,
+        "--log-level",
+        "debug",
+    ]
     if request.param == "prefork":
         args += ["--minspare", "1", "--maxspare", "2", "--maxchildren", "4"]
     with run_fcgiserve(args, tmp, env={"TMPDIR": str(tmp)}) as server:
@@ -36,7 +44,9 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["new-conn", "keep-conn"])
-def nginx(request: pytest.FixtureRequest, backend: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+def nginx(
+    request: pytest.FixtureRequest, backend: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Nginx]:
     tmp = tmp_path_factory.mktemp("nginx")
     static = f"location /static/ {{ alias {SITE}/static/; }}"
     with run_nginx(tmp, f"127.0.0.1:{backend.port}", keep_conn=request.param, extra=static) as web:
@@ -69,7 +79,9 @@ def test_form_post_with_csrf(nginx: Nginx) -> None:
     assert token, page
     assert any(c.name == "csrftoken" for c in jar)
     form = urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1), "name": "nginx"}).encode()
-    request = urllib.request.Request(nginx.url + "/form/", data=form, headers={"Referer": nginx.url + "/form/"})
+    request = urllib.request.Request(
+        nginx.url + "/form/", data=form, headers={"Referer": nginx.url + "/form/"}
+    )
     with opener.open(request, timeout=10) as response:
         assert response.status == 200
         assert response.read() == b"hello nginx"
@@ -82,17 +94,25 @@ def test_multi_megabyte_upload(nginx: Nginx) -> None:
     payload = os.urandom(5 * 1024 * 1024 + 17)
     boundary = "----fcgiserve-test-boundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"blob.bin\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="blob.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     status, _, answer = http_get(
-        nginx.url + "/upload/", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        nginx.url + "/upload/",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         timeout=30,
-    )  # fmt: skip
+    )
     assert status == 200, answer[:500]
     assert json.loads(answer) == {
-        "name": "blob.bin", "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
-    }  # fmt: skip
+        "name": "blob.bin",
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
 
 
 def test_streaming_response(nginx: Nginx) -> None:
@@ -102,7 +122,7 @@ def test_streaming_response(nginx: Nginx) -> None:
 
 
 def test_static_files_served_by_nginx_itself(nginx: Nginx) -> None:
-    status, headers, body = http_get(nginx.url + "/static/site.css")
+    status, _, body = http_get(nginx.url + "/static/site.css")
     assert status == 200
     assert body == (SITE / "static" / "site.css").read_bytes()
 

@@ -25,9 +25,14 @@ def _close_bodies() -> Iterator[None]:
         _OPENED.pop().close()
 
 
-def fed_in_pieces(data: bytes, threshold: int, piece: int, expected: int | None = -1) -> RequestBody:
-    body = RequestBody(len(data) if expected == -1 else expected, threshold)
+def make(expected: int | None, threshold: int, fill: Callable[[], bool] | None = None) -> RequestBody:
+    body = RequestBody(expected, threshold, fill)
     _OPENED.append(body)
+    return body
+
+
+def fed_in_pieces(data: bytes, threshold: int, piece: int, expected: int | None = -1) -> RequestBody:
+    body = make(len(data) if expected == -1 else expected, threshold)
     for start in range(0, len(data), piece):
         body.feed(data[start : start + piece])
     body.finish()
@@ -89,7 +94,7 @@ def test_readinto() -> None:
 
 def test_never_reads_past_content_length() -> None:
     """PEP 3333: the application must not read past CONTENT_LENGTH; extra STDIN bytes are dropped."""
-    body = RequestBody(5, 1 << 20)
+    body = make(5, 1 << 20)
     body.feed(b"hello, and more")
     body.feed(b"even more")
     # No finish(): CONTENT_LENGTH bytes arrived, so nothing here may block.
@@ -110,14 +115,14 @@ def test_unknown_length_reads_to_the_end_of_the_stream() -> None:
 
 
 def test_unknown_length_empty_body() -> None:
-    body = RequestBody(None, 1 << 20)
+    body = make(None, 1 << 20)
     body.finish()
     assert body.read() == b"" and body.readline() == b"" and body.readlines() == []
     assert body.complete
 
 
 def test_zero_length_body_never_waits() -> None:
-    body = RequestBody(0, 1 << 20)  # never fed nor finished: a read must still return at once
+    body = make(0, 1 << 20)  # never fed nor finished: a read must still return at once
     assert body.read() == b"" and body.readline() == b"" and list(body) == []
 
 
@@ -133,7 +138,7 @@ def test_zero_length_body_never_waits() -> None:
 )
 def test_short_body_raises_body_incomplete(threshold: int, read: Callable[[RequestBody], object]) -> None:
     """S-G1: STDIN ended before CONTENT_LENGTH: the application gets an error, not a silently short body."""
-    body = RequestBody(10, threshold)
+    body = make(10, threshold)
     body.feed(b"abc")
     body.finish()
     assert not body.complete
@@ -142,7 +147,7 @@ def test_short_body_raises_body_incomplete(threshold: int, read: Callable[[Reque
 
 
 def test_short_body_still_gives_complete_lines_and_reads() -> None:
-    body = RequestBody(100, 1 << 20)
+    body = make(100, 1 << 20)
     body.feed(b"line\nrest")
     body.finish()
     assert body.readline() == b"line\n"
@@ -157,7 +162,7 @@ def test_short_body_still_gives_complete_lines_and_reads() -> None:
 )
 def test_abort_makes_reads_raise(read: Callable[[RequestBody], object]) -> None:
     """S-F7: ABORT_REQUEST (or the connection closing) is delivered to the reader."""
-    body = RequestBody(10, 1 << 20)
+    body = make(10, 1 << 20)
     body.feed(b"abc")
     assert not body.is_aborted()
     body.abort()
@@ -170,7 +175,7 @@ def test_abort_makes_reads_raise(read: Callable[[RequestBody], object]) -> None:
 
 
 def test_closed_body_refuses_reads_and_drops_feeds() -> None:
-    with RequestBody(10, 0) as body:
+    with make(10, 0) as body:
         body.feed(b"spooled")
     assert body.closed
     with pytest.raises(ValueError, match="closed"):
@@ -183,7 +188,7 @@ def test_closed_body_refuses_reads_and_drops_feeds() -> None:
 
 
 def test_feeds_after_finish_are_dropped() -> None:
-    body = RequestBody(None, 1 << 20)
+    body = make(None, 1 << 20)
     body.feed(b"a")
     body.finish()
     body.feed(b"b")
@@ -206,7 +211,7 @@ def test_spool_keeps_memory_under_the_threshold_for_a_50_mb_body() -> None:
     threshold = 256 * 1024
     size = 50 * 1024 * 1024
     chunk = os.urandom(65536)
-    body = RequestBody(size, threshold)
+    body = make(size, threshold)
     tracemalloc.start()
     try:
         for _ in range(size // len(chunk)):
@@ -228,7 +233,7 @@ def test_spool_keeps_memory_under_the_threshold_for_a_50_mb_body() -> None:
 
 
 def test_spool_returns_to_memory_once_the_reader_catches_up() -> None:
-    body = RequestBody(None, 8)
+    body = make(None, 8)
     body.feed(b"0123456789")  # over the threshold: spooled
     assert body._spilled
     assert body.read(10) == b"0123456789"
@@ -242,7 +247,7 @@ def test_spool_returns_to_memory_once_the_reader_catches_up() -> None:
 
 
 def test_spooled_readline_finds_newlines_across_pieces() -> None:
-    body = RequestBody(None, 4)
+    body = make(None, 4)
     for piece in (b"ab", b"cd", b"ef\ngh", b"\n"):
         body.feed(piece)
     body.finish()
@@ -256,7 +261,7 @@ def test_reading_in_one_thread_while_feeding_from_another() -> None:
     """Without fill(), reads wait on a condition for the handler's feeds; spooling works across threads."""
     pieces = [bytes([65 + i % 26]) * 997 for i in range(200)]
     data = b"".join(pieces)
-    body = RequestBody(len(data), 4096)
+    body = make(len(data), 4096)
     got: list[bytes] = []
 
     def reader() -> None:
@@ -277,7 +282,7 @@ def test_reading_in_one_thread_while_feeding_from_another() -> None:
 
 def test_waiting_reader_is_woken_by_abort_and_by_finish() -> None:
     for end in ("abort", "finish"):
-        body = RequestBody(None, 1024)
+        body = make(None, 1024)
         outcome: list[object] = []
 
         def reader(body: RequestBody = body, outcome: list[object] = outcome) -> None:
@@ -302,7 +307,7 @@ def test_waiting_reader_is_woken_by_abort_and_by_finish() -> None:
 
 
 def test_close_wakes_a_waiting_reader() -> None:
-    body = RequestBody(10, 1024)
+    body = make(10, 1024)
     errors: list[BaseException] = []
 
     def reader() -> None:
@@ -335,7 +340,7 @@ def test_fill_mode_pulls_data_in_the_reading_thread() -> None:
             body.finish()
         return True
 
-    body = RequestBody(None, 1024, fill)
+    body = make(None, 1024, fill)
     assert body.readline() == b"abc\n"
     assert body.read() == b"def"
     assert calls == [threading.current_thread().name] * 4
@@ -349,7 +354,7 @@ def test_fill_reporting_a_lost_connection_aborts() -> None:
         calls += 1
         return False
 
-    body = RequestBody(5, 1024, fill)
+    body = make(5, 1024, fill)
     with pytest.raises(RequestAborted):
         body.read()
     assert calls == 1 and body.is_aborted()
@@ -357,7 +362,7 @@ def test_fill_reporting_a_lost_connection_aborts() -> None:
 
 def test_fill_can_be_dropped_by_the_handler() -> None:
     """The handler sets ``fill = None`` when the request moves to a thread of its own."""
-    body = RequestBody(3, 1024, lambda: pytest.fail("fill must not be called"))  # type: ignore[arg-type,return-value]
+    body = make(3, 1024, lambda: pytest.fail("fill must not be called"))  # type: ignore[arg-type,return-value]
     body.fill = None
     threading.Timer(0.05, body.feed, (b"xyz",)).start()
     assert body.read() == b"xyz"
