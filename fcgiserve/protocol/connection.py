@@ -67,7 +67,12 @@ _PADDING = [bytes(n) for n in range(8)]
 _APP_OUTPUT_TYPES = frozenset({RecordType.END_REQUEST, RecordType.STDOUT, RecordType.STDERR})
 _MANAGEMENT_TYPES = frozenset({RecordType.GET_VALUES, RecordType.GET_VALUES_RESULT, RecordType.UNKNOWN_TYPE})
 _KNOWN_TYPES = frozenset(int(t) for t in RecordType)
-_ROLES = frozenset(int(r) for r in Role)
+_BEGIN_REQUEST, _ABORT_REQUEST = int(RecordType.BEGIN_REQUEST), int(RecordType.ABORT_REQUEST)
+_IDLE, _FAILED = _S.IDLE, _S.FAILED
+_SEND_OUTPUT, _END = _I.SEND_OUTPUT, _I.END
+_ROLE_BY_VALUE = {int(role): role for role in Role}
+_BEGIN_BY_ROLE = {role: _BEGIN_FILTER if role is Role.FILTER else _BEGIN for role in Role}
+_STATUSES = frozenset(int(status) for status in ProtocolStatus)
 
 
 def _end_record(request_id: int, status: ProtocolStatus) -> bytes:
@@ -177,7 +182,7 @@ class ServerConnection:
     def request_state(self, request_id: int) -> RequestState:
         """The state of ``request_id`` (IDLE when it is not active)."""
         request = self._requests.get(request_id)
-        return request.state if request is not None else _S.IDLE
+        return request.state if request is not None else _IDLE
 
     def update_settings(self, settings: ConnectionSettings) -> None:
         """Change what GET_VALUES reports and whether concurrent requests are accepted, from now on."""
@@ -275,7 +280,7 @@ class ServerConnection:
         stream_inputs = _STREAM_INPUTS.get(record_type)
         if stream_inputs is not None:
             request_input = stream_inputs[0] if content else stream_inputs[1]
-        elif record_type == RecordType.BEGIN_REQUEST:
+        elif record_type == _BEGIN_REQUEST:
             if len(content) != BEGIN_BODY.size:
                 raise RemoteProtocolError(
                     f"BEGIN_REQUEST for request {request_id} has a {len(content)}-byte body, not 8 (S-D5)"
@@ -285,7 +290,7 @@ class ServerConnection:
                 self._begin(request_id, role, bool(flags & FCGI_KEEP_CONN), events)
                 return
             request_input = _BEGIN_FILTER if role == Role.FILTER else _BEGIN
-        elif record_type == RecordType.ABORT_REQUEST:
+        elif record_type == _ABORT_REQUEST:
             request_input = _ABORT
         elif record_type in _APP_OUTPUT_TYPES:
             raise RemoteProtocolError(
@@ -308,9 +313,10 @@ class ServerConnection:
         elif transition.act:
             self._act(request_id, request, request_input, transition.next_state, content, events)
 
-    def _begin(self, request_id: int, role: int, keep_conn: bool, events: list[Event]) -> None:
-        if role not in _ROLES:
-            status, reason = ProtocolStatus.UNKNOWN_ROLE, f"unknown role {role} (S-G4)"
+    def _begin(self, request_id: int, role_value: int, keep_conn: bool, events: list[Event]) -> None:
+        role = _ROLE_BY_VALUE.get(role_value)
+        if role is None:
+            status, reason = ProtocolStatus.UNKNOWN_ROLE, f"unknown role {role_value} (S-G4)"
         elif self._requests and not self._settings.mpxs_conns:
             status, reason = ProtocolStatus.CANT_MPX_CONN, "a second concurrent request on a connection that "
             reason += "does not multiplex (FCGI_MPXS_CONNS=0, S-F6)"
@@ -320,8 +326,8 @@ class ServerConnection:
                 f"more than {self._limits.max_requests} concurrent requests on one connection (max_requests)"
             )
         else:
-            start = TRANSITIONS[(_S.IDLE, _I.BEGIN_FILTER if role == Role.FILTER else _I.BEGIN)].next_state
-            self._requests[request_id] = _Request(start, Role(role), keep_conn)
+            start = TRANSITIONS[(_IDLE, _BEGIN_BY_ROLE[role])].next_state
+            self._requests[request_id] = _Request(start, role, keep_conn)
             return
         if not keep_conn:
             self._close_when_idle = True
@@ -371,7 +377,7 @@ class ServerConnection:
             events.append(Data(request_id, content))
         elif request_input is _DATA_END:
             events.append(DataEnd(request_id))
-        elif next_state is _S.IDLE:  # ABORT_REQUEST before the caller heard of the request: answer it here
+        elif next_state is _IDLE:  # ABORT_REQUEST before the caller heard of the request: answer it here
             self._end(request_id, request)
             self._reject(request_id, ProtocolStatus.REQUEST_COMPLETE, None, events)
             return
@@ -388,7 +394,7 @@ class ServerConnection:
         if request.state in UNANNOUNCED:
             self._fail_unannounced(request_id, request, msg, ProtocolStatus.REQUEST_COMPLETE, events)
         else:
-            request.state = _S.FAILED
+            request.state = _FAILED
             error = RemoteProtocolError(f"request {request_id} ({request.role.name}): {msg}", request_id)
             events.append(RequestFailed(request_id, error))
 
@@ -411,7 +417,7 @@ class ServerConnection:
         if self._error is not None:
             raise LocalProtocolError(f"connection is dead after a fatal protocol error: {self._error.msg}")
         request = self._requests.get(request_id)
-        state = request.state if request is not None else _S.IDLE
+        state = request.state if request is not None else _IDLE
         if request is None or (state, request_input) not in TRANSITIONS:
             raise LocalProtocolError(
                 f"{request_input.value} for request {request_id}, which is {state.value}: only requests "
@@ -422,7 +428,7 @@ class ServerConnection:
     def send_stdout(self, request_id: int, data: Buffer) -> bytes:
         """STDOUT records carrying ``data`` (split at 65535, padded to 8). ``b""`` gives ``b""``: the stream
         is ended by ``end_request`` only."""
-        request = self._owned(request_id, _I.SEND_OUTPUT)
+        request = self._owned(request_id, _SEND_OUTPUT)
         if not data:
             return b""
         request.output_started = True
@@ -434,7 +440,7 @@ class ServerConnection:
 
     def send_stderr(self, request_id: int, data: Buffer) -> bytes:
         """STDERR records carrying ``data``; ``end_request`` then also closes STDERR (S-F4)."""
-        request = self._owned(request_id, _I.SEND_OUTPUT)
+        request = self._owned(request_id, _SEND_OUTPUT)
         if not data:
             return b""
         request.output_started = True
@@ -451,13 +457,14 @@ class ServerConnection:
         inactive. Exactly once per request (S-D7): a second call raises ``LocalProtocolError``."""
         if not 0 <= app_status <= 0xFFFFFFFF:
             raise LocalProtocolError(f"app_status {app_status} does not fit in 32 bits (S-F6)")
-        request = self._owned(request_id, _I.END)
-        request.state = TRANSITIONS[(request.state, _I.END)].next_state
+        if protocol_status not in _STATUSES:
+            raise LocalProtocolError(f"protocol_status {protocol_status} is not a FastCGI status (S-F6)")
+        request = self._owned(request_id, _END)
+        request.state = TRANSITIONS[(request.state, _END)].next_state
         self._end(request_id, request)
         return encode_end_request(
-            request_id, app_status, ProtocolStatus(protocol_status), close_stdout=True,
-            close_stderr=request.stderr_open,
-        )  # fmt: skip
+            request_id, app_status, protocol_status, close_stdout=True, close_stderr=request.stderr_open
+        )
 
     def reject_request(self, request_id: int, status: ProtocolStatus) -> bytes:
         """END_REQUEST with ``status`` in place of processing (S-F6), e.g. OVERLOADED when saturated.
@@ -467,11 +474,11 @@ class ServerConnection:
         status = ProtocolStatus(status)
         if status is ProtocolStatus.REQUEST_COMPLETE:
             raise LocalProtocolError("reject_request() needs a refusal status; use end_request() to complete")
-        request = self._owned(request_id, _I.END)
+        request = self._owned(request_id, _END)
         if request.output_started:
             raise LocalProtocolError(
                 f"request {request_id} already sent output; finish it with end_request()"
             )
-        request.state = TRANSITIONS[(request.state, _I.END)].next_state
+        request.state = TRANSITIONS[(request.state, _END)].next_state
         self._end(request_id, request)
         return _end_record(request_id, status)
