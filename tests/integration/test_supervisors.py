@@ -1,6 +1,6 @@
 """fcgiserve under real supervisors: daemontools (supervise / svc / svstat) and runit (runsv / sv).
 
-The service's `run` script is the classic one from the deployment guide: `exec fcgiserve ... --method=prefork`.
+The `run` script is the classic one from the deployment guide: `exec fcgiserve ... --method=prefork`.
 """
 
 from __future__ import annotations
