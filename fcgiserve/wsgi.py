@@ -236,7 +236,9 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, in
     try:
         return "".join(parts).encode("latin-1"), content_length
     except UnicodeEncodeError:
-        culprit = next(h for h in headers if not _latin1(h[0] + h[1]))
+        if not _latin1(status):
+            raise ValueError(f"status {status!r} is not latin-1 encodable") from None
+        culprit = next(h for h in headers if not _latin1(h[1]))  # names passed _TOKEN: ASCII
         raise ValueError(f"header {culprit[0]!r} is not latin-1 encodable: {culprit!r}") from None
 
 

@@ -331,10 +331,24 @@ def test_close_is_called_and_its_failure_logged(caplog: pytest.LogCaptureFixture
     assert "boom in close" in caplog.text
 
 
-def test_close_is_called_when_start_response_fails() -> None:
+def test_close_is_called_when_start_response_fails_in_the_iterable() -> None:
+    """An iterable that calls start_response on its first step (PEP 3333 allows it) and gets it wrong."""
     body = ClosingBody([b"x"])
-    status, io = run(app_returning(body, status="bad"))
+
+    class Deferred:
+        def __init__(self, start_response: StartResponse) -> None:
+            self.start_response = start_response
+
+        def __iter__(self) -> Iterator[bytes]:
+            self.start_response("OK", [])
+            return iter(body)
+
+        def close(self) -> None:
+            body.close()
+
+    status, io = run(lambda environ, start_response: Deferred(start_response))
     assert body.closed == 1 and status == APP_STATUS_ERROR
+    assert parse_cgi(io.output)[0] == "500 Internal Server Error"
 
 
 def test_base_exceptions_propagate_after_close() -> None:
