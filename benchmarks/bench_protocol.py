@@ -17,6 +17,7 @@ import argparse
 import gc
 import glob
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fcgiserve.protocol import ServerConnection  # noqa: E402
+from fcgiserve.protocol import ServerConnection, StdinEnd  # noqa: E402
 
 NGINX_PARAMS = [
     (b"QUERY_STRING", b"page=2&sort=name"),
@@ -119,8 +120,11 @@ class _MemorySocket:
 
 
 def flup_decode(fcgi: Any, blob: bytes) -> dict[bytes, bytes]:
+    return flup_read_request(fcgi, _MemorySocket(blob))
+
+
+def flup_read_request(fcgi: Any, sock: Any) -> dict[bytes, bytes]:
     # flup's Connection.process_input loop, reduced to the record and pair work of one request.
-    sock = _MemorySocket(blob)
     params: dict[bytes, bytes] = {}
     stdin: list[bytes] = []
     while True:
@@ -141,6 +145,11 @@ def flup_decode(fcgi: Any, blob: bytes) -> dict[bytes, bytes]:
 
 def flup_encode(fcgi: Any) -> bytes:
     sock = _MemorySocket()
+    flup_write_response(fcgi, sock)
+    return b"".join(sock.sent)
+
+
+def flup_write_response(fcgi: Any, sock: Any) -> None:
     rec = fcgi.Record(fcgi.FCGI_STDOUT, 1)
     rec.contentData = RESPONSE
     rec.contentLength = len(RESPONSE)
@@ -150,7 +159,6 @@ def flup_encode(fcgi: Any) -> bytes:
     rec.contentData = struct.pack(fcgi.FCGI_EndRequestBody, 0, fcgi.FCGI_REQUEST_COMPLETE)
     rec.contentLength = fcgi.FCGI_EndRequestBody_LEN
     rec.write(sock)
-    return b"".join(sock.sent)
 
 
 def ours_decode(blob: bytes) -> list[Any]:
@@ -220,11 +228,42 @@ def main() -> None:
             flup_decode(fcgi, blob)
             flup_encode(fcgi)
 
+    # The same cycle over a real AF_UNIX socketpair, each side doing its own I/O the way it is built to:
+    # flup reads every header, body and padding with its own recv and writes each piece with its own
+    # send; we recv once into a reusable buffer and sendall the response once. The "web server" end
+    # (sendall the request, drain the response) costs the same on both sides.
+    app_end, web_end = socket.socketpair()
+    buf = bytearray(256 * 1024)
+    response_length = len(ours_bytes)
+
+    def drain() -> None:
+        got = 0
+        while got < response_length:
+            got += web_end.recv_into(buf)
+
+    def run_ours_socket(n: int) -> None:
+        for _ in range(n):
+            web_end.sendall(blob)
+            conn = ServerConnection()
+            events: list[Any] = []
+            while not events or not isinstance(events[-1], StdinEnd):
+                events += conn.receive_data(memoryview(buf)[: app_end.recv_into(buf)])
+            app_end.sendall(conn.send_stdout(1, RESPONSE) + conn.end_request(1))
+            drain()
+
+    def run_flup_socket(n: int) -> None:
+        for _ in range(n):
+            web_end.sendall(blob)
+            flup_read_request(fcgi, app_end)
+            flup_write_response(fcgi, app_end)
+            drain()
+
     rows = []
     for name, ours, theirs in (
-        ("decode nginx GET (4 records, 25 params)", run_ours_decode, run_flup_decode),
-        ("encode small response + END_REQUEST", run_ours_encode, run_flup_encode),
-        ("request cycle (decode + encode)", run_ours_cycle, run_flup_cycle),
+        ("decode nginx GET (4 records, 25 params), in memory", run_ours_decode, run_flup_decode),
+        ("encode small response + END_REQUEST, in memory", run_ours_encode, run_flup_encode),
+        ("request cycle (decode + encode), in memory", run_ours_cycle, run_flup_cycle),
+        ("request cycle over a unix socketpair (each side's own I/O)", run_ours_socket, run_flup_socket),
     ):
         if ours is run_ours_encode:
             # Encoding needs connections whose request is ready for output; prepare them outside the timer.
@@ -239,6 +278,8 @@ def main() -> None:
         flup_time = best_time(theirs, args.loops, args.rounds)
         rows.append((name, ours_time * 1e6, flup_time * 1e6, flup_time / ours_time))
 
+    app_end.close()
+    web_end.close()
     print(f"Python {sys.version.split()[0]}, {args.rounds} rounds x {args.loops} loops, best round\n")
     print("| operation | fcgiserve µs/op | flup 1.0.3 µs/op | speed-up |")
     print("|---|---:|---:|---:|")

@@ -223,6 +223,12 @@ class ServedConnection:
             if self._closed:
                 return
             self._closed = True
+        # shutdown() first: on Linux a bare close() does not wake a thread blocked in recv() on this socket
+        # (the pool closes connections served by other threads on QUIT or a graceful-timeout expiry).
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         _close_quietly(self._sock)
 
     # -- reading -----------------------------------------------------------------------------------------

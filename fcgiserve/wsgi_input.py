@@ -354,15 +354,13 @@ def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> int:
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) == size:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < size:
-        more = os.pread(fd, size - got, offset + got)
-        if not more:  # cannot happen for our own file; fail loudly instead of returning a short body
-            raise OSError(f"request body spool file is shorter than expected ({got} of {size} bytes)")
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
+    # One pread() on the hot path; a loop because Linux caps a single read at ~2 GiB.
+    parts = []
+    while size > 0:
+        part = os.pread(fd, size, offset)
+        if not part:  # our own file lost bytes: fail loudly instead of returning a short body
+            raise OSError(f"request body spool file ended {size} bytes early")
+        parts.append(part)
+        size -= len(part)
+        offset += len(part)
+    return b"".join(parts)  # a single part comes back as is, without a copy

@@ -85,7 +85,9 @@ class Dispatcher:
 
     Extensions to the pools contract (keyword-only, optional): ``max_requests`` stops gracefully
     (within ``graceful_timeout``) after that many requests and sets ``max_requests_reached``;
-    ``thread_name`` prefixes worker thread names (``<thread_name>-<n>``). Any observer already set
+    ``thread_name`` prefixes worker thread names (``<thread_name>-<n>``); ``ready`` is an Event set
+    while serving; ``busy_threads`` counts workers inside a job. ``max_spare`` is at least 1 (a thread
+    that just finished keeps itself for the next connection). Any observer already set
     on the factory when ``serve_forever`` starts is chained behind the dispatcher's request counter
     and put back when it returns.
     """

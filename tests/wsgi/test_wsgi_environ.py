@@ -16,7 +16,7 @@ from fcgiserve.wsgi import (
 )
 from tests.wsgi.wsgi_support import NGINX_STOCK, to_params
 
-# ---------------------------------------------------------------------------------------- the path rule, a table
+# ----------------------------------------------------------------------------------- the path rule, a table
 # (SCRIPT_NAME sent, PATH_INFO sent, REQUEST_URI sent, options.script_name) -> (SCRIPT_NAME, PATH_INFO)
 PATH_CASES = [
     # nginx, stock fastcgi_params: SCRIPT_NAME=$fastcgi_script_name (= the decoded path), no PATH_INFO.
@@ -39,7 +39,14 @@ PATH_CASES = [
     ("apache-proxy-fcgi", "/app/view", None, "/app/view?x", None, ("", "/app/view")),
     ("apache-proxy-fcgi-pathinfo", "/app/view", "/app/view", "/app/view", None, ("", "/app/view")),
     # Apache mod_fcgid: SCRIPT_NAME=/index.fcgi PATH_INFO=/rest.
-    ("apache-fcgid", "/index.fcgi", "/rest/of/it", "/index.fcgi/rest/of/it", None, ("/index.fcgi", "/rest/of/it")),
+    (
+        "apache-fcgid",
+        "/index.fcgi",
+        "/rest/of/it",
+        "/index.fcgi/rest/of/it",
+        None,
+        ("/index.fcgi", "/rest/of/it"),
+    ),
     # mod_fcgid behind mod_rewrite (/x -> /index.fcgi/x): the prefix the client used is "".
     ("apache-fcgid-rewrite", "/index.fcgi", "/x", "/x", None, ("", "/x")),
     # lighttpd at "/": SCRIPT_NAME "/" or the whole path, PATH_INFO empty or missing.
@@ -62,6 +69,7 @@ PATH_CASES = [
     ("no-request-uri", "/index.fcgi", "/x", None, None, ("/index.fcgi", "/x")),
     ("no-request-uri-slash", "/", None, None, None, ("", "/")),
     ("no-request-uri-trailing-slash", "/app/", "x", None, None, ("/app", "/x")),
+    ("no-request-uri-double-slash", "/app/", "/x", None, None, ("/app", "/x")),
     ("nothing-at-all", None, None, None, None, ("", "/")),
     # OPTIONS * and absolute-form targets.
     ("options-star", "", "", "*", None, ("", "/")),
@@ -110,7 +118,7 @@ def test_request_path(uri: str, path: str | None) -> None:
     assert request_path(uri) == path
 
 
-# ------------------------------------------------------------------------------------------------- the environ
+# -------------------------------------------------------------------------------------------- the environ
 
 
 def test_nginx_stock_environ() -> None:
@@ -201,7 +209,9 @@ def test_missing_required_variables_get_defaults() -> None:
         ([("SERVER_NAME", "named"), ("SERVER_PORT", "")], "named", "80"),
     ],
 )
-def test_server_name_and_port_defaults_come_from_host(pairs: list[tuple[str, str]], name: str, port: str) -> None:
+def test_server_name_and_port_defaults_come_from_host(
+    pairs: list[tuple[str, str]], name: str, port: str
+) -> None:
     environ = build_environ(to_params(pairs), WSGIOptions())
     assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == (name, port)
 
@@ -270,7 +280,16 @@ def test_mount_option_is_applied() -> None:
 
 @pytest.mark.parametrize(
     ("value", "length"),
-    [("12", 12), (" 12 ", 12), ("0", 0), ("", None), ("-1", None), ("1e3", None), ("\u0661", None), (None, None)],
+    [
+        ("12", 12),
+        (" 12 ", 12),
+        ("0", 0),
+        ("", None),
+        ("-1", None),
+        ("1e3", None),
+        ("\u0661", None),
+        (None, None),
+    ],
 )
 def test_body_length(value: str | None, length: int | None) -> None:
     environ = {} if value is None else {"CONTENT_LENGTH": value}

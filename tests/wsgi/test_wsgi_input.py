@@ -246,6 +246,14 @@ def test_spool_returns_to_memory_once_the_reader_catches_up() -> None:
     body.close()
 
 
+def test_a_spool_file_that_lost_bytes_fails_loudly() -> None:
+    body = make(None, 0)
+    body.feed(b"0123456789")
+    os.ftruncate(body._fd(), 4)  # someone truncated our temporary file
+    with pytest.raises(OSError, match="ended 6 bytes early"):
+        body.read(10)
+
+
 def test_spooled_readline_finds_newlines_across_pieces() -> None:
     body = make(None, 4)
     for piece in (b"ab", b"cd", b"ef\ngh", b"\n"):
@@ -254,7 +262,7 @@ def test_spooled_readline_finds_newlines_across_pieces() -> None:
     assert body.readlines() == [b"abcdef\n", b"gh\n"]
 
 
-# ------------------------------------------------------------------------------------------ two threads, fill()
+# -------------------------------------------------------------------------------------- two threads, fill()
 
 
 def test_reading_in_one_thread_while_feeding_from_another() -> None:
@@ -362,7 +370,9 @@ def test_fill_reporting_a_lost_connection_aborts() -> None:
 
 def test_fill_can_be_dropped_by_the_handler() -> None:
     """The handler sets ``fill = None`` when the request moves to a thread of its own."""
-    body = make(3, 1024, lambda: pytest.fail("fill must not be called"))  # type: ignore[arg-type,return-value]
+    body = make(3, 1024, lambda: pytest.fail("fill must not be called"))
     body.fill = None
-    threading.Timer(0.05, body.feed, (b"xyz",)).start()
+    feeder = threading.Timer(0.05, body.feed, (b"xyz",))
+    feeder.start()
     assert body.read() == b"xyz"
+    feeder.join(timeout=5)

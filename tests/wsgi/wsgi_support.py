@@ -9,7 +9,7 @@ from fcgiserve.wsgi import ClientDisconnected, RequestBody, WSGIOptions, build_e
 
 
 class RecordingIO:
-    """Implements wsgi.RequestIO: keeps every write; raises ClientDisconnected from write number ``fail_at``."""
+    """A wsgi.RequestIO keeping every write; raises ClientDisconnected from write number ``fail_at`` on."""
 
     def __init__(self, fail_at: int | None = None, errors_fail: bool = False) -> None:
         self.writes: list[bytes] = []
