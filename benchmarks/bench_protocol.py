@@ -1,14 +1,15 @@
 """Micro-benchmark of the protocol hot path against flup 1.0.3's record code (same run, same input).
 
-    python benchmarks/bench_protocol.py [--flup PATH_TO_WHEEL_OR_DIR] [--rounds N]
+    python benchmarks/bench_protocol.py [--flup PATH_TO_WHEEL_OR_DIR] [--rounds N] [--loops N]
 
 Decode: the records nginx sends for a typical GET (BEGIN_REQUEST, ~25 params as nginx's stock fastcgi_params
 produce, the empty PARAMS and the empty STDIN) as one bytes blob. Encode: a small response (status line, 3
 headers, a 13-byte body) as STDOUT, then the empty STDOUT and END_REQUEST. flup is not a dependency: unless
-``--flup`` points at it, ``pip download`` fetches flup==1.0.3 into a temporary directory and the wheel is
-imported from there. flup's side uses its own ``Record.read`` / ``Record.write`` / ``decode_pair`` over an
-in-memory socket, and keeps params as bytes (flup itself also decodes them to str, which we do not count).
-Prints a markdown table of microseconds per operation and the ratio.
+``--flup`` points at it, ``pip download`` fetches flup==1.0.3 once into benchmarks/.work/ (gitignored) and
+the wheel is imported from there. flup's side uses its own ``Record.read`` / ``Record.write`` /
+``decode_pair`` over an in-memory socket, and keeps params as bytes (flup itself also decodes them to str,
+which we do not count). A last row runs the whole cycle over a real unix socketpair, each side doing its
+I/O the way it is built to. Prints a markdown table of CPU microseconds per operation and the ratio.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from __future__ import annotations
 import argparse
 import gc
 import glob
+import importlib
 import os
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -29,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fcgiserve.protocol import ServerConnection, StdinEnd  # noqa: E402
+from fcgiserve.protocol import ServerConnection, StdinEnd
 
 NGINX_PARAMS = [
     (b"QUERY_STRING", b"page=2&sort=name"),
@@ -82,20 +83,22 @@ def nginx_get_blob() -> bytes:
 
 
 def load_flup(path: str | None) -> ModuleType:
+    """Import flup 1.0.3's fcgi_base from ``path`` (a wheel or a directory), else from a cached download."""
     if path is None:
-        target = tempfile.mkdtemp(prefix="flup-1.0.3-")
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "flup==1.0.3", "-d", target],
-            check=True,
-        )
-        wheels = glob.glob(os.path.join(target, "flup-1.0.3-*.whl"))
+        cache = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".work", "flup-1.0.3")
+        wheels = glob.glob(os.path.join(cache, "flup-1.0.3-*.whl"))
         if not wheels:
-            raise SystemExit(f"pip did not download a flup 1.0.3 wheel into {target}")
+            os.makedirs(cache, exist_ok=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "flup==1.0.3", "-d", cache],
+                check=True,
+            )
+            wheels = glob.glob(os.path.join(cache, "flup-1.0.3-*.whl"))
+        if not wheels:
+            raise SystemExit(f"pip did not download a flup 1.0.3 wheel into {cache}")
         path = wheels[0]
     sys.path.insert(0, path)  # a wheel is a zip archive: zipimport loads it in place
-    from flup.server import fcgi_base
-
-    return fcgi_base
+    return importlib.import_module("flup.server.fcgi_base")
 
 
 class _MemorySocket:
@@ -165,28 +168,25 @@ def ours_decode(blob: bytes) -> list[Any]:
     return ServerConnection().receive_data(blob)
 
 
-def best_time(run: Callable[[int], None], loops: int, rounds: int) -> float:
-    """Best CPU seconds per operation over ``rounds`` rounds of ``loops`` operations, GC off (as timeit).
+def cpu_time(run: Callable[[int], None], loops: int) -> float:
+    """CPU seconds per operation for one round of ``loops`` operations, GC off (as timeit does).
 
     CPU time of this process rather than wall time, so other work on a shared machine distorts less.
     """
-    best = float("inf")
     gc.disable()
     try:
-        for _ in range(rounds):
-            start = time.process_time()
-            run(loops)
-            best = min(best, (time.process_time() - start) / loops)
+        start = time.process_time()
+        run(loops)
+        return (time.process_time() - start) / loops
     finally:
         gc.enable()
-    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flup", help="a flup 1.0.3 wheel or directory to import instead of downloading it")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--loops", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--loops", type=int, default=5000)
     args = parser.parse_args()
     fcgi = load_flup(args.flup)
     blob = nginx_get_blob()
@@ -265,17 +265,16 @@ def main() -> None:
         ("request cycle (decode + encode), in memory", run_ours_cycle, run_flup_cycle),
         ("request cycle over a unix socketpair (each side's own I/O)", run_ours_socket, run_flup_socket),
     ):
-        if ours is run_ours_encode:
-            # Encoding needs connections whose request is ready for output; prepare them outside the timer.
-            ours_time = float("inf")
-            for _ in range(args.rounds):
+        # Rounds alternate between the two sides so both see the same machine conditions; best of each.
+        ours_time = flup_time = float("inf")
+        for _ in range(args.rounds):
+            if ours is run_ours_encode:
+                # Encoding needs connections whose request is ready for output: prepared outside the timer.
                 prepared[:] = [ServerConnection() for _ in range(args.loops)]
                 for conn in prepared:
                     conn.receive_data(blob)
-                ours_time = min(ours_time, best_time(ours, args.loops, 1))
-        else:
-            ours_time = best_time(ours, args.loops, args.rounds)
-        flup_time = best_time(theirs, args.loops, args.rounds)
+            ours_time = min(ours_time, cpu_time(ours, args.loops))
+            flup_time = min(flup_time, cpu_time(theirs, args.loops))
         rows.append((name, ours_time * 1e6, flup_time * 1e6, flup_time / ours_time))
 
     app_end.close()

@@ -117,6 +117,7 @@ class _Request:
         "request_id",
         "role",
         "started",
+        "tail",
         "threaded",
     )
 
@@ -126,6 +127,7 @@ class _Request:
         self.keep_conn = keep_conn
         self.params: list[tuple[bytes, bytes]] | None = None
         self.length: int | None = 0  # CONTENT_LENGTH as sent; None when unparsable
+        self.tail = b""  # the response's last STDOUT bytes, sent together with END_REQUEST
         self.body: RequestBody | None = None
         self.data: RequestBody | None = None
         self.started = False
@@ -143,8 +145,12 @@ class _RequestIO:
         self._conn = conn
         self._request = request
 
-    def write(self, data: bytes) -> None:
-        self._conn.write_stream(self._request, data, stderr=False)
+    def write(self, data: bytes, last: bool = False) -> None:
+        if last:
+            # Held for an instant and sent with END_REQUEST in one system call (see RequestIO.write).
+            self._request.tail = data
+        else:
+            self._conn.write_stream(self._request, data, stderr=False)
 
     def write_errors(self, data: bytes) -> None:
         self._conn.write_stream(self._request, data, stderr=True)
@@ -459,7 +465,9 @@ class ServedConnection:
                 request.ended = True
                 if not (self._broken or self._closed):
                     try:
-                        self._send_locked(self._proto.end_request(request.request_id, app_status))
+                        rid, tail = request.request_id, request.tail
+                        out = self._proto.send_stdout(rid, tail) if tail else b""
+                        self._send_locked(out + self._proto.end_request(rid, app_status))
                     except Exception:
                         log.exception("request %d: could not end the request", request.request_id)
                         self._broken = True

@@ -73,8 +73,13 @@ _SPECIAL = _HOP_BY_HOP | {"status", "content-length"}
 class RequestIO(Protocol):
     """The handler's side of one request: where the response bytes go."""
 
-    def write(self, data: bytes) -> None:
-        """Send STDOUT bytes; raise ClientDisconnected when the peer is gone."""
+    def write(self, data: bytes, last: bool = False) -> None:
+        """Send STDOUT bytes; raise ClientDisconnected when the peer is gone.
+
+        ``last=True`` promises that no more STDOUT follows for this request, so the handler may hold the
+        bytes for an instant and send them in the same system call as END_REQUEST (one ``send`` per small
+        response). Only ever passed once the application has produced its whole response.
+        """
 
     def write_errors(self, data: bytes) -> None:
         """Send STDERR bytes; raise ClientDisconnected when the peer is gone."""
@@ -145,7 +150,7 @@ class _ErrorStream:
 class _Response:
     """The state of one response: start_response() and write() are its bound methods."""
 
-    __slots__ = ("head", "io", "remaining", "sent", "started")
+    __slots__ = ("clipped", "head", "io", "remaining", "sent", "started")
 
     def __init__(self, io: RequestIO) -> None:
         self.io = io
@@ -153,6 +158,7 @@ class _Response:
         self.started = False
         self.sent = False  # the header block went out: the status can no longer change
         self.remaining: int | None = None  # body bytes the application's Content-Length still allows
+        self.clipped = False
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -171,19 +177,27 @@ class _Response:
 
     def write(self, data: bytes) -> None:
         """The PEP 3333 write() callable; also sends every chunk of the returned iterable."""
+        self.send(data, False)
+
+    def send(self, data: bytes, last: bool) -> None:
+        """Send a body chunk (with the header block first, in the same write); see ``RequestIO.write``."""
         if not isinstance(data, bytes):
             raise TypeError(f"WSGI response body chunks must be bytes, not {type(data).__name__}")
         if not data:
             return
-        if self.remaining is not None:
+        if self.remaining is not None and len(data) > self.remaining:
             data = self._clip(data)
+            if not data and self.sent:
+                return
+        if self.remaining is not None:
+            self.remaining -= len(data)
         if self.sent:
-            self.io.write(data)
+            self.io.write(data, last)
             return
         if self.head is None:
             raise RuntimeError("write() called before start_response()")
         self.sent = True
-        self.io.write(self.head + data)
+        self.io.write(self.head + data, last)
 
     def finish(self) -> None:
         """End of the body: an empty body still needs its header block."""
@@ -191,17 +205,15 @@ class _Response:
             if self.head is None:
                 raise RuntimeError("the WSGI application returned without calling start_response()")
             self.sent = True
-            self.io.write(self.head)
+            self.io.write(self.head, True)
 
     def _clip(self, data: bytes) -> bytes:
-        # PEP 3333: never send more than the application's own Content-Length.
+        # PEP 3333: never send more than the application's own Content-Length; say so once per response.
         assert self.remaining is not None
-        if len(data) > self.remaining:
-            _log.warning("response body exceeds its Content-Length; %d extra bytes dropped",
-                         len(data) - self.remaining)  # fmt: skip
-            data = data[: self.remaining]
-        self.remaining -= len(data)
-        return data
+        if not self.clipped:
+            self.clipped = True
+            _log.warning("response body exceeds its Content-Length; extra bytes dropped")
+        return data[: self.remaining]
 
 
 def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
@@ -277,7 +289,7 @@ def run_application(
         result = app(environ, response.start_response)
         try:
             if type(result) is list and len(result) == 1:  # the common case: one write for everything
-                response.write(result[0])
+                response.send(result[0], True)
             else:
                 write = response.write
                 for chunk in result:
@@ -314,7 +326,7 @@ def _fail(exc: Exception, environ: dict[str, Any], response: _Response, options:
     )
     response.sent = True
     try:
-        response.io.write(head.encode("latin-1") + payload)
+        response.io.write(head.encode("latin-1") + payload, True)
     except ClientDisconnected:
         _log.debug("client went away before the 500 response for %s", _describe(environ))
         return APP_STATUS_DISCONNECTED

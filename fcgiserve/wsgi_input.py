@@ -313,6 +313,9 @@ class RequestBody:
                 # Caught up: back to memory; the file is reused from its start, so disk use stays bounded too.
                 self._spilled = False
                 self._file_read = self._file_write = 0
+        elif size >= len(self._mem):
+            data = bytes(self._mem)  # the usual case: the whole (small) body in one read, one copy
+            self._mem.clear()
         else:
             data = bytes(self._mem[:size])
             del self._mem[:size]  # O(1) for a bytearray prefix

@@ -42,17 +42,21 @@ PROTOCOL_STDLIB = {"struct", "enum", "dataclasses", "typing", "collections", "__
 WIRING = {"server", "cli", "contrib", "compat", "__main__", ""}
 
 # fcgiserve module (dotted, relative to the package) -> fcgiserve modules it must not import.
+_WSGI = {"wsgi", "wsgi_environ", "wsgi_input"}
 FORBIDDEN: dict[str, set[str]] = {
     "protocol": {"*"},  # only itself
     "config": {"*"},
-    "wsgi": {"protocol", "handler", "pools", "listeners", "cli", "client", "contrib", "compat"},
-    "handler": {"pools", "cli", "listeners", "contrib", "compat"},
-    "pools": {"protocol", "handler", "wsgi", "cli", "client", "contrib", "compat"},
-    "listeners": {"protocol", "handler", "wsgi", "pools", "cli"},
-    "signals": {"protocol", "handler", "wsgi", "pools", "cli"},
-    "pidfile": {"protocol", "handler", "wsgi", "pools", "cli"},
-    "apploader": {"protocol", "handler", "wsgi", "pools", "cli"},
-    "client": {"handler", "wsgi", "pools", "cli"},
+    "wsgi_environ": {"*"},
+    "wsgi_input": {"*"},
+    "wsgi": {"protocol", "handler", "pools", "listeners", "cli", "client", "contrib", "compat", "server"},
+    "handler": {"pools", "cli", "listeners", "contrib", "compat", "server"},
+    "pools": {"protocol", "handler", "cli", "client", "contrib", "compat", "server", *_WSGI},
+    "listeners": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
+    "signals": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
+    "pidfile": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
+    "apploader": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
+    "logs": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
+    "client": {"handler", "pools", "cli", "server", *_WSGI},
 }
 
 
@@ -107,7 +111,7 @@ def _violations() -> list[str]:
             if target == "cli" and layer not in {"__main__", "contrib", "compat"}:
                 found.append(f"{where}: nothing imports cli (imports {name!r})")
             rule = FORBIDDEN.get(layer, set())
-            if target == layer or not target:
+            if target == layer or not target or (layer == "wsgi" and target in _WSGI):
                 continue
             if "*" in rule or target in rule:
                 found.append(f"{where}: layer {layer!r} may not import {name!r} (ARCHITECTURE.md)")
@@ -160,3 +164,10 @@ def test_checker_catches_violations(tmp_path: Path, source: str, module: str, ex
     finally:
         PACKAGE = saved
     assert any(expected in p for p in problems), problems
+
+
+def test_every_module_has_a_layer_rule() -> None:
+    """A new module must be placed in the rules above, or it would escape the check."""
+    layers = {_layer(dotted) for dotted, _ in _modules()}
+    unplaced = layers - FORBIDDEN.keys() - WIRING - {"contrib", "compat"}
+    assert unplaced == set(), f"add a rule for: {sorted(unplaced)}"

@@ -33,9 +33,9 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from fcgiserve.pools.base import ConnectionFactory, PoolSettings
+from fcgiserve.pools.base import ConnectionFactory, PoolSettings, RequestObserver, ServedConnection
 from fcgiserve.pools.dispatch import Dispatcher
 from fcgiserve.pools.scoreboard import Scoreboard, SlotWriter
 from fcgiserve.signals import SignalQueue
@@ -103,6 +103,7 @@ class _Child:
             log.exception("worker %d failed to boot: make_factory() raised", self._pid)
             return EXIT_BOOT_FAILURE
         factory.observer = self._writer  # the dispatcher chains its own request counter in front
+        tracked = _TrackedFactory(factory, self._writer)
         settings = spec.settings
         threads = max(1, settings.threads_per_child)
         max_requests = 0
@@ -111,7 +112,7 @@ class _Child:
             self._writer.retire_after = max_requests
         self._dispatcher = Dispatcher(
             spec.listeners,
-            factory,
+            tracked,
             min_spare=1,
             max_spare=threads,
             max_threads=threads,
@@ -196,6 +197,51 @@ class _Child:
             self._spec.settings.timeout,
             "\n".join(dumps) or "(no thread holds a request any more)",
         )
+
+
+class _TrackedFactory:
+    """The application's factory, with every ``serve()`` call shown in the slot.
+
+    A child that accepts only while idle (``accept_while_busy=False``) stops accepting as soon as a
+    thread enters ``serve()``, before any request has arrived on the connection. Without this the
+    master would count such a child as an idle spare and fork nothing while a silent connection
+    (a port probe, a slow client) holds the child's accept.
+    """
+
+    def __init__(self, inner: ConnectionFactory, writer: SlotWriter) -> None:
+        self._inner = inner
+        self._writer = writer
+
+    @property
+    def observer(self) -> RequestObserver | None:
+        return self._inner.observer
+
+    @observer.setter
+    def observer(self, observer: RequestObserver | None) -> None:
+        self._inner.observer = observer  # the connections report through the inner factory
+
+    def open(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
+        self._writer.serving_started()  # open() runs in the worker thread that goes on to serve()
+        try:
+            conn = self._inner.open(sock, peer)
+        finally:
+            self._writer.serving_finished()
+        return None if conn is None else _TrackedConnection(conn, self._writer)
+
+
+class _TrackedConnection:
+    def __init__(self, inner: ServedConnection, writer: SlotWriter) -> None:
+        self._inner = inner
+        self._writer = writer
+        self.fileno = inner.fileno
+        self.close = inner.close
+
+    def serve(self) -> bool:
+        self._writer.serving_started()
+        try:
+            return self._inner.serve()
+        finally:
+            self._writer.serving_finished()
 
 
 def _exit_now(signum: int, frame: object) -> None:

@@ -414,8 +414,7 @@ class PreforkPool:
         message = f"worker {child.pid} failed to boot ({how}); the error is logged above"
         if child.generation == self._booting_generation:
             if self._serving_generation == 0:
-                status = EXIT_BOOT_FAILURE if how.startswith("exit") else 1
-                raise PoolExit(StopReason.STOP, status, f"{message}; the application cannot start")
+                raise PoolExit(StopReason.STOP, EXIT_BOOT_FAILURE, f"{message}; the application cannot start")
             self._abandon_booting_generation(message)
         else:
             log.error("%s", message)

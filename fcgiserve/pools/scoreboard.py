@@ -7,7 +7,8 @@ writes it, through its ``SlotWriter``. Bookkeeping costs no syscall per request:
 on the mapping plus ``time.monotonic()`` (a vDSO call on Linux; CLOCK_MONOTONIC is system-wide, so
 the master can compare a child's timestamps with its own clock).
 
-A slot is a header (state, pid, generation, requests in progress and served) followed by one
+A slot is a header (state, pid, generation, requests in progress, threads in ``serve()``, requests
+served) followed by one
 *lane* per concurrently tracked request (busy-since and the request line, truncated). A child runs
 several worker threads, so each request in progress takes a lane for its duration; that is how the
 master finds one stuck request among several and how the child's stack dump names its thread.
@@ -33,8 +34,9 @@ __all__ = ["LINE_BYTES", "RequestInProgress", "Scoreboard", "SlotSnapshot", "Slo
 LINE_BYTES = 200  # request line bytes kept per lane; longer lines are truncated (a cut character is dropped)
 
 _SEQ = struct.Struct("=I")
-# state, pid, generation, active requests, requests served, started_at (monotonic, set by the master)
-_HEADER = struct.Struct("=BxxxiIIQd")
+# state, pid, generation, requests in progress, threads in serve(), requests served,
+# started_at (monotonic, set by the master)
+_HEADER = struct.Struct("=BxxxiIIIQd")
 # busy_since (0.0 = lane free), line length, line
 _LANE = struct.Struct(f"=dH{LINE_BYTES}s")
 _HEADER_AT = 8  # keeps the doubles 8-byte aligned after the counter
@@ -62,13 +64,15 @@ class SlotSnapshot:
     pid: int  # 0 until the child has written its slot
     generation: int
     active: int  # requests in progress (may exceed the lanes; only lanes carry lines)
+    serving: int  # threads inside ServedConnection.serve(), with or without a request yet
     served: int  # requests finished
     started_at: float
     requests: tuple[RequestInProgress, ...]
 
     @property
     def idle(self) -> bool:
-        return self.state is SlotState.READY and self.active == 0
+        """Ready to accept: a prefork child accepts only while none of its threads is serving."""
+        return self.state is SlotState.READY and self.active == 0 and self.serving == 0
 
     def oldest_busy_since(self) -> float | None:
         return min((r.busy_since for r in self.requests), default=None)
@@ -130,10 +134,10 @@ class Scoreboard:
     def _reset(self, index: int, state: SlotState, generation: int, now: float) -> None:
         base = index * self._slot_size
         self._map[base : base + self._slot_size] = bytes(self._slot_size)
-        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, now)
+        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, 0, now)
 
     def _decode(self, index: int, data: bytes) -> SlotSnapshot:
-        state, pid, generation, active, served, started_at = _HEADER.unpack_from(data, _HEADER_AT)
+        state, pid, generation, active, serving, served, started_at = _HEADER.unpack_from(data, _HEADER_AT)
         requests = []
         for lane in range(self.lanes):
             busy_since, length, line = _LANE.unpack_from(data, _LANES_AT + lane * _LANE.size)
@@ -145,6 +149,7 @@ class Scoreboard:
             pid=pid,
             generation=generation,
             active=active,
+            serving=serving,
             served=served,
             started_at=started_at,
             requests=tuple(requests),
@@ -179,8 +184,9 @@ class SlotWriter:
         self._pid: int = header[1]
         self._generation: int = header[2]
         self._active: int = header[3]
-        self._served: int = header[4]
-        self._started_at: float = header[5]
+        self._serving: int = header[4]
+        self._served: int = header[5]
+        self._started_at: float = header[6]
 
     @property
     def served(self) -> int:
@@ -198,6 +204,17 @@ class SlotWriter:
     def mark_stopping(self) -> None:
         with self._lock:
             self._write_header(SlotState.STOPPING)
+
+    def serving_started(self) -> None:
+        """A thread entered serve(): the child accepts nothing now, even before a request arrives."""
+        with self._lock:
+            self._serving += 1
+            self._write_header(self._state)
+
+    def serving_finished(self) -> None:
+        with self._lock:
+            self._serving = max(self._serving - 1, 0)
+            self._write_header(self._state)
 
     def busy_threads(self) -> dict[int, str]:
         """Thread ident -> request line of every request in progress that holds a lane."""
@@ -254,6 +271,7 @@ class SlotWriter:
             self._pid,
             self._generation,
             self._active,
+            self._serving,
             self._served,
             self._started_at,
         )

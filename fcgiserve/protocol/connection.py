@@ -38,6 +38,7 @@ from .events import (
 from .records import (
     BEGIN_BODY,
     HEADER,
+    STDOUT_END_AND_END_REQUEST,
     Buffer,
     PairLimitError,
     RecordReader,
@@ -215,12 +216,24 @@ class ServerConnection:
         if not data:
             return self._on_eof()
         events: list[Event] = []
+        requests = self._requests
         try:
             for record_type, request_id, content in self._reader.feed(data):
-                if request_id:
-                    self._on_application_record(record_type, request_id, content, events)
-                else:
+                if not request_id:
                     self._on_management_record(record_type, content)
+                    continue
+                request = requests.get(request_id)
+                stream_inputs = _STREAM_INPUTS.get(record_type)
+                if request is None or stream_inputs is None:
+                    self._on_application_record(record_type, request_id, content, events)
+                    continue
+                # Hot path, inlined: a PARAMS / STDIN / DATA record for an active request.
+                request_input = stream_inputs[0] if content else stream_inputs[1]
+                transition = TRANSITIONS.get((request.state, request_input))
+                if transition is None:
+                    self._peer_violation(request_id, request, request_input, events)
+                elif transition.act:
+                    self._act(request_id, request, request_input, transition.next_state, content, events)
         except RemoteProtocolError as error:
             self._error = error
             raise
@@ -407,7 +420,6 @@ class ServerConnection:
 
     def _end(self, request_id: int, request: _Request) -> None:
         del self._requests[request_id]
-        request.params = bytearray()  # announced requests hold no params
         if not request.keep_conn:
             self._close_when_idle = True
 
@@ -462,8 +474,13 @@ class ServerConnection:
         request = self._owned(request_id, _END)
         request.state = TRANSITIONS[(request.state, _END)].next_state
         self._end(request_id, request)
-        return encode_end_request(
-            request_id, app_status, protocol_status, close_stdout=True, close_stderr=request.stderr_open
+        if request.stderr_open:
+            return encode_end_request(
+                request_id, app_status, protocol_status, close_stdout=True, close_stderr=True
+            )
+        # Hot path: the empty STDOUT and END_REQUEST packed in one call.
+        return STDOUT_END_AND_END_REQUEST.pack(
+            1, 6, request_id, 0, 0, 1, 3, request_id, 8, 0, app_status, protocol_status
         )
 
     def reject_request(self, request_id: int, status: ProtocolStatus) -> bytes:

@@ -8,6 +8,7 @@ Server-side events (``Event``) come out of ``ServerConnection.receive_data``; cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from .constants import MAX_REQUEST_ID, ProtocolStatus, Role
 from .errors import RemoteProtocolError
@@ -35,9 +36,9 @@ __all__ = [
 ]
 
 
-def _check_request_id(request_id: int) -> None:
-    if not 1 <= request_id <= MAX_REQUEST_ID:
-        raise ValueError(f"request id {request_id} is outside 1..65535")
+def _reject_request_id(request_id: int) -> NoReturn:
+    # Called only on the failure path: the range test is inlined in each __post_init__ (hot path).
+    raise ValueError(f"request id {request_id} is outside 1..65535")
 
 
 class Event:
@@ -59,7 +60,8 @@ class RequestStarted(Event):
     keep_conn: bool
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,8 @@ class ParamsComplete(Event):
     params: list[tuple[bytes, bytes]]
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,8 @@ class StdinData(Event):
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
         if not self.data:
             raise ValueError("StdinData carries at least one byte; the end of STDIN is StdinEnd")
 
@@ -93,7 +97,8 @@ class StdinEnd(Event):
     request_id: int
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,8 @@ class Data(Event):
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
         if not self.data:
             raise ValueError("Data carries at least one byte; the end of DATA is DataEnd")
 
@@ -116,7 +122,8 @@ class DataEnd(Event):
     request_id: int
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +133,8 @@ class RequestAborted(Event):
     request_id: int
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +149,8 @@ class RequestFailed(Event):
     error: RemoteProtocolError
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +167,8 @@ class RequestRejected(Event):
     error: RemoteProtocolError | None
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +197,8 @@ class Stdout(ClientEvent):
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +208,8 @@ class StdoutEnd(ClientEvent):
     request_id: int
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +220,8 @@ class Stderr(ClientEvent):
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +231,8 @@ class StderrEnd(ClientEvent):
     request_id: int
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +244,8 @@ class EndRequest(ClientEvent):
     protocol_status: ProtocolStatus
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ __all__ = [
     "END_BODY",
     "HEADER",
     "MAX_RECORD_LENGTH",
+    "STDOUT_END_AND_END_REQUEST",
     "PairLimitError",
     "RecordReader",
     "decode_pairs",
@@ -30,7 +31,7 @@ HEADER = struct.Struct("!BBHHBx")
 BEGIN_BODY = struct.Struct("!HB5x")  # S-D5: role, flags, reserved[5]
 END_BODY = struct.Struct("!IB3x")  # S-F6: appStatus, protocolStatus, reserved[3]
 # Hot path: the empty STDOUT that closes the stream plus the END_REQUEST record, packed in one call.
-_CLOSE_AND_END = struct.Struct("!BBHHBxBBHHBxIB3x")
+STDOUT_END_AND_END_REQUEST = struct.Struct("!BBHHBxBBHHBxIB3x")
 _LENGTH4 = struct.Struct("!I")
 _PADDING = [bytes(n) for n in range(8)]
 _MAX_PAIR_LENGTH = 0x7FFFFFFF  # S-C1: 31-bit lengths
@@ -65,12 +66,11 @@ def encode_record(record_type: int, request_id: int, content: Buffer = b"") -> b
 def encode_end_request(
     request_id: int, app_status: int, protocol_status: int, *, close_stdout: bool, close_stderr: bool
 ) -> bytes:
-    """END_REQUEST for ``request_id``, after the empty STDOUT / STDERR records that end those streams."""
-    # 6 and 7 are RecordType.STDOUT / STDERR, 3 is END_REQUEST: plain ints keep this hot path lookup-free.
-    if close_stdout and not close_stderr:
-        return _CLOSE_AND_END.pack(
-            1, 6, request_id, 0, 0, 1, 3, request_id, 8, 0, app_status, protocol_status
-        )
+    """END_REQUEST for ``request_id``, after the empty STDOUT / STDERR records that end those streams.
+
+    (``ServerConnection.end_request`` packs the common case, STDOUT only, with STDOUT_END_AND_END_REQUEST.)
+    """
+    # 6 and 7 are RecordType.STDOUT / STDERR, 3 is END_REQUEST.
     head = HEADER.pack(1, 6, request_id, 0, 0) if close_stdout else b""
     if close_stderr:
         head += HEADER.pack(1, 7, request_id, 0, 0)

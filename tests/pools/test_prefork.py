@@ -31,14 +31,25 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a process, or None when it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None when the process is gone."""
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = data[data.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
+    return data[data.rindex(")") + 2 :].split()
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process, or None when it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (fields[0], int(fields[1]))
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 (start time): tells a process from a later one that reuses its pid."""
+    fields = _stat_fields(pid)
+    return None if fields is None else fields[19]
 
 
 def _all_pids() -> Iterator[int]:
@@ -114,7 +125,9 @@ class Master:
 
 
 @contextlib.contextmanager
-def _master(tmp_path: Path, boot_control: Path | None = None, **settings: Any) -> Iterator[Master]:
+def _master(
+    tmp_path: Path, boot_control: Path | None = None, in_thread: bool = False, **settings: Any
+) -> Iterator[Master]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
@@ -124,26 +137,28 @@ def _master(tmp_path: Path, boot_control: Path | None = None, **settings: Any) -
     command += ["--settings", json.dumps({"graceful_timeout": 3.0, **settings})]
     if boot_control is not None:
         command += ["--boot-control", str(boot_control)]
+    if in_thread:
+        command.append("--in-thread")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             command, cwd=ROOT, pass_fds=[listener.fileno()], stdout=log_file, stderr=subprocess.STDOUT
         )
     listener.close()  # the master holds it now
     master = Master(proc, port, log_path)
-    children: set[int] = set()
+    children: dict[int, str | None] = {}
     try:
         yield master
     finally:
         if proc.poll() is None:
-            children = master.children()
+            children = {pid: _start_time(pid) for pid in master.children()}
             proc.send_signal(signal.SIGQUIT)
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        for pid in children:  # children die with the master; make sure of it, by pid
-            if _wait_until(lambda pid=pid: not _alive(pid), 2.0) is False:
+        for pid, started in children.items():  # they die with the master; make sure, by pid
+            if not _wait_until(lambda pid=pid: not _alive(pid), 2.0) and _start_time(pid) == started:
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -263,6 +278,87 @@ def test_sigkill_of_a_busy_child_fails_only_its_request(tmp_path: Path) -> None:
         assert master.request("ECHO after")[0] == "after"
         assert f"worker {pids[0]} died (signal SIGKILL)" in master.log()
         assert not master.zombies()
+
+
+def test_max_requests_jitter_spreads_the_exits(tmp_path: Path) -> None:
+    """Field note P7: children recycle after 1 + random(0..3) requests, not all after the same count."""
+    limits = {"max_requests": 1, "max_requests_jitter": 3}
+    with _master(tmp_path, min_spare=1, max_spare=2, max_children=3, **limits) as master:
+        _ready(master)
+        served_by: Counter[int] = Counter()
+        for n in range(30):
+            served_by[master.request(f"ECHO {n}")[1]] += 1
+        finished = list(served_by.values())[:-3]  # the last children may not have reached their limit
+        assert max(served_by.values()) <= 4
+        assert len(set(finished)) > 1, served_by
+
+
+def test_crash_loop_pauses_forking(tmp_path: Path) -> None:
+    """php-fpm's emergency threshold: ten abnormal exits within ten seconds pause forks (1 s first)."""
+    with _master(tmp_path, min_spare=1, max_spare=1, max_children=1) as master:
+        _ready(master)
+        for kills in range(1, 11):
+            (victim,) = master.children()
+            os.kill(victim, signal.SIGKILL)
+            if kills == 10:
+                break
+            assert _wait_until(lambda victim=victim: master.children() - {victim}, 2.0), master.log()
+        assert _wait_until(lambda: "10 children crashed within 10s: no fork for 1s" in master.log(), 1.0)
+        paused_at = time.monotonic()
+        assert _wait_until(lambda: len(master.children()) == 1, 2.5)  # forks resume after the pause
+        assert time.monotonic() - paused_at > 0.7
+        assert master.request("ECHO back")[0] == "back"
+
+
+def test_children_ignore_int_and_hup(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group; only the master acts on it (and on HUP)."""
+    with _master(tmp_path, min_spare=1, max_spare=1, max_children=2) as master:
+        _ready(master)
+        (child,) = master.children()
+        os.kill(child, signal.SIGINT)
+        os.kill(child, signal.SIGHUP)
+        time.sleep(0.3)
+        assert master.children() == {child}
+        assert master.request("ECHO alive") == ("alive", child)
+
+
+def test_a_parked_connection_gets_another_thread_of_a_busy_child(tmp_path: Path) -> None:
+    """A request on a kept-alive connection parked in a child that is busy with another request is
+    served at once by another thread of that child (max_children=1 leaves no other child)."""
+    with _master(tmp_path, min_spare=1, max_spare=1, max_children=1, threads_per_child=2) as master:
+        _ready(master)
+        kept, pid = master.connect()
+        assert kept.request("ECHO parked") == "parked"
+        slow, slow_pid = master.connect()
+        assert slow_pid == pid
+        slow.send("SLEEP 1")
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert kept.request("ECHO meanwhile") == "meanwhile"
+        assert time.monotonic() - started < 0.5
+        assert slow.read_line() == "SLEPT"
+        kept.close()
+        slow.close()
+
+
+def test_library_mode_reloads_and_stops_from_another_thread(tmp_path: Path) -> None:
+    """run(install_signals=False) in a thread that is not the main one, driven by request_reload()
+    and request_stop() (here from the main thread's own signal handlers)."""
+    with _master(tmp_path, in_thread=True, min_spare=2, max_spare=2, max_children=4) as master:
+        _ready(master, 2)
+        old = master.children()
+        master.signal(signal.SIGHUP)
+        assert _wait_until(lambda: len(master.children() - old) >= 2 and not master.children() & old, 3.0)
+        assert master.request("ECHO reloaded")[1] not in old
+        assert _wait_until(lambda: not master.zombies(), 1.0)  # no SIGCHLD handler: reaped on the tick
+        client, _ = master.connect()
+        client.send("SLEEP 0.5")
+        time.sleep(0.1)
+        master.signal(signal.SIGTERM)
+        assert client.read_line() == "SLEPT"
+        client.close()
+        assert master.wait(5) == 0
+        assert "RETURNED stop (thread)" in master.log()
 
 
 def test_children_die_with_a_killed_master(tmp_path: Path) -> None:
@@ -404,6 +500,21 @@ def test_timeout_dumps_the_stack_and_replaces_the_child(tmp_path: Path) -> None:
         assert f"worker {pid} killed: request timeout" in log
         assert _wait_until(lambda: pid not in master.children() and len(master.children()) >= 2, 2.0)
         assert master.request("ECHO fine")[0] == "fine"
+
+
+def test_a_silent_connection_does_not_stall_the_pool(tmp_path: Path) -> None:
+    """A connection that sends nothing (a port probe, a slow client) holds the only accept of the
+    child serving it; the master must count that child as busy and fork another."""
+    with _master(tmp_path, min_spare=1, max_spare=1, max_children=3) as master:
+        _ready(master)
+        silent, silent_pid = master.connect()
+        try:
+            started = time.monotonic()
+            reply, pid = master.request("ECHO served")
+            assert (reply, pid != silent_pid) == ("served", True)
+            assert time.monotonic() - started < 1.0
+        finally:
+            silent.close()
 
 
 def test_kept_alive_idle_connections_do_not_pin_children(tmp_path: Path) -> None:

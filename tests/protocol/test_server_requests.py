@@ -47,7 +47,7 @@ def test_s_g1_responder_get_yields_started_params_and_stdin_end(feed: Feeder) ->
     assert conn.active_requests == 1
 
 
-def test_s_g1_responder_post_body_arrives_in_pieces(feed: Feeder) -> None:
+def test_s_g1_s_f3_responder_post_body_arrives_in_pieces(feed: Feeder) -> None:
     data = (
         wire.begin(5) + wire.params(5, PARAMS) + wire.stdin(5, b"abc") + wire.stdin(5, b"de") + wire.stdin(5)
     )
@@ -211,7 +211,7 @@ def test_s_f1_stdin_after_its_end_fails_the_request_only(feed: Feeder) -> None:
     assert conn.data_to_send() == b""  # the caller owns the request: it ends it
     assert feed(conn, wire.stdin(1, b"ignored") + wire.rec(wire.ABORT_REQUEST, 1)) == []
     assert conn.end_request(1, 1) == wire.rec(wire.STDOUT, 1) + wire.end_request(1, 1)
-    assert not conn.should_close or conn.active_requests == 0
+    assert conn.active_requests == 0 and conn.should_close  # no KEEP_CONN: close after END_REQUEST
 
 
 def test_s_f1_params_after_the_params_stream_ended_fail_the_request(feed: Feeder) -> None:
@@ -267,6 +267,9 @@ def test_s_f6_end_request_status_fields_and_range() -> None:
         conn.end_request(1, 1 << 32)
     with pytest.raises(LocalProtocolError, match="32 bits"):
         conn.end_request(1, -1)
+    with pytest.raises(LocalProtocolError, match="not a FastCGI status"):
+        conn.end_request(1, 0, 4)  # type: ignore[arg-type]
+    assert conn.end_request(1, 0, 2) == wire.rec(wire.STDOUT, 1) + wire.end_request(1, 0, wire.OVERLOADED)  # type: ignore[arg-type]
 
 
 def test_s_f6_overloaded_rejection_when_the_caller_is_saturated() -> None:

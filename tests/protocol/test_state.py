@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import runpy
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -153,3 +154,8 @@ def test_mermaid_diagram_is_generated_from_the_table(capsys: pytest.CaptureFixtu
         )
     runpy.run_path(state_module.__file__ or "", run_name="__main__")  # python -m fcgiserve.protocol.state
     assert capsys.readouterr().out.strip() == diagram
+
+
+def test_docs_show_the_current_diagram() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+    assert f"```mermaid\n{render_mermaid()}\n```" in doc.read_text(encoding="utf-8")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fcgiserve.wsgi import (
     WSGIOptions,
@@ -313,3 +316,32 @@ def test_options_normalise_script_name() -> None:
     assert WSGIOptions(script_name="/blog/").script_name == "/blog"
     assert WSGIOptions(script_name="/").script_name == ""
     assert WSGIOptions().script_name is None
+
+
+# -------------------------------------------------------------------- property: consistent servers round-trip
+
+SEGMENT = st.text(alphabet="abz09-._~%?#;é\xff/ ", min_size=1, max_size=8).filter(lambda s: "/" not in s)
+PATHS = st.lists(SEGMENT, min_size=1, max_size=5).map(lambda parts: "/" + "/".join(parts))
+
+
+def as_request_uri(path: str, query: str) -> str:
+    """What a client sends for a decoded latin-1 path: percent-encoded bytes, then the query."""
+    return quote(path.encode("latin-1"), safe="/") + (f"?{query}" if query else "")
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=PATHS, split=st.integers(0, 10), query=st.sampled_from(["", "a=1", "x=/y?z"]))
+def test_consistent_split_is_kept_and_nginx_stock_is_mounted_at_root(
+    path: str, split: int, query: str
+) -> None:
+    """Any path: a consistent split is kept; nginx stock (SCRIPT_NAME = the path) gets ("", path)."""
+    uri = as_request_uri(path, query)
+    assert request_path(uri) == path
+    boundaries = [i for i, char in enumerate(path) if char == "/"]
+    cut = boundaries[split % len(boundaries)]
+    script, path_info = path[:cut], path[cut:]
+    assert resolve_script_path(script, path_info, uri) == (script, path_info)
+    assert resolve_script_path(path, None, uri) == ("", path)
+    assert resolve_script_path("", path, uri) == ("", path)
+    if script:
+        assert resolve_script_path(None, None, uri, script) == (script, path_info)

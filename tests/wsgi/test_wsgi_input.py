@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io as stdio
 import os
 import threading
 import time
@@ -9,6 +10,8 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fcgiserve.wsgi import BodyIncomplete, ClientDisconnected, RequestAborted, RequestBody
 from tests.wsgi.wsgi_support import finished_body
@@ -276,9 +279,12 @@ def test_reading_in_one_thread_while_feeding_from_another() -> None:
         while piece := body.read(3000):
             got.append(piece)
 
+    for piece in pieces[:50]:
+        body.feed(piece)
+    assert body._spilled  # the reader starts behind: it reads the spool file while the feeder appends to it
     thread = threading.Thread(target=reader)
     thread.start()
-    for piece in pieces:
+    for piece in pieces[50:]:
         body.feed(piece)
         if len(got) % 7 == 0:
             time.sleep(0)  # let the reader interleave
@@ -312,6 +318,22 @@ def test_waiting_reader_is_woken_by_abort_and_by_finish() -> None:
             assert isinstance(outcome[0], RequestAborted)
         else:
             assert outcome == [b"partial"]
+
+
+def test_reader_waits_again_until_enough_bytes_arrived() -> None:
+    body = make(6, 1024)
+    got: list[bytes] = []
+    thread = threading.Thread(target=lambda: got.append(body.read(6)))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while body._cond is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    body.feed(b"abc")  # wakes the reader, which needs three more and waits again
+    time.sleep(0.05)
+    assert got == []
+    body.feed(b"def")
+    thread.join(timeout=5)
+    assert not thread.is_alive() and got == [b"abcdef"]
 
 
 def test_close_wakes_a_waiting_reader() -> None:
@@ -376,3 +398,40 @@ def test_fill_can_be_dropped_by_the_handler() -> None:
     feeder.start()
     assert body.read() == b"xyz"
     feeder.join(timeout=5)
+
+
+# ------------------------------------------------------------------------- property: behaves like io.BytesIO
+
+READ_OPS = st.one_of(
+    st.tuples(st.just("read"), st.integers(-1, 40)),
+    st.tuples(st.just("readline"), st.integers(-1, 40)),
+    st.tuples(st.just("readlines"), st.integers(-1, 60)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=300).map(lambda b: b.replace(b"\x01", b"\n")),
+    cuts=st.lists(st.integers(1, 50), max_size=20),
+    threshold=st.sampled_from([0, 5, 64, 1 << 20]),
+    known_length=st.booleans(),
+    ops=st.lists(READ_OPS, max_size=25),
+)
+def test_reads_match_bytesio(
+    data: bytes, cuts: list[int], threshold: int, known_length: bool, ops: list[tuple[str, int]]
+) -> None:
+    """Any feeding pattern, any spool threshold, any sequence of reads: the same bytes as io.BytesIO."""
+    body = RequestBody(len(data) if known_length else None, threshold)
+    try:
+        position = 0
+        for cut in cuts:
+            body.feed(data[position : position + cut])
+            position += cut
+        body.feed(data[position:])
+        body.finish()
+        reference = stdio.BytesIO(data)
+        for name, arg in ops:
+            assert getattr(body, name)(arg) == getattr(reference, name)(arg), (name, arg)
+        assert body.read() == reference.read()
+    finally:
+        body.close()

@@ -145,14 +145,23 @@ def test_content_length_is_never_exceeded_and_iteration_stops() -> None:
 def test_content_length_also_bounds_write(caplog: pytest.LogCaptureFixture) -> None:
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         write = start_response("200 OK", [("Content-Length", "3")])
-        write(b"abcdef")
+        write(b"ab")
+        write(b"cdef")
         write(b"more")
-        return []
+        return [b"and more"]
 
     status, io = run(app)
     assert status == APP_STATUS_OK
-    assert parse_cgi(io.output)[2] == b"abc"
-    assert "exceeds its Content-Length" in caplog.text
+    assert io.writes == [b"Status: 200 OK\r\nContent-Length: 3\r\n\r\nab", b"c"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "response body exceeds its Content-Length; extra bytes dropped"
+    ]
+
+
+def test_content_length_zero() -> None:
+    status, io = run(app_returning(ClosingBody([b"x", b"y"]), headers=[("Content-Length", "0")]))
+    assert status == APP_STATUS_OK
+    assert io.writes == [b"Status: 200 OK\r\nContent-Length: 0\r\n\r\n"]
 
 
 def test_header_values_may_hold_tabs_and_latin1() -> None:

@@ -17,7 +17,7 @@ class RecordingIO:
         self.fail_at = fail_at
         self.errors_fail = errors_fail
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, last: bool = False) -> None:
         assert isinstance(data, bytes)
         if self.fail_at is not None and len(self.writes) + 1 >= self.fail_at:
             raise ClientDisconnected("peer closed the connection")
