@@ -453,8 +453,9 @@ class PreforkPool:
                 log.warning("worker %d outlived its graceful stop (%gs): killed", child.pid, grace)
                 self._signal(child, signal.SIGKILL)
             elif s.timeout and child.dump_sent_at is None:
-                oldest = self._board.read(child.slot).oldest_busy_since()
-                if oldest is not None and now - oldest > s.timeout:
+                snap = self._board.read(child.slot)
+                oldest = snap.oldest_busy_since()
+                if snap.consistent and oldest is not None and now - oldest > s.timeout:
                     child.dump_sent_at = now
                     self._signal(child, signal.SIGUSR2)
 

@@ -15,8 +15,9 @@ master finds one stuck request among several and how the child's stack dump name
 
 Readers must not see half-written slots: each slot starts with a sequence counter (a seqlock). The
 writer makes it odd before writing and even after; a reader retries while it is odd or changed. A
-writer that died mid-write leaves it odd, so readers give up after a bounded number of tries and take
-what they read (the master releases such a slot on reaping anyway).
+writer that was preempted or died mid-write leaves it odd, so readers give up after a few
+milliseconds and return what they read, marked ``consistent=False`` (the master acts on no such
+reading, and releases the slot of a dead child on reaping anyway).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _HEADER = struct.Struct("=BxxxiIIIQd")
 _LANE = struct.Struct(f"=dH{LINE_BYTES}s")
 _HEADER_AT = 8  # keeps the doubles 8-byte aligned after the counter
 _LANES_AT = _HEADER_AT + _HEADER.size
-_READ_ATTEMPTS = 1000
+_READ_PATIENCE = 0.005  # seconds a reader retries a slot being written (its writer may be preempted)
 
 
 class SlotState(enum.IntEnum):
@@ -68,6 +69,7 @@ class SlotSnapshot:
     served: int  # requests finished
     started_at: float
     requests: tuple[RequestInProgress, ...]
+    consistent: bool = True  # False: read while its writer was stuck mid-write (or died there)
 
     @property
     def idle(self) -> bool:
@@ -108,16 +110,21 @@ class Scoreboard:
 
     def read(self, index: int) -> SlotSnapshot:
         base = index * self._slot_size
-        data = b""
-        for attempt in range(_READ_ATTEMPTS):
+        deadline = 0.0
+        attempt = 0
+        while True:
             (before,) = _SEQ.unpack_from(self._map, base)
             data = self._map[base : base + self._slot_size]
             (after,) = _SEQ.unpack_from(self._map, base)
             if before == after and not before & 1:
-                break
-            if attempt >= 8:
+                return self._decode(index, data, consistent=True)
+            attempt += 1
+            if attempt == 8:
+                deadline = time.monotonic() + _READ_PATIENCE
+            elif attempt > 8:
+                if time.monotonic() > deadline:
+                    return self._decode(index, data, consistent=False)
                 os.sched_yield()  # let a writer on this CPU finish its few stores
-        return self._decode(index, data)
 
     def snapshot(self) -> list[SlotSnapshot]:
         """Every slot in use, in slot order."""
@@ -136,7 +143,7 @@ class Scoreboard:
         self._map[base : base + self._slot_size] = bytes(self._slot_size)
         _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, 0, now)
 
-    def _decode(self, index: int, data: bytes) -> SlotSnapshot:
+    def _decode(self, index: int, data: bytes, consistent: bool) -> SlotSnapshot:
         state, pid, generation, active, serving, served, started_at = _HEADER.unpack_from(data, _HEADER_AT)
         requests = []
         for lane in range(self.lanes):
@@ -153,6 +160,7 @@ class Scoreboard:
             served=served,
             started_at=started_at,
             requests=tuple(requests),
+            consistent=consistent,
         )
 
 

@@ -164,6 +164,8 @@ def test_master_never_sees_a_torn_slot() -> None:
         deadline = time.monotonic() + 0.8
         while time.monotonic() < deadline:
             snap = board.read(index)
+            if not snap.consistent:  # the writer was preempted mid-write for longer than the patience
+                continue
             if snap.active:
                 (request,) = snap.requests
                 assert request.line == f"GET /{snap.served}" + "x" * (snap.served % 150)
@@ -184,7 +186,8 @@ def test_release_resets_a_slot_left_mid_write() -> None:
         writer = board.writer(index)
         writer._begin_write()  # a child killed between the two counter writes
         writer.request_started("GET /a")
-        assert board.read(index).active == 1  # best effort once the retries run out
+        snap = board.read(index)
+        assert (snap.active, snap.consistent) == (1, False)  # what it read, flagged
         board.release(index)
         assert board.allocate(generation=2, now=1.0) == 0
         assert board.read(index).generation == 2
