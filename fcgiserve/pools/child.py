@@ -94,25 +94,34 @@ class _Child:
         self._dispatcher: Dispatcher | None = None
 
     def run(self) -> int:
-        spec = self._spec
         self._detach_from_master()
         self._writer.mark_starting(self._pid)
         try:
-            factory = spec.make_factory()
+            factory = self._spec.make_factory()
         except BaseException:
             log.exception("worker %d failed to boot: make_factory() raised", self._pid)
             return EXIT_BOOT_FAILURE
-        factory.observer = self._writer  # the dispatcher chains its own request counter in front
-        tracked = _TrackedFactory(factory, self._writer)
-        settings = spec.settings
+        dispatcher = self._dispatcher = self._build_dispatcher(factory)
+        self._install_signals()
+        dispatcher.add_wakeup(self._spec.lifeline, self._on_lifeline)
+        self._writer.mark_ready()
+        log.debug("worker %d ready", self._pid)
+        dispatcher.serve_forever()
+        if dispatcher.max_requests_reached:
+            log.info("worker %d recycled after %d request(s)", self._pid, self._writer.served)
+        return 0
+
+    def _build_dispatcher(self, factory: ConnectionFactory) -> Dispatcher:
+        settings = self._spec.settings
+        factory.observer = self._writer  # the dispatcher chains its request counter in front of it
         threads = max(1, settings.threads_per_child)
         max_requests = 0
         if settings.max_requests:
             max_requests = settings.max_requests + random.randint(0, max(0, settings.max_requests_jitter))
             self._writer.retire_after = max_requests
-        self._dispatcher = Dispatcher(
-            spec.listeners,
-            tracked,
+        return Dispatcher(
+            self._spec.listeners,
+            _TrackedFactory(factory, self._writer),
             min_spare=1,
             max_spare=threads,
             max_threads=threads,
@@ -121,16 +130,7 @@ class _Child:
             accept_while_busy=False,
             max_requests=max_requests,
             graceful_timeout=settings.graceful_timeout,
-            thread_name=f"fcgiserve-worker{self._pid}",
         )
-        self._install_signals()
-        self._dispatcher.add_wakeup(spec.lifeline, self._on_lifeline)
-        self._writer.mark_ready()
-        log.debug("worker %d ready", self._pid)
-        self._dispatcher.serve_forever()
-        if self._dispatcher.max_requests_reached:
-            log.info("worker %d recycled after %d request(s)", self._pid, self._writer.served)
-        return 0
 
     def _detach_from_master(self) -> None:
         """Drop the master's fds and signal handling; die with the master."""

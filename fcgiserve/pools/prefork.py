@@ -399,7 +399,7 @@ class PreforkPool:
         self._board.release(child.slot)
         self._served_by_reaped += snap.served
         expected = child.stop_sent_at is not None or child.killed
-        how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        how = _describe_exit(code)
         if snap.state is SlotState.STARTING and not expected:
             self._on_boot_failure(child, how)
         elif not expected and code != 0:
@@ -556,23 +556,7 @@ class PreforkPool:
         except ValueError:  # run() has just returned and closed the mapping
             snapshot = []
         now = time.monotonic()
-        children = []
-        for snap in snapshot:
-            oldest = snap.oldest_busy_since()
-            busy = next((r for r in snap.requests if r.busy_since == oldest), None)
-            state = "busy" if snap.active else snap.state.name.lower()
-            children.append(
-                {
-                    "pid": snap.pid,
-                    "generation": snap.generation,
-                    "state": "idle" if snap.idle else state,
-                    "requests": snap.served,
-                    "active_requests": snap.active,
-                    "current_request": busy.line if busy else "",
-                    "request_duration": now - busy.busy_since if busy else 0.0,
-                    "started_seconds_ago": now - snap.started_at,
-                }
-            )
+        children = [snap.describe(now) for snap in snapshot]
         serving = [c for c in children if c["generation"] == self._serving_generation]
         idle = sum(1 for c in serving if c["state"] == "idle")
         active = sum(1 for c in serving if c["state"] == "busy")
@@ -594,3 +578,13 @@ class PreforkPool:
             "max_children": self._settings.max_children,
             "children": children,
         }
+
+
+def _describe_exit(code: int) -> str:
+    """``os.waitstatus_to_exitcode`` result in words: "exit status 3", "signal SIGKILL"."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"

@@ -29,6 +29,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["LINE_BYTES", "RequestInProgress", "Scoreboard", "SlotSnapshot", "SlotState", "SlotWriter"]
 
@@ -76,8 +77,29 @@ class SlotSnapshot:
         """Ready to accept: a prefork child accepts only while none of its threads is serving."""
         return self.state is SlotState.READY and self.active == 0 and self.serving == 0
 
+    @property
+    def status(self) -> str:
+        """starting, idle, busy (a thread is serving, with or without a request yet) or stopping."""
+        if self.state is SlotState.READY:
+            return "busy" if self.active or self.serving else "idle"
+        return self.state.name.lower()
+
     def oldest_busy_since(self) -> float | None:
         return min((r.busy_since for r in self.requests), default=None)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """This child's entry on a status page (php-fpm's per-process fields); ``now`` is monotonic."""
+        oldest = min(self.requests, key=lambda r: r.busy_since, default=None)
+        return {
+            "pid": self.pid,
+            "generation": self.generation,
+            "state": self.status,
+            "requests": self.served,
+            "active_requests": self.active,
+            "current_request": oldest.line if oldest else "",
+            "request_duration": now - oldest.busy_since if oldest else 0.0,
+            "started_seconds_ago": now - self.started_at,
+        }
 
 
 class Scoreboard:

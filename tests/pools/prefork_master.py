@@ -1,7 +1,7 @@
 """A prefork master over the line protocol, run by tests/pools/test_prefork.py as a subprocess.
 
     python -m tests.pools.prefork_master --fd N --settings '{"min_spare": 1, ...}' [--boot-control PATH]
-                                         [--in-thread]
+                                         [--in-thread] [--no-pdeathsig]
 
 The listening socket is inherited as fd N, so the test knows its address before the master starts.
 Every accepted connection is greeted with ``PID <child pid>`` so that a test knows which child holds
@@ -11,7 +11,8 @@ master also logs ``STATS <json>`` with ``PreforkPool.stats()``.
 
 ``--in-thread`` runs the pool as a library user would: ``run(install_signals=False)`` in a thread
 that is not the main one, while the main thread turns TERM / QUIT / HUP into ``request_stop()`` /
-``request_stop(graceful=False)`` / ``request_reload()``.
+``request_stop(graceful=False)`` / ``request_reload()``. ``--no-pdeathsig`` leaves children with only
+the lifeline pipe to notice that the master died (the path other systems than Linux take).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from fcgiserve.pools import child
 from fcgiserve.pools.base import PoolSettings, ServedConnection
 from fcgiserve.pools.prefork import PoolExit, PreforkPool
 from tests.pools.lineproto import LineFactory
@@ -46,7 +48,10 @@ def main() -> int:
     parser.add_argument("--settings", default="{}")
     parser.add_argument("--boot-control", type=Path)
     parser.add_argument("--in-thread", action="store_true")
+    parser.add_argument("--no-pdeathsig", action="store_true")
     args = parser.parse_args()
+    if args.no_pdeathsig:
+        child._die_with_parent = lambda: None
     logging.basicConfig(  # DEBUG: a failing test shows every fork, exit and retirement, timed
         level=logging.DEBUG,
         stream=sys.stderr,

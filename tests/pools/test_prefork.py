@@ -78,6 +78,7 @@ class Master:
         self.pid = proc.pid
         self.port = port
         self.log_path = log_path
+        self.seen: dict[int, str | None] = {}  # every child seen, with its start time, for the cleanup
 
     def children(self) -> set[int]:
         """Live (non-zombie) children of the master."""
@@ -86,6 +87,7 @@ class Master:
             stat = _stat(pid)
             if stat is not None and stat[1] == self.pid and stat[0] != "Z":
                 found.add(pid)
+                self.seen.setdefault(pid, _start_time(pid))
         return found
 
     def zombies(self) -> set[int]:
@@ -126,7 +128,11 @@ class Master:
 
 @contextlib.contextmanager
 def _master(
-    tmp_path: Path, boot_control: Path | None = None, in_thread: bool = False, **settings: Any
+    tmp_path: Path,
+    boot_control: Path | None = None,
+    in_thread: bool = False,
+    no_pdeathsig: bool = False,
+    **settings: Any,
 ) -> Iterator[Master]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -139,25 +145,26 @@ def _master(
         command += ["--boot-control", str(boot_control)]
     if in_thread:
         command.append("--in-thread")
+    if no_pdeathsig:
+        command.append("--no-pdeathsig")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             command, cwd=ROOT, pass_fds=[listener.fileno()], stdout=log_file, stderr=subprocess.STDOUT
         )
     listener.close()  # the master holds it now
     master = Master(proc, port, log_path)
-    children: dict[int, str | None] = {}
     try:
         yield master
     finally:
         if proc.poll() is None:
-            children = {pid: _start_time(pid) for pid in master.children()}
+            master.children()
             proc.send_signal(signal.SIGQUIT)
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        for pid, started in children.items():  # they die with the master; make sure, by pid
+        for pid, started in master.seen.items():  # they die with the master; make sure, by pid
             if not _wait_until(lambda pid=pid: not _alive(pid), 2.0) and _start_time(pid) == started:
                 os.kill(pid, signal.SIGKILL)
 
@@ -361,8 +368,9 @@ def test_library_mode_reloads_and_stops_from_another_thread(tmp_path: Path) -> N
         assert "RETURNED stop (thread)" in master.log()
 
 
-def test_children_die_with_a_killed_master(tmp_path: Path) -> None:
-    with _master(tmp_path, min_spare=2, max_spare=3, max_children=4) as master:
+@pytest.mark.parametrize("no_pdeathsig", [False, True], ids=["pdeathsig", "lifeline-only"])
+def test_children_die_with_a_killed_master(tmp_path: Path, no_pdeathsig: bool) -> None:
+    with _master(tmp_path, no_pdeathsig=no_pdeathsig, min_spare=2, max_spare=3, max_children=4) as master:
         _ready(master, 2)
         busy, _ = master.connect()
         busy.send("SLEEP 5")

@@ -199,3 +199,30 @@ def test_release_resets_a_slot_left_mid_write() -> None:
 def test_empty_board_is_refused(slots: int, lanes: int) -> None:
     with pytest.raises(ValueError):
         Scoreboard(slots=slots, lanes=lanes)
+
+
+def test_a_thread_in_serve_makes_the_child_busy_before_any_request() -> None:
+    """A prefork child stops accepting once a thread is in serve(): the master must not count it idle."""
+    board = Scoreboard(slots=1, lanes=1)
+    try:
+        index = board.allocate(generation=7, now=time.monotonic())
+        assert index == 0
+        writer = board.writer(index)
+        assert board.read(index).status == "starting"
+        writer.mark_ready()
+        assert board.read(index).status == "idle"
+        writer.serving_started()
+        snap = board.read(index)
+        assert (snap.idle, snap.status, snap.serving, snap.active) == (False, "busy", 1, 0)
+        writer.request_started("GET /slow")
+        described = board.read(index).describe(time.monotonic())
+        assert described["current_request"] == "GET /slow" and described["generation"] == 7
+        writer.request_finished()
+        writer.serving_finished()
+        assert board.read(index).status == "idle"
+        writer.retire_after = 2
+        writer.request_started("GET /last")
+        writer.request_finished()
+        assert board.read(index).status == "stopping"  # max_requests reached: draining, not a spare
+    finally:
+        board.close()

@@ -1,0 +1,27 @@
+"""Run flup 1.0.3 over the benchmark app (in the benchmark venv): ``flup_server.py threaded|prefork PORT``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_app import application
+
+
+def main() -> None:
+    method, port = sys.argv[1], int(sys.argv[2])
+    address = ("127.0.0.1", port)
+    if method == "threaded":
+        from flup.server.fcgi import WSGIServer
+
+        WSGIServer(application, bindAddress=address, maxThreads=50).run()
+    else:
+        from flup.server.fcgi_fork import WSGIServer as ForkServer
+
+        ForkServer(application, bindAddress=address, minSpare=2, maxSpare=2, maxChildren=2).run()
+
+
+if __name__ == "__main__":
+    main()

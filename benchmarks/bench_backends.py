@@ -1,0 +1,360 @@
+"""The backends under test, their one-off setup (benchmark venv, C build), and the nginx in front of them.
+
+Nothing is installed globally except Debian's libfcgi-dev when the C ceiling needs it: flup 1.0.3, gunicorn,
+Django and matplotlib go into benchmarks/.venv, builds and nginx state into benchmarks/.work (both
+gitignored). Every process started here is stopped here, by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["BACKENDS", "Backend", "Nginx", "Running", "Setup", "free_port", "prepare", "start_backend"]
+
+HERE = Path(__file__).resolve().parent
+APPS = HERE / "apps"
+WORK = HERE / ".work"
+VENV = HERE / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+VENV_PACKAGES = {
+    "flup": "flup==1.0.3",
+    "gunicorn": "gunicorn",
+    "django": "django",
+    "matplotlib": "matplotlib",
+}
+C_SOURCE = HERE / "libfcgi_responder.c"
+C_BINARY = WORK / "libfcgi_responder"
+NGINX = "/usr/sbin/nginx"
+PROCESSES = 2  # prefork children = gunicorn sync workers
+THREADS = 8  # C responder threads, gunicorn gthread threads
+
+
+@dataclass
+class Setup:
+    """What the machine offers after ``prepare``: reasons keyed by the requirement that is missing."""
+
+    missing: dict[str, str] = field(default_factory=dict)
+    has_matplotlib: bool = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One row of the results: how to start it and how nginx talks to it."""
+
+    name: str
+    label: str
+    protocol: str  # "fcgi" or "http"
+    keep_conn: bool
+    needs: str  # "" (always there), "venv" or "libfcgi"
+    argv: Callable[[int], list[str]]
+    django: bool = True  # serves /django/ (the C responder does not)
+
+
+def _fcgiserve(method: str) -> Callable[[int], list[str]]:
+    def argv(port: int) -> list[str]:
+        extra = ["--minspare", str(PROCESSES), "--maxspare", str(PROCESSES), "--maxchildren", str(PROCESSES)]
+        base = [sys.executable, "-m", "fcgiserve", "bench_app:application", "--method", method]
+        base += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        return base + (extra if method == "prefork" else [])
+
+    return argv
+
+
+def _flup(method: str) -> Callable[[int], list[str]]:
+    return lambda port: [str(VENV_PYTHON), str(APPS / "flup_server.py"), method, str(port)]
+
+
+def _gunicorn(worker: str) -> Callable[[int], list[str]]:
+    def argv(port: int) -> list[str]:
+        shape = ["-w", str(PROCESSES)] if worker == "sync" else ["-w", "1", "--threads", str(THREADS)]
+        bind = ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench_app:application"]
+        return [str(VENV_PYTHON), "-m", "gunicorn", "-k", worker, *shape, *bind]
+
+    return argv
+
+
+BACKENDS: list[Backend] = [
+    Backend("flup-threaded", "flup 1.0.3 threaded", "fcgi", False, "venv", _flup("threaded")),
+    Backend(
+        "flup-prefork", f"flup 1.0.3 prefork ({PROCESSES} children)", "fcgi", False, "venv", _flup("prefork")
+    ),
+    Backend(
+        "fcgiserve-threaded-new", "fcgiserve threaded, new conns", "fcgi", False, "", _fcgiserve("threaded")
+    ),
+    Backend(
+        "fcgiserve-threaded-keep", "fcgiserve threaded, kept conns", "fcgi", True, "", _fcgiserve("threaded")
+    ),
+    Backend(
+        "fcgiserve-prefork-new",
+        f"fcgiserve prefork ({PROCESSES}), new conns",
+        "fcgi",
+        False,
+        "",
+        _fcgiserve("prefork"),
+    ),
+    Backend(
+        "fcgiserve-prefork-keep",
+        f"fcgiserve prefork ({PROCESSES}), kept conns",
+        "fcgi",
+        True,
+        "",
+        _fcgiserve("prefork"),
+    ),
+    Backend(
+        "gunicorn-sync", f"gunicorn sync ({PROCESSES} workers)", "http", False, "venv", _gunicorn("sync")
+    ),
+    Backend(
+        "gunicorn-gthread", f"gunicorn gthread (1x{THREADS})", "http", False, "venv", _gunicorn("gthread")
+    ),
+    Backend(
+        "libfcgi-c",
+        f"C libfcgi ({THREADS} threads, kept) ceiling",
+        "fcgi",
+        True,
+        "libfcgi",
+        lambda port: [str(C_BINARY), str(port), str(THREADS)],
+        django=False,
+    ),
+]
+
+
+def _venv_missing() -> list[str]:
+    if not VENV_PYTHON.exists():
+        return list(VENV_PACKAGES)
+    probe = (
+        "import importlib.util as u,sys;print(' '.join(n for n in sys.argv[1:] if u.find_spec(n) is None))"
+    )
+    done = subprocess.run(
+        [str(VENV_PYTHON), "-c", probe, *VENV_PACKAGES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.split() if done.returncode == 0 else list(VENV_PACKAGES)
+
+
+def _say(message: str) -> None:
+    print(f"[setup] {message}", file=sys.stderr, flush=True)
+
+
+def _setup_venv(install: bool, setup: Setup) -> None:
+    missing = _venv_missing()
+    if missing and install:
+        _say(f"benchmark venv {VENV}: installing {', '.join(VENV_PACKAGES[n] for n in missing)} (pip)")
+        if not VENV_PYTHON.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
+        pip = [str(VENV_PYTHON), "-m", "pip", "install", "-q", *(VENV_PACKAGES[n] for n in missing)]
+        if subprocess.run(pip, timeout=900, check=False).returncode != 0:
+            _say("pip install failed: the rows that need the venv are reported as unavailable")
+        missing = _venv_missing()
+    if {"flup", "gunicorn", "django"} & set(missing):
+        setup.missing["venv"] = f"benchmark venv lacks {', '.join(missing)}"
+    setup.has_matplotlib = "matplotlib" not in missing
+
+
+def _setup_libfcgi(install: bool, setup: Setup) -> None:
+    if not Path("/usr/include/fcgiapp.h").exists() and install:
+        _say("the C ceiling needs Debian's libfcgi-dev: running apt-get install -y libfcgi-dev")
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], timeout=600, check=False, env=env)
+        subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "-qq", "libfcgi-dev"], timeout=600, check=False, env=env
+        )
+    if not Path("/usr/include/fcgiapp.h").exists():
+        setup.missing["libfcgi"] = "libfcgi-dev is not installed (apt-get install libfcgi-dev)"
+        return
+    if C_BINARY.exists() and C_BINARY.stat().st_mtime >= C_SOURCE.stat().st_mtime:
+        return
+    WORK.mkdir(exist_ok=True)
+    gcc = ["gcc", "-O2", "-Wall", "-pthread", "-o", str(C_BINARY), str(C_SOURCE), "-lfcgi"]
+    done = subprocess.run(gcc, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        setup.missing["libfcgi"] = f"gcc failed: {done.stderr.strip()[:300]}"
+
+
+def prepare(install: bool) -> Setup:
+    """Check (and with ``install``, provide) what the backends need; never raises for a missing extra."""
+    for tool in ("wrk", NGINX):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is required (Debian packages wrk and nginx-light)")
+    setup = Setup()
+    _setup_venv(install, setup)
+    _setup_libfcgi(install, setup)
+    return setup
+
+
+def free_port() -> int:
+    """A free loopback TCP port (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Running:
+    """A started backend process (the root of its tree) and the port it listens on."""
+
+    backend: Backend
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def stop(self) -> None:
+        """SIGTERM the root (it stops its own children), SIGKILL after 10 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def start_backend(backend: Backend) -> Running:
+    """Start ``backend`` on a free loopback port and wait until it accepts connections (30 s at most)."""
+    WORK.mkdir(exist_ok=True)
+    port = free_port()
+    log = WORK / f"{backend.name}.log"
+    env = {**os.environ, "PYTHONPATH": str(APPS), "PYTHONDONTWRITEBYTECODE": "1"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            backend.argv(port), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    running = Running(backend, process, port, log)
+    if not _wait_listening(port, process, 30):
+        running.stop()
+        raise RuntimeError(f"{backend.name} did not listen on port {port}; see {log}")
+    return running
+
+
+_FASTCGI_PARAMS = """
+        fastcgi_param QUERY_STRING $query_string;
+        fastcgi_param REQUEST_METHOD $request_method;
+        fastcgi_param CONTENT_TYPE $content_type;
+        fastcgi_param CONTENT_LENGTH $content_length;
+        fastcgi_param SCRIPT_NAME "";
+        fastcgi_param PATH_INFO $document_uri;
+        fastcgi_param REQUEST_URI $request_uri;
+        fastcgi_param DOCUMENT_URI $document_uri;
+        fastcgi_param SERVER_PROTOCOL $server_protocol;
+        fastcgi_param REQUEST_SCHEME $scheme;
+        fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        fastcgi_param SERVER_SOFTWARE nginx/$nginx_version;
+        fastcgi_param REMOTE_ADDR $remote_addr;
+        fastcgi_param REMOTE_PORT $remote_port;
+        fastcgi_param SERVER_ADDR $server_addr;
+        fastcgi_param SERVER_PORT $server_port;
+        fastcgi_param SERVER_NAME $server_name;"""
+
+
+def _server_block(running: Running, listen: int) -> str:
+    backend = running.backend
+    upstream = backend.name.replace("-", "_")
+    keep = "keepalive 16;\n        keepalive_requests 1000000;" if backend.keep_conn else ""
+    if backend.protocol == "http":
+        proxy = f"proxy_set_header Host $http_host;\n        proxy_pass http://{upstream};"
+    else:
+        proxy = f"{_FASTCGI_PARAMS}\n        fastcgi_pass {upstream};"
+        proxy += "\n        fastcgi_keep_conn on;" if backend.keep_conn else ""
+    return f"""
+    upstream {upstream} {{
+        server 127.0.0.1:{running.port};
+        {keep}
+    }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+        {proxy}
+        }}
+    }}"""
+
+
+class Nginx:
+    """One nginx (one worker) with a listening port per backend; started and stopped by pid."""
+
+    def __init__(self, backends: list[Running]) -> None:
+        self.root = WORK / "nginx"
+        self.ports = {running.backend.name: free_port() for running in backends}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.root.mkdir(parents=True, exist_ok=True)
+        temp = " ".join(
+            f"{kind}_temp_path {self.root}/{kind};" for kind in ("client_body", "fastcgi", "proxy")
+        )
+        servers = "".join(_server_block(r, self.ports[r.backend.name]) for r in backends)
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        config = f"""{user}worker_processes 1;
+daemon off;
+pid {self.root}/nginx.pid;
+error_log {self.root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    {temp} uwsgi_temp_path {self.root}/uwsgi; scgi_temp_path {self.root}/scgi;
+    keepalive_requests 1000000;
+    client_max_body_size 4m;
+    client_body_buffer_size 2m;
+    fastcgi_buffer_size 16k;
+    fastcgi_buffers 128 16k;
+    proxy_buffer_size 16k;
+    proxy_buffers 128 16k;
+    proxy_http_version 1.0;
+    {servers}
+}}
+"""
+        self.config = self.root / "nginx.conf"
+        self.config.write_text(config)
+
+    def url(self, backend: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[backend]}{path}"
+
+    def start(self) -> None:
+        argv = [NGINX, "-p", str(self.root), "-e", str(self.root / "error.log"), "-c", str(self.config)]
+        check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30, check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx rejected {self.config}:\n{check.stderr}")
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in self.ports.values():
+            if not _wait_listening(port, self.process, 15):
+                self.stop()
+                raise RuntimeError(f"nginx did not listen; see {self.root}/error.log")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # graceful: the worker exits, then the master
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def get(self, backend: str, path: str) -> int:
+        """One request through nginx (for warm-up); the HTTP status, or 0 on a connection error."""
+        try:
+            with urllib.request.urlopen(self.url(backend, path), timeout=10) as response:
+                response.read()
+                return int(response.status)
+        except OSError as error:
+            return int(getattr(error, "code", 0) or 0)

@@ -1,0 +1,101 @@
+"""Chart of a results JSON: req/s per workload, one bar per backend. ``bench_chart.py RESULTS.json OUT_STEM``.
+
+Run by run.py with the benchmark venv's Python, where matplotlib writes OUT_STEM.png. Without matplotlib
+(it could not be installed) the same chart is written by hand as OUT_STEM.svg, stdlib only. Prints the path.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench_report import figures
+
+__all__ = ["chart_data", "main", "write_svg"]
+
+COLOURS = ["#888888", "#bbbbbb", "#1f77b4", "#08306b", "#2ca02c", "#00441b", "#ff7f0e", "#d62728", "#9467bd"]
+
+
+def chart_data(data: dict[str, Any]) -> tuple[list[str], list[str], list[list[float]]]:
+    """Workload names, backend labels, and req/s[backend][workload] (0 where not run)."""
+    workloads = [w["name"] for w in data["workloads"]]
+    labels = [b["label"] for b in data["backends"]]
+    values = []
+    for backend in data["backends"]:
+        row = []
+        for workload in workloads:
+            fig = figures(data["runs"], workload, backend["name"])
+            row.append(fig["rps"] if fig else 0.0)
+        values.append(row)
+    return workloads, labels, values
+
+
+def write_png(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads, labels, values = chart_data(data)
+    fig, ax = plt.subplots(figsize=(11, 5), dpi=80)
+    width = 0.8 / max(1, len(labels))
+    for index, (label, row) in enumerate(zip(labels, values, strict=True)):
+        xs = [w + index * width for w in range(len(workloads))]
+        ax.bar(xs, row, width, label=label, color=COLOURS[index % len(COLOURS)])
+    ax.set_xticks([w + 0.4 - width / 2 for w in range(len(workloads))], workloads)
+    ax.set_ylabel("requests / second (median)")
+    ax.set_title(f"fcgiserve vs flup, gunicorn and C libfcgi behind nginx ({data['mode']} run)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def write_svg(data: dict[str, Any], path: Path) -> None:
+    """The same grouped bar chart as plain SVG."""
+    workloads, labels, values = chart_data(data)
+    width, height, left, bottom, top = 900, 420, 60, 40, 20
+    peak = max((v for row in values for v in row), default=1.0) or 1.0
+    group = (width - left - 220) / max(1, len(workloads))
+    bar = group * 0.8 / max(1, len(labels))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">']
+    parts.append(f'<text x="{left}" y="14">req/s (median), peak {peak:,.0f}</text>')
+    for w_index, workload in enumerate(workloads):
+        x0 = left + w_index * group
+        parts.append(
+            f'<text x="{x0 + group * 0.4:.0f}" y="{height - 15}" text-anchor="middle">{workload}</text>'
+        )
+        for b_index, row in enumerate(values):
+            h = (height - bottom - top) * row[w_index] / peak
+            y = height - bottom - h
+            colour = COLOURS[b_index % len(COLOURS)]
+            parts.append(
+                f'<rect x="{x0 + b_index * bar:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                f'fill="{colour}"/>'
+            )
+    for b_index, label in enumerate(labels):
+        y = top + 16 * b_index
+        colour = COLOURS[b_index % len(COLOURS)]
+        parts.append(f'<rect x="{width - 210}" y="{y}" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{width - 195}" y="{y + 9}">{label}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    data = json.loads(Path(argv[0]).read_text())
+    stem = Path(argv[1])
+    try:
+        out = stem.with_suffix(".png")
+        write_png(data, out)
+    except ImportError:
+        out = stem.with_suffix(".svg")
+        write_svg(data, out)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,236 @@
+"""Turn the raw runs (results/latest.json) into the markdown tables and the target verdicts.
+
+Across repetitions: req/s, p50 and p99 are medians; errors are summed; CPU per request is the total CPU of
+the backend's process tree over all repetitions divided by all their requests. Every ratio is to flup
+threaded in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Figures", "figures", "render_markdown"]
+
+BASELINE = "flup-threaded"
+Figures = dict[str, float]
+
+
+def figures(runs: list[dict[str, Any]], workload: str, backend: str) -> Figures | None:
+    """The aggregated figures of one backend on one workload, or None if it was not run."""
+    mine = [r for r in runs if r["workload"] == workload and r["backend"] == backend]
+    if not mine:
+        return None
+    requests = sum(r["requests"] for r in mine)
+    return {
+        "rps": statistics.median(r["requests"] / r["seconds"] for r in mine),
+        "p50": statistics.median(r["p50_ms"] for r in mine),
+        "p99": statistics.median(r["p99_ms"] for r in mine),
+        "errors": float(sum(r["errors"] for r in mine)),
+        "cpu_us": 1e6 * sum(r["cpu_s"] for r in mine) / requests if requests else math.nan,
+        "reps": float(len(mine)),
+    }
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or math.isnan(value) or math.isnan(base) or base == 0:
+        return "n/a"
+    return f"{value / base:.2f}x"
+
+
+def _mib(kib: float | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.1f}"
+
+
+def _workload_table(data: dict[str, Any], workload: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    base = figures(runs, workload["name"], BASELINE)
+    lines = [
+        f"### {workload['name']}: {workload['description']}",
+        "",
+        "| backend | req/s | x flup | p50 ms | p99 ms | p99 x flup | errors | CPU µs/req | CPU x flup |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for backend in data["backends"]:
+        name = backend["name"]
+        fig = figures(runs, workload["name"], name)
+        if fig is None:
+            reason = data["unavailable"].get(name) or (
+                "no Django view" if not backend["django"] else "not run"
+            )
+            lines.append(f"| {backend['label']} | {reason} |  |  |  |  |  |  |  |")
+            continue
+
+        def cell(key: str, digits: int, f: Figures = fig) -> str:
+            return _num(f[key], digits)
+
+        def ratio(key: str, f: Figures = fig) -> str:
+            return _ratio(f[key], base[key] if base else None)
+
+        lines.append(
+            f"| {backend['label']} | {cell('rps', 0)} | {ratio('rps')} | {cell('p50', 2)} | {cell('p99', 2)} "
+            f"| {ratio('p99')} | {cell('errors', 0)} | {cell('cpu_us', 0)} | {ratio('cpu_us')} |"
+        )
+    return [*lines, ""]
+
+
+def _memory_table(data: dict[str, Any]) -> list[str]:
+    memory = data["memory"]
+    base_idle = memory.get(BASELINE, {}).get("idle_total")
+    lines = [
+        "### Memory (RSS of the backend's process tree, MiB)",
+        "",
+        "| backend | idle | idle x flup | after load | per process idle (root first) "
+        "| per process after load |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for backend in data["backends"]:
+        mem = memory.get(backend["name"])
+        if mem is None:
+            lines.append(
+                f"| {backend['label']} | {data['unavailable'].get(backend['name'], 'not run')} |||||"
+            )
+            continue
+        idle = " / ".join(_mib(kib) for _pid, kib in mem["idle"])
+        after = " / ".join(_mib(kib) for _pid, kib in mem["after"])
+        lines.append(
+            f"| {backend['label']} | {_mib(mem['idle_total'])} | {_ratio(mem['idle_total'], base_idle)} "
+            f"| {_mib(mem['after_total'])} | {idle} | {after} |"
+        )
+    return [*lines, ""]
+
+
+def _target_rows(data: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    runs, memory = data["runs"], data["memory"]
+
+    def get(workload: str, backend: str, key: str) -> float | None:
+        fig = figures(runs, workload, backend)
+        return None if fig is None else fig[key]
+
+    def check(name: str, values: list[float | None], test: Callable[..., bool], shown: str) -> None:
+        if any(v is None or math.isnan(v) for v in values):
+            rows.append((name, None, "not measured in this run"))
+        else:
+            rows.append((name, bool(test(*values)), shown.format(*values)))
+
+    rows: list[tuple[str, bool | None, str]] = []
+    thr, pre, flup = "fcgiserve-threaded-keep", "fcgiserve-prefork-keep", BASELINE
+    h8 = "hello-8"
+    check(
+        "hello 8 kept: threaded >= 4x flup threaded req/s",
+        [get(h8, thr, "rps"), get(h8, flup, "rps")],
+        lambda a, b: a >= 4 * b,
+        "{0:,.0f} vs {1:,.0f} req/s",
+    )
+    check(
+        "hello 8 kept: prefork >= 2x gunicorn sync req/s",
+        [get(h8, pre, "rps"), get(h8, "gunicorn-sync", "rps")],
+        lambda a, b: a >= 2 * b,
+        "{0:,.0f} vs {1:,.0f} req/s",
+    )
+    for backend in (thr, pre):
+        check(
+            f"hello 8: {backend} >= 40% of the C ceiling",
+            [get(h8, backend, "rps"), get(h8, "libfcgi-c", "rps")],
+            lambda a, c: a >= 0.4 * c,
+            "{0:,.0f} vs {1:,.0f} req/s",
+        )
+        check(
+            f"hello 8: {backend} CPU <= 100 µs/request",
+            [get(h8, backend, "cpu_us")],
+            lambda a: a <= 100,
+            "{0:,.0f} µs",
+        )
+        check(
+            f"100 KB: {backend} CPU <= 300 µs/request",
+            [get("big-8", backend, "cpu_us")],
+            lambda a: a <= 300,
+            "{0:,.0f} µs",
+        )
+    for workload in data["workloads"]:
+        for method in ("threaded", "prefork"):
+            new, keep = f"fcgiserve-{method}-new", f"fcgiserve-{method}-keep"
+            check(
+                f"{workload['name']}: {method} kept-alive >= new connections req/s",
+                [get(workload["name"], keep, "rps"), get(workload["name"], new, "rps")],
+                lambda k, n: k >= n,
+                "{0:,.0f} vs {1:,.0f} req/s",
+            )
+    for conns in (1, 8, 64):
+        for mine, theirs in ((thr, flup), (pre, "flup-prefork")):
+            check(
+                f"hello {conns}: {mine} p99 <= half of {theirs}'s",
+                [get(f"hello-{conns}", mine, "p99"), get(f"hello-{conns}", theirs, "p99")],
+                lambda a, b: a <= b / 2,
+                "{0:.2f} vs {1:.2f} ms",
+            )
+    check(
+        "1 MB POST: threaded >= 4x flup threaded req/s",
+        [get("post-8", thr, "rps"), get("post-8", flup, "rps")],
+        lambda a, b: a >= 4 * b,
+        "{0:,.0f} vs {1:,.0f} req/s",
+    )
+    for backend in (thr, pre):
+        growth = memory.get(backend, {}).get("post_growth_kib")
+        check(
+            f"1 MB POST: {backend} RSS grows < 2 MiB over the run",
+            [growth],
+            lambda g: g < 2048,
+            "{0:,.0f} KiB growth",
+        )
+    idle = {
+        name: memory.get(name, {}).get("idle")
+        for name in ("fcgiserve-threaded-new", flup, pre, "flup-prefork")
+    }
+    check(
+        "idle RSS: threaded <= flup threaded",
+        [memory.get("fcgiserve-threaded-new", {}).get("idle_total"), memory.get(flup, {}).get("idle_total")],
+        lambda a, b: a <= b,
+        "{0:,.0f} vs {1:,.0f} KiB",
+    )
+    pre_children, flup_children = idle[pre], idle["flup-prefork"]
+    check(
+        "idle RSS: each prefork child <= flup prefork's largest child",
+        [
+            max((k for _p, k in pre_children[1:]), default=None) if pre_children else None,
+            max((k for _p, k in flup_children[1:]), default=None) if flup_children else None,
+        ],
+        lambda a, b: a <= b,
+        "largest child {0:,.0f} vs {1:,.0f} KiB",
+    )
+    return rows
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    """The whole results page: machine line, one table per workload, memory, targets."""
+    out = [
+        f"# fcgiserve benchmark: {data['mode']} run, {data['finished']}",
+        "",
+        f"Machine: {data['machine']}",
+        "",
+        f"Each cell: {data['reps']} interleaved repetitions of {data['duration']} s "
+        "(median req/s and latency; CPU = backend process tree CPU / requests). Command: "
+        f"`{data['command']}`",
+        "",
+    ]
+    for workload in data["workloads"]:
+        out += _workload_table(data, workload)
+    out += _memory_table(data)
+    out += ["### Targets", "", "| target | verdict | figures |", "|---|---|---|"]
+    for name, met, shown in _target_rows(data):
+        verdict = "n/a" if met is None else ("met" if met else "**not yet met**")
+        out.append(f"| {name} | {verdict} | {shown} |")
+    out += [
+        "| at most 1 recv and 1 send per hello request on a kept connection "
+        "| see `benchmarks/syscalls.py` | |",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,87 @@
+/* The ceiling: a multithreaded FastCGI responder on Debian's libfcgi (libfcgi-dev), the same routes as
+ * apps/bench_app.py minus Django. Built by run.py with:
+ *     gcc -O2 -pthread -o .work/libfcgi_responder libfcgi_responder.c -lfcgi
+ * Usage: libfcgi_responder PORT [THREADS]. Listens on 127.0.0.1 only; stops on SIGTERM (default action).
+ */
+#include <fcgiapp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BIG_SIZE 102400
+#define ECHO_CHUNK 65536
+#define MAX_THREADS 64
+
+static int listen_fd;
+static char big_body[BIG_SIZE];
+
+static void reply(FCGX_Request *req, const char *type, const char *body, long length) {
+    FCGX_FPrintF(req->out, "Status: 200 OK\r\nContent-Type: %s\r\nContent-Length: %ld\r\n\r\n", type, length);
+    FCGX_PutStr(body, (int)length, req->out);
+}
+
+static void echo(FCGX_Request *req) {
+    const char *header = FCGX_GetParam("CONTENT_LENGTH", req->envp);
+    long remaining = header ? atol(header) : 0;
+    static __thread char chunk[ECHO_CHUNK];
+    FCGX_FPrintF(req->out, "Status: 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                           "Content-Length: %ld\r\n\r\n", remaining);
+    while (remaining > 0) {
+        int want = remaining < ECHO_CHUNK ? (int)remaining : ECHO_CHUNK;
+        int got = FCGX_GetStr(chunk, want, req->in);
+        if (got <= 0) break;
+        FCGX_PutStr(chunk, got, req->out);
+        remaining -= got;
+    }
+}
+
+static void *serve(void *unused) {
+    (void)unused;
+    FCGX_Request req;
+    FCGX_InitRequest(&req, listen_fd, 0);
+    for (;;) {
+        /* libfcgi's accept is not thread-safe on every platform: serialise it, as its examples do. */
+        static pthread_mutex_t accept_lock = PTHREAD_MUTEX_INITIALIZER;
+        pthread_mutex_lock(&accept_lock);
+        int rc = FCGX_Accept_r(&req);
+        pthread_mutex_unlock(&accept_lock);
+        if (rc < 0) break;
+        const char *path = FCGX_GetParam("DOCUMENT_URI", req.envp);
+        if (path == NULL) path = FCGX_GetParam("SCRIPT_NAME", req.envp);
+        if (path && strcmp(path, "/hello") == 0) {
+            reply(&req, "text/plain", "Hello, world!", 13);
+        } else if (path && strcmp(path, "/big") == 0) {
+            reply(&req, "application/octet-stream", big_body, BIG_SIZE);
+        } else if (path && strcmp(path, "/echo") == 0) {
+            echo(&req);
+        } else {
+            FCGX_FPrintF(req.out, "Status: 404 Not Found\r\nContent-Type: text/plain\r\n"
+                                  "Content-Length: 9\r\n\r\nnot found");
+        }
+        FCGX_Finish_r(&req);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s PORT [THREADS]\n", argv[0]);
+        return 2;
+    }
+    int threads = argc > 2 ? atoi(argv[2]) : 8;
+    if (threads < 1 || threads > MAX_THREADS) threads = 8;
+    for (int i = 0; i < BIG_SIZE; i++) big_body[i] = (char)(i % 256);
+    char address[64];
+    snprintf(address, sizeof address, "127.0.0.1:%s", argv[1]);
+    if (FCGX_Init() != 0) return 1;
+    listen_fd = FCGX_OpenSocket(address, 128);
+    if (listen_fd < 0) {
+        perror("FCGX_OpenSocket");
+        return 1;
+    }
+    pthread_t ids[MAX_THREADS];
+    for (int i = 0; i < threads; i++) pthread_create(&ids[i], NULL, serve, NULL);
+    for (int i = 0; i < threads; i++) pthread_join(ids[i], NULL);
+    return 0;
+}

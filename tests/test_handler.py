@@ -1,0 +1,379 @@
+"""handler.py through a real server on loopback (library API, threaded pool), driven by a raw FastCGI client.
+
+Each test speaks the protocol with ``ClientConnection`` over a real socket, so what is checked is what a web
+server would see: records, their order, END_REQUEST statuses, connection closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from fcgiserve import BodyIncomplete, ClientDisconnected, Server
+from fcgiserve.client import fcgi_get_values, fcgi_request
+from fcgiserve.protocol import (
+    ClientConnection,
+    EndRequest,
+    ProtocolStatus,
+    Role,
+    Stderr,
+    Stdout,
+)
+
+App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+PARAMS = [
+    (b"REQUEST_METHOD", b"GET"),
+    (b"REQUEST_URI", b"/x"),
+    (b"SCRIPT_NAME", b"/x"),
+    (b"SERVER_NAME", b"localhost"),
+    (b"SERVER_PORT", b"80"),
+    (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+]
+
+
+def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello " + environ["PATH_INFO"].encode()]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[str, int]]]:
+    servers: list[Server] = []
+
+    def start(app: App, **options: Any) -> tuple[str, int]:
+        options.setdefault("port", 0)
+        options.setdefault("graceful_timeout", 5)
+        server = Server(app, **options).start()
+        servers.append(server)
+        host, port = server.addresses[0][:2]
+        return host, port
+
+    yield start
+    for server in servers:
+        server.stop(graceful=False, timeout=10)
+
+
+_OPEN: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_client_sockets() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+class Conn:
+    """A raw FastCGI client connection that collects response events per request id."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=10)
+        _OPEN.append(self.sock)
+        self.client = ClientConnection()
+        self.stdout: dict[int, bytearray] = {}
+        self.stderr: dict[int, bytearray] = {}
+        self.ends: dict[int, EndRequest] = {}
+        self.eof = False
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(
+        self, rid: int, params: list[tuple[bytes, bytes]] = PARAMS, body: bytes = b"", **kw: Any
+    ) -> None:
+        c = self.client
+        out = c.begin_request(rid, **kw) + c.send_params(rid, params)
+        if body:
+            out += c.send_stdin(rid, body)
+        self.send(out + c.send_stdin(rid, b""))
+
+    def pump(self, until: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "timed out waiting for the server"
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+                return
+            for event in self.client.receive_data(data):
+                if isinstance(event, Stdout):
+                    self.stdout.setdefault(event.request_id, bytearray()).extend(event.data)
+                elif isinstance(event, Stderr):
+                    self.stderr.setdefault(event.request_id, bytearray()).extend(event.data)
+                elif isinstance(event, EndRequest):
+                    self.ends[event.request_id] = event
+
+    def wait_end(self, rid: int, timeout: float = 10.0) -> EndRequest:
+        self.pump(lambda: rid in self.ends, timeout)
+        assert rid in self.ends, f"no END_REQUEST for {rid} (eof={self.eof})"
+        return self.ends[rid]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_keep_conn_serves_many_requests_on_one_connection(serve: Callable[..., tuple[str, int]]) -> None:
+    """S-D5: with FCGI_KEEP_CONN the web server owns the connection's life."""
+    conn = Conn(serve(hello))
+    for rid in (1, 2, 1, 7):
+        conn.ends.pop(rid, None)
+        conn.stdout.pop(rid, None)
+        conn.request(rid, keep_conn=True)
+        assert conn.wait_end(rid).protocol_status == ProtocolStatus.REQUEST_COMPLETE
+        assert conn.stdout[rid].endswith(b"hello /x")
+    conn.close()
+
+
+def test_without_keep_conn_the_server_closes_after_end_request(serve: Callable[..., tuple[str, int]]) -> None:
+    conn = Conn(serve(hello))
+    conn.request(1)
+    conn.wait_end(1)
+    conn.pump(lambda: conn.eof)
+    assert conn.eof
+
+
+def test_multiplexed_requests_run_concurrently(serve: Callable[..., tuple[str, int]]) -> None:
+    """Two slow requests on one connection overlap; their records arrive whole (S-B5)."""
+
+    def slow(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        for i in range(5):
+            time.sleep(0.1)
+            yield (environ["QUERY_STRING"] * 3000 + str(i)).encode()
+
+    conn = Conn(serve(slow))
+    started = time.monotonic()
+    conn.request(1, [*PARAMS, (b"QUERY_STRING", b"q")], keep_conn=True)
+    conn.request(2, [*PARAMS, (b"QUERY_STRING", b"z")], keep_conn=True)
+    conn.wait_end(1)
+    conn.wait_end(2)
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.9, f"requests ran one after the other ({elapsed:.2f}s)"
+    assert bytes(conn.stdout[1]).count(b"z") == 0 and bytes(conn.stdout[2]).count(b"q") == 0
+    assert bytes(conn.stdout[1]).count(b"q") == bytes(conn.stdout[2]).count(b"z") == 15000
+
+
+def test_get_values_tells_the_running_configuration(serve: Callable[..., tuple[str, int]]) -> None:
+    host, port = serve(hello, maxchildren=7)
+    assert fcgi_get_values((host, port)) == {
+        "FCGI_MAX_CONNS": "7",
+        "FCGI_MAX_REQS": "7",
+        "FCGI_MPXS_CONNS": "1",
+    }
+
+
+def test_non_multiplexed_server_answers_cant_mpx_conn(serve: Callable[..., tuple[str, int]]) -> None:
+    gate = threading.Event()
+
+    def waits(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        gate.wait(5)
+        start_response("200 OK", [])
+        return [b"first"]
+
+    address = serve(waits, multiplexed=False)
+    assert fcgi_get_values(address)["FCGI_MPXS_CONNS"] == "0"
+    conn = Conn(address)
+    c = conn.client
+    both = b"".join(
+        c.begin_request(rid, keep_conn=True) + c.send_params(rid, PARAMS) + c.send_stdin(rid, b"")
+        for rid in (1, 2)
+    )
+    conn.send(both)  # one packet: request 2 is seen while request 1 is active
+    assert conn.wait_end(2).protocol_status == ProtocolStatus.CANT_MPX_CONN
+    gate.set()
+    assert conn.wait_end(1).protocol_status == ProtocolStatus.REQUEST_COMPLETE
+    assert bytes(conn.stdout[1]).endswith(b"first")
+
+
+def test_unknown_role_is_refused(serve: Callable[..., tuple[str, int]]) -> None:
+    with socket.create_connection(serve(hello), timeout=10) as sock:
+        sock.sendall(b"\x01\x01\x00\x01\x00\x08\x00\x00" + b"\x00\x09\x00\x00\x00\x00\x00\x00")  # role 9
+        answer = b""
+        while len(answer) < 16 and (chunk := sock.recv(64)):
+            answer += chunk
+    # END_REQUEST(1): appStatus 0, protocolStatus UNKNOWN_ROLE (S-G4)
+    assert answer == b"\x01\x03\x00\x01\x00\x08\x00\x00" + b"\x00\x00\x00\x00\x03\x00\x00\x00"
+
+
+def test_overloaded_beyond_max_requests_in_flight(serve: Callable[..., tuple[str, int]]) -> None:
+    gate = threading.Event()
+
+    def waits(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        gate.wait(5)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    conn = Conn(serve(waits, maxchildren=2, maxspare=2, minspare=1))
+    for rid in (1, 2, 3):
+        conn.request(rid, keep_conn=True)
+    try:
+        assert conn.wait_end(3).protocol_status == ProtocolStatus.OVERLOADED
+    finally:
+        gate.set()
+    assert conn.wait_end(1).protocol_status == ProtocolStatus.REQUEST_COMPLETE
+    assert conn.wait_end(2).protocol_status == ProtocolStatus.REQUEST_COMPLETE
+
+
+def test_abort_request_reaches_the_running_app(serve: Callable[..., tuple[str, int]]) -> None:
+    """S-F7 / B2: the app's next body read raises, END_REQUEST follows promptly."""
+    seen: list[str] = []
+
+    def reader(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except ClientDisconnected as exc:
+            seen.append(type(exc).__name__)
+            raise
+        start_response("200 OK", [])
+        return [b"read it all"]
+
+    conn = Conn(serve(reader))
+    params = [*PARAMS, (b"REQUEST_METHOD", b"POST"), (b"CONTENT_LENGTH", b"100000")]
+    conn.send(conn.client.begin_request(1, keep_conn=True) + conn.client.send_params(1, params))
+    conn.send(conn.client.send_stdin(1, b"x" * 1000))
+    time.sleep(0.2)
+    started = time.monotonic()
+    conn.send(conn.client.abort_request(1))
+    end = conn.wait_end(1)
+    assert time.monotonic() - started < 2
+    assert end.app_status != 0
+    assert seen == ["RequestAborted"]
+
+
+def test_peer_gone_mid_response_is_one_quiet_line(
+    serve: Callable[..., tuple[str, int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """P16: a client that disappears never kills a worker and never floods the log with tracebacks."""
+    closed = threading.Event()
+
+    def streaming(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        class Body:
+            def __iter__(self) -> Iterator[bytes]:
+                for _ in range(2000):
+                    time.sleep(0.001)
+                    yield b"x" * 65536
+
+            def close(self) -> None:
+                closed.set()
+
+        start_response("200 OK", [])
+        return Body()
+
+    caplog.set_level(logging.DEBUG, logger="fcgiserve")
+    address = serve(streaming)  # the app's generator-like body makes the response stream
+    conn = Conn(address)
+    conn.request(1)
+    conn.pump(lambda: len(conn.stdout.get(1, b"")) > 100_000)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()  # RST
+    assert closed.wait(10), "close() on the iterable must be called when the client went away"
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for a vanished client"
+
+
+def test_server_keeps_serving_after_a_vanished_client(serve: Callable[..., tuple[str, int]]) -> None:
+    address = serve(hello)
+    for _ in range(20):
+        with socket.create_connection(address) as sock:
+            client = ClientConnection()
+            sock.sendall(client.begin_request(1) + client.send_params(1, PARAMS))
+    assert fcgi_request(address, path="/after").body == b"hello /after"
+
+
+def test_short_body_is_an_error_for_the_app(serve: Callable[..., tuple[str, int]]) -> None:
+    """S-G1: STDIN ends before CONTENT_LENGTH -> the app's read raises BodyIncomplete."""
+    seen: list[str] = []
+
+    def reader(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except BodyIncomplete:
+            seen.append("incomplete")
+            raise
+        start_response("200 OK", [])
+        return [b"complete"]
+
+    address = serve(reader)
+    params = [*PARAMS, (b"REQUEST_METHOD", b"POST"), (b"CONTENT_LENGTH", b"10")]
+    conn = Conn(address)
+    conn.request(1, params, body=b"12345")
+    conn.wait_end(1)
+    assert seen == ["incomplete"]
+    assert bytes(conn.stdout[1]).startswith(b"Status: 500")
+
+
+def test_large_upload_is_streamed_and_spooled(serve: Callable[..., tuple[str, int]]) -> None:
+    def digest(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        total = 0
+        while chunk := environ["wsgi.input"].read(65536):
+            total += len(chunk)
+        start_response("200 OK", [])
+        return [str(total).encode()]
+
+    address = serve(digest, spool_threshold="64K")
+    size = 20 * 1024 * 1024
+    response = fcgi_request(address, body=b"z" * size, method="POST", timeout=60)
+    assert response.body == str(size).encode()
+
+
+def test_wsgi_errors_go_out_as_stderr(serve: Callable[..., tuple[str, int]]) -> None:
+    def noisy(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ["wsgi.errors"].write("something odd\n")
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    response = fcgi_request(serve(noisy))
+    assert response.stderr == b"something odd\n" and response.body == b"ok"
+
+
+def test_max_body_size_answers_413_without_running_the_app(serve: Callable[..., tuple[str, int]]) -> None:
+    ran: list[bool] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        ran.append(True)
+        start_response("200 OK", [])
+        return [b"ran"]
+
+    response = fcgi_request(serve(app, max_body_size="1K"), body=b"y" * 5000, method="POST")
+    assert response.status == 413 and ran == []
+
+
+def test_refused_peer_is_closed_at_once(serve: Callable[..., tuple[str, int]]) -> None:
+    conn = Conn(serve(hello, allow_from="10.9.8.7"))
+    conn.request(1)
+    conn.pump(lambda: conn.eof, timeout=5)
+    assert conn.eof and conn.ends == {}
+
+
+def test_authorizer_role_gets_no_body_and_its_role(serve: Callable[..., tuple[str, int]]) -> None:
+    def authorizer(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("Variable-User", "alice")])
+        return [environ["FCGI_ROLE"].encode()]
+
+    response = fcgi_request(serve(authorizer), role=Role.AUTHORIZER)
+    assert response.body == b"AUTHORIZER" and response.header("Variable-User") == "alice"
+
+
+def test_filter_role_reads_the_data_stream(serve: Callable[..., tuple[str, int]]) -> None:
+    def upper(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [environ["fcgi.data"].read().upper()]
+
+    response = fcgi_request(
+        serve(upper),
+        {"FCGI_DATA_LENGTH": "11", "FCGI_DATA_LAST_MOD": "0"},
+        role=Role.FILTER,
+        data=b"hello world",
+    )
+    assert response.body == b"HELLO WORLD"
