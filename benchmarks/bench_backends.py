@@ -36,7 +36,8 @@ C_SOURCE = HERE / "libfcgi_responder.c"
 C_BINARY = WORK / "libfcgi_responder"
 NGINX = "/usr/sbin/nginx"
 PROCESSES = 2  # prefork children = gunicorn sync workers
-THREADS = 8  # C responder threads, gunicorn gthread threads
+THREADS = 8  # gunicorn gthread threads
+C_THREADS = 64  # >= the largest client concurrency: a kept connection holds its thread while idle
 
 
 @dataclass
@@ -118,11 +119,11 @@ BACKENDS: list[Backend] = [
     ),
     Backend(
         "libfcgi-c",
-        f"C libfcgi ({THREADS} threads, kept) ceiling",
+        f"C libfcgi ({C_THREADS} threads, kept) ceiling",
         "fcgi",
         True,
         "libfcgi",
-        lambda port: [str(C_BINARY), str(port), str(THREADS)],
+        lambda port: [str(C_BINARY), str(port), str(C_THREADS)],
         django=False,
     ),
 ]

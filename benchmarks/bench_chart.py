@@ -33,10 +33,10 @@ def chart_data(data: dict[str, Any]) -> tuple[list[str], list[str], list[list[fl
 
 
 def write_png(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     workloads, labels, values = chart_data(data)
     fig, ax = plt.subplots(figsize=(11, 5), dpi=80)

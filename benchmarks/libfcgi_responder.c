@@ -2,6 +2,8 @@
  * apps/bench_app.py minus Django. Built by run.py with:
  *     gcc -O2 -pthread -o .work/libfcgi_responder libfcgi_responder.c -lfcgi
  * Usage: libfcgi_responder PORT [THREADS]. Listens on 127.0.0.1 only; stops on SIGTERM (default action).
+ * A thread serves one connection at a time, and a kept-alive connection holds its thread while idle: run at
+ * least as many threads as nginx may open connections (the client concurrency).
  */
 #include <fcgiapp.h>
 #include <pthread.h>
@@ -11,7 +13,7 @@
 
 #define BIG_SIZE 102400
 #define ECHO_CHUNK 65536
-#define MAX_THREADS 64
+#define MAX_THREADS 256
 
 static int listen_fd;
 static char big_body[BIG_SIZE];
@@ -41,12 +43,10 @@ static void *serve(void *unused) {
     FCGX_Request req;
     FCGX_InitRequest(&req, listen_fd, 0);
     for (;;) {
-        /* libfcgi's accept is not thread-safe on every platform: serialise it, as its examples do. */
-        static pthread_mutex_t accept_lock = PTHREAD_MUTEX_INITIALIZER;
-        pthread_mutex_lock(&accept_lock);
-        int rc = FCGX_Accept_r(&req);
-        pthread_mutex_unlock(&accept_lock);
-        if (rc < 0) break;
+        /* No accept mutex (libfcgi's threaded example has one): with FCGI_KEEP_CONN, FCGX_Accept_r waits
+         * for the next request on the kept connection, and holding a lock there would stall every thread.
+         * accept() is thread-safe on Linux. */
+        if (FCGX_Accept_r(&req) < 0) break;
         const char *path = FCGX_GetParam("DOCUMENT_URI", req.envp);
         if (path == NULL) path = FCGX_GetParam("SCRIPT_NAME", req.envp);
         if (path && strcmp(path, "/hello") == 0) {

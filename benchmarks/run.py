@@ -64,7 +64,7 @@ class Workload:
 
 
 WORKLOADS = [
-    Workload("hello-1", "GET /hello (13 bytes), 1 connection", "/hello", 1, quick=True),
+    Workload("hello-1", "GET /hello (13 bytes), 1 connection", "/hello", 1),
     Workload("hello-8", "GET /hello (13 bytes), 8 connections", "/hello", 8, quick=True),
     Workload("hello-64", "GET /hello (13 bytes), 64 connections", "/hello", 64),
     Workload("big-8", "GET /big (100 KiB response), 8 connections", "/big", 8, quick=True),
@@ -94,7 +94,9 @@ def machine_line() -> str:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 workloads, 2 s x 2 reps: under 3 minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="hello-8, big-8, post-8 at 2 s x 2 reps: about 2.5 minutes"
+    )
     parser.add_argument("--only", default="", help="comma-separated backend names (default: all)")
     parser.add_argument("--workloads", default="", help="comma-separated workload names")
     parser.add_argument(
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         for running in live:
             running.stop()
     data = {
-        "mode": "quick" if args.quick else "full",
+        "mode": ("quick" if args.quick else "full") + (" (filtered)" if args.only or args.workloads else ""),
         "started": started,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine_line(),

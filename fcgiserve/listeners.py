@@ -40,6 +40,7 @@ OWNED_FDS_ENV = "FCGISERVE_OWNED_FDS"  # the subset whose unix socket file the s
 FCGI_LISTENSOCK_FILENO = 0
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): systemd passes activated sockets from fd 3 on
 _STALE_PROBE_TIMEOUT = 1.0
+_DEFER_ACCEPT_SECONDS = 5
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -197,11 +198,14 @@ def _open_tcp(host: str, port: int, backlog: int) -> Listener:
         raise ListenerError(f"cannot listen on tcp {where}: {exc.strerror}") from None
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-        )  # rebind while old connections sit in TIME_WAIT
+        # Rebind while old connections sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(backlog)
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):
+            # Linux: accept() returns a connection only once it has data (or after a few seconds), so a
+            # peer that connects and says nothing does not occupy a worker (or a whole prefork child).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, _DEFER_ACCEPT_SECONDS)
     except OSError as exc:
         sock.close()
         raise ListenerError(f"cannot listen on tcp {where}: {exc.strerror or exc}") from None

@@ -29,7 +29,7 @@ from fcgiserve.listeners import (
 from fcgiserve.logs import reopen as reopen_logs
 from fcgiserve.pidfile import Pidfile, PidfileError
 from fcgiserve.pools.base import PoolSettings, StopReason
-from fcgiserve.pools.prefork import PreforkPool, prefork_capacity
+from fcgiserve.pools.prefork import PoolExit, PreforkPool, prefork_capacity
 from fcgiserve.pools.threaded import ThreadedPool
 from fcgiserve.protocol import ConnectionSettings, ProtocolLimits
 from fcgiserve.wsgi import WSGIOptions
@@ -141,7 +141,11 @@ class Server:
                 self._ready.set()
                 return EXIT_STARTUP
             self._warn_if_exposed()
-            reason = self._serve(app)
+            try:
+                reason = self._serve(app)
+            except StartupError as exc:
+                log.error("%s", exc)
+                return exc.status
             if reason is StopReason.RELOAD and reexec_argv is not None:
                 self._reexec(reexec_argv, start_dir)  # does not return
             return EXIT_OK
@@ -220,7 +224,11 @@ class Server:
                 )
             watcher = threading.Thread(target=self._signal_ready, daemon=True)
             watcher.start()
-            reason = self._pool.run(install_signals=self._thread is None)
+            try:
+                reason = self._pool.run(install_signals=self._thread is None)
+            except PoolExit as exc:  # the first prefork generation could not start; already logged
+                self._ready.set()
+                raise StartupError(exc.message or "the pool could not start", exc.status) from None
             if reason is StopReason.RELOAD and self._thread is not None:
                 log.info("reload requested in library mode: restarting the pool with the same application")
                 continue

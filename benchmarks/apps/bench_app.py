@@ -16,7 +16,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchsite.settings")
 
-from django.core.wsgi import get_wsgi_application
+from django.core.wsgi import get_wsgi_application  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = ["BIG_BODY", "HELLO_BODY", "application"]
 

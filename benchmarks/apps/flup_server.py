@@ -14,11 +14,11 @@ def main() -> None:
     method, port = sys.argv[1], int(sys.argv[2])
     address = ("127.0.0.1", port)
     if method == "threaded":
-        from flup.server.fcgi import WSGIServer
+        from flup.server.fcgi import WSGIServer  # type: ignore[import-not-found,unused-ignore]
 
         WSGIServer(application, bindAddress=address, maxThreads=50).run()
     else:
-        from flup.server.fcgi_fork import WSGIServer as ForkServer
+        from flup.server.fcgi_fork import WSGIServer as ForkServer  # type: ignore[import-not-found,unused-ignore]
 
         ForkServer(application, bindAddress=address, minSpare=2, maxSpare=2, maxChildren=2).run()
 

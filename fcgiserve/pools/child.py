@@ -2,8 +2,8 @@
 
 The master forks with its handled signals blocked, so none of its handlers (or its wakeup fd) can
 run in the child before ``_detach_from_master`` has reset them. Until the factory is built the
-child has served nothing, so TERM keeps its default action (die at once) and the master's other
-signals are ignored; afterwards a SignalQueue feeds them to the dispatcher's selector thread:
+child has nothing in flight, so TERM keeps its default action and QUIT exits at once, while the
+other signals are ignored; afterwards a SignalQueue feeds them to the dispatcher's selector thread:
 
   TERM  graceful stop: stop accepting, finish in-flight requests within graceful_timeout, exit 0
   QUIT  exit now                        USR1  reopen logs (on_reopen_logs)
@@ -11,9 +11,10 @@ signals are ignored; afterwards a SignalQueue feeds them to the dispatcher's sel
   INT, HUP, TTIN, TTOU  ignored: the terminal's Ctrl-C and reloads are the master's business
 
 A child is a Dispatcher with ``threads_per_child`` threads and ``accept_while_busy=False``: it
-accepts only while no request is in progress, so a new connection goes to an idle sibling, yet a
-request arriving on one of its parked kept-alive connections still gets one of its threads. Idle
-kept-alive connections therefore never pin a whole process.
+accepts only while none of its threads is serving, so a new connection goes to an idle sibling, yet
+a request arriving on one of its parked kept-alive connections still gets one of its threads. Idle
+kept-alive connections therefore never pin a whole process. The slot shows the child busy from the
+moment a thread enters ``serve()`` (see ``_TrackedFactory``), which is when it stops accepting.
 
 Children never outlive the master: PR_SET_PDEATHSIG (Linux) kills a child when the master dies,
 and everywhere a lifeline pipe, whose write end only the master holds, becomes readable (EOF) in

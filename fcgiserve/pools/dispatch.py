@@ -326,6 +326,8 @@ class Dispatcher:
 
     def _accept_from(self, listener: socket.socket, jobs: list[_Job]) -> None:
         with self._lock:
+            if self._stop_requested:  # e.g. max_requests reached in this very round: take no more
+                return
             budget = self._accept_budget_locked() - len(jobs)
         while budget > 0:
             budget -= 1  # transient errors count too: the loop is bounded

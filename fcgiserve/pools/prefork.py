@@ -494,9 +494,10 @@ class PreforkPool:
                 self._at_max_children = True
                 self._max_children_reached += 1
                 log.warning(
-                    "server reached max_children (%d): every child is busy; raise max_children or "
-                    "threads_per_child if this happens often",
+                    "server reached max_children (%d) with fewer than min_spare (%d) idle children; "
+                    "consider raising max_children or threads_per_child",
                     self._settings.max_children,
+                    self._min_spare,
                 )
             return
         self._at_max_children = False

@@ -41,7 +41,7 @@ _SEQ = struct.Struct("=I")
 _HEADER = struct.Struct("=BxxxiIIIQd")
 # busy_since (0.0 = lane free), line length, line
 _LANE = struct.Struct(f"=dH{LINE_BYTES}s")
-_HEADER_AT = 8  # keeps the doubles 8-byte aligned after the counter
+_HEADER_AT = 8  # after the counter (struct needs no alignment; slots start on 8-byte boundaries)
 _LANES_AT = _HEADER_AT + _HEADER.size
 _READ_PATIENCE = 0.005  # seconds a reader retries a slot being written (its writer may be preempted)
 
@@ -49,7 +49,7 @@ _READ_PATIENCE = 0.005  # seconds a reader retries a slot being written (its wri
 class SlotState(enum.IntEnum):
     FREE = 0  # no child; the master may allocate it
     STARTING = 1  # forked; make_factory() not finished yet
-    READY = 2  # serving (idle or busy: see SlotSnapshot.active)
+    READY = 2  # serving (idle or busy: see SlotSnapshot.status)
     STOPPING = 3  # draining after a graceful stop or max_requests
 
 

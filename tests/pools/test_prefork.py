@@ -121,7 +121,7 @@ class Master:
         """The pool's stats(), logged by the master on SIGUSR1."""
         before = self.log().count(" STATS ")
         self.signal(signal.SIGUSR1)
-        assert _wait_until(lambda: self.log().count(" STATS ") > before, 2.0)
+        assert _wait_until(lambda: self.log().count(" STATS ") > before, 8.0)
         line = [x for x in self.log().splitlines() if " STATS " in x][-1]
         return dict(json.loads(line.split(" STATS ", 1)[1]))
 
@@ -172,7 +172,7 @@ def _master(
 def _ready(master: Master, count: int = 1) -> None:
     """Wait until a child answers and ``count`` children exist."""
     assert master.request("ECHO up")[0] == "up", master.log()
-    assert _wait_until(lambda: len(master.children()) >= count, 3.0), master.log()
+    assert _wait_until(lambda: len(master.children()) >= count, 10.0), master.log()
 
 
 def _concurrently(master: Master, lines: list[str]) -> list[tuple[str, int, float]]:
@@ -213,7 +213,7 @@ def test_idle_children_stay_within_spare_bounds(tmp_path: Path) -> None:
         replies = _concurrently(master, ["SLEEP 0.5"] * 6)
         assert [r[0] for r in replies] == ["SLEPT"] * 6
         # Back to at most max_spare idle children, one retirement per tick.
-        assert _wait_until(lambda: len(master.children()) <= 3, 3.0), master.log()
+        assert _wait_until(lambda: len(master.children()) <= 3, 10.0), master.log()
         time.sleep(0.3)
         assert 2 <= len(master.children()) <= 3
         assert not master.zombies()
@@ -264,7 +264,7 @@ def test_each_child_serves_at_most_max_requests(tmp_path: Path) -> None:
             served_by[pid] += 1
         assert max(served_by.values()) <= 3
         assert len(served_by) >= 5
-        assert _wait_until(lambda: not master.zombies(), 1.0)
+        assert _wait_until(lambda: not master.zombies(), 4.0)
 
 
 def test_sigkill_of_a_busy_child_fails_only_its_request(tmp_path: Path) -> None:
@@ -281,7 +281,7 @@ def test_sigkill_of_a_busy_child_fails_only_its_request(tmp_path: Path) -> None:
         for client, _ in connections:
             client.close()
         assert replies == ["", "SLEPT", "SLEPT"]
-        assert _wait_until(lambda: pids[0] not in master.children() and len(master.children()) >= 3, 2.0)
+        assert _wait_until(lambda: pids[0] not in master.children() and len(master.children()) >= 3, 8.0)
         assert master.request("ECHO after")[0] == "after"
         assert f"worker {pids[0]} died (signal SIGKILL)" in master.log()
         assert not master.zombies()
@@ -309,8 +309,8 @@ def test_crash_loop_pauses_forking(tmp_path: Path) -> None:
             os.kill(victim, signal.SIGKILL)
             if kills == 10:
                 break
-            assert _wait_until(lambda victim=victim: master.children() - {victim}, 2.0), master.log()
-        assert _wait_until(lambda: "10 children crashed within 10s: no fork for 1s" in master.log(), 1.0)
+            assert _wait_until(lambda victim=victim: master.children() - {victim}, 8.0), master.log()
+        assert _wait_until(lambda: "10 children crashed within 10s: no fork for 1s" in master.log(), 4.0)
         paused_at = time.monotonic()
         assert _wait_until(lambda: len(master.children()) == 1, 2.5)  # forks resume after the pause
         assert time.monotonic() - paused_at > 0.7
@@ -355,9 +355,9 @@ def test_library_mode_reloads_and_stops_from_another_thread(tmp_path: Path) -> N
         _ready(master, 2)
         old = master.children()
         master.signal(signal.SIGHUP)
-        assert _wait_until(lambda: len(master.children() - old) >= 2 and not master.children() & old, 3.0)
+        assert _wait_until(lambda: len(master.children() - old) >= 2 and not master.children() & old, 10.0)
         assert master.request("ECHO reloaded")[1] not in old
-        assert _wait_until(lambda: not master.zombies(), 1.0)  # no SIGCHLD handler: reaped on the tick
+        assert _wait_until(lambda: not master.zombies(), 4.0)  # no SIGCHLD handler: reaped on the tick
         client, _ = master.connect()
         client.send("SLEEP 0.5")
         time.sleep(0.1)
@@ -456,7 +456,7 @@ def test_hup_replaces_the_generation_without_a_failed_request(tmp_path: Path) ->
             n += 1
         assert failures == []
         assert n > 20
-        assert _wait_until(lambda: not (master.children() & old), 3.0), master.log()
+        assert _wait_until(lambda: not (master.children() & old), 10.0), master.log()
         new = master.children()
         assert len(new) >= 2
         assert master.request("ECHO new")[1] in new
@@ -472,8 +472,8 @@ def test_reload_with_a_broken_application_keeps_the_old_generation(tmp_path: Pat
         old = master.children()
         control.write_text("fail")
         master.signal(signal.SIGHUP)
-        assert _wait_until(lambda: "reload to generation 2 abandoned" in master.log(), 3.0), master.log()
-        assert _wait_until(lambda: "failed to boot: make_factory() raised" in master.log(), 1.0)
+        assert _wait_until(lambda: "reload to generation 2 abandoned" in master.log(), 10.0), master.log()
+        assert _wait_until(lambda: "failed to boot: make_factory() raised" in master.log(), 4.0)
         assert master.proc.poll() is None
         assert master.children() == old
         reply, pid = master.request("ECHO still")
@@ -506,7 +506,7 @@ def test_timeout_dumps_the_stack_and_replaces_the_child(tmp_path: Path) -> None:
         assert "serving 'SLEEP 4'" in log
         assert "time.sleep(float(arg))" in log  # the busy thread's stack, down to the stuck line
         assert f"worker {pid} killed: request timeout" in log
-        assert _wait_until(lambda: pid not in master.children() and len(master.children()) >= 2, 2.0)
+        assert _wait_until(lambda: pid not in master.children() and len(master.children()) >= 2, 8.0)
         assert master.request("ECHO fine")[0] == "fine"
 
 
@@ -550,20 +550,20 @@ def test_usr1_reopens_logs_everywhere_and_ttin_ttou_move_the_spare_bounds(tmp_pa
     with _master(tmp_path, min_spare=1, max_spare=2, max_children=5) as master:
         _ready(master)
         children = master.children()
-        assert _wait_until(lambda: master.stats()["generation"] == 1, 2.0)  # the master saw it READY
+        assert _wait_until(lambda: master.stats()["generation"] == 1, 8.0)  # the master saw it READY
         stats = master.stats()
-        assert _wait_until(lambda: all(f"REOPEN {pid}" in master.log() for pid in children), 2.0)
+        assert _wait_until(lambda: all(f"REOPEN {pid}" in master.log() for pid in children), 8.0)
         assert f"REOPEN {master.pid}" in master.log()
         assert stats["max_children"] == 5 and stats["generation"] == 1
         assert {c["pid"] for c in stats["children"]} == children
         assert stats["served_requests"] >= 1
         master.signal(signal.SIGTTIN)
-        assert _wait_until(lambda: "spare children now 2..3" in master.log(), 2.0)
+        assert _wait_until(lambda: "spare children now 2..3" in master.log(), 8.0)
         master.signal(signal.SIGTTIN)  # one at a time: a signal still pending absorbs a second one
-        assert _wait_until(lambda: "spare children now 3..4" in master.log(), 2.0)
-        assert _wait_until(lambda: len(master.children()) >= 3, 2.0)
+        assert _wait_until(lambda: "spare children now 3..4" in master.log(), 8.0)
+        assert _wait_until(lambda: len(master.children()) >= 3, 8.0)
         master.signal(signal.SIGTTOU)
-        assert _wait_until(lambda: "TTOU: spare children now 2..3" in master.log(), 2.0)
+        assert _wait_until(lambda: "TTOU: spare children now 2..3" in master.log(), 8.0)
 
 
 def test_stats_show_the_request_in_progress(tmp_path: Path) -> None:

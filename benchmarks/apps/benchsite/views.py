@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped,unused-ignore]
+from django.shortcuts import render  # type: ignore[import-untyped,unused-ignore]
 
-ITEMS = [{"id": n, "title": f"Article number {n}", "score": n * 7 % 100} for n in range(20)]
+ITEMS: list[dict[str, int | str]] = [
+    {"id": n, "title": f"Article number {n}", "score": n * 7 % 100} for n in range(20)
+]
+SORT_KEYS = ("id", "title", "score")
 
 
 def articles(request: HttpRequest) -> HttpResponse:
-    """Render 20 articles sorted by the ``sort`` query parameter."""
+    """Render 20 articles sorted by the ``sort`` query parameter (id, title or score)."""
     key = request.GET.get("sort", "id")
-    items = sorted(ITEMS, key=lambda item: item.get(key, item["id"]))
+    if key not in SORT_KEYS:
+        key = "id"
+    items = sorted(ITEMS, key=lambda item: str(item[key]).zfill(8))
     return render(request, "articles.html", {"items": items, "sort": key})
