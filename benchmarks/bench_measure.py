@@ -21,6 +21,7 @@ __all__ = [
     "process_tree",
     "run_wrk",
     "tree_memory",
+    "tree_pss_kib",
 ]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -139,3 +140,16 @@ def tree_memory(root: int) -> ProcessMemory:
     """Current RSS of every live process of the tree."""
     sizes = [(pid, _rss_kib(pid)) for pid in process_tree(root)]
     return ProcessMemory([(pid, rss) for pid, rss in sizes if rss is not None])
+
+
+def tree_pss_kib(root: int) -> int:
+    """Proportional set size of the whole tree (0 for a process whose smaps_rollup is unreadable)."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+        total += int(found.group(1)) if found else 0
+    return total

@@ -86,11 +86,13 @@ def _memory_table(data: dict[str, Any]) -> list[str]:
     memory = data["memory"]
     base_idle = memory.get(BASELINE, {}).get("idle_total")
     lines = [
-        "### Memory (RSS of the backend's process tree, MiB)",
+        "### Memory of the backend's process tree, MiB",
         "",
-        "| backend | idle | idle x flup | after load | per process idle (root first) "
-        "| per process after load |",
-        "|---|---:|---:|---:|---|---|",
+        "RSS counts pages a prefork master shares with its children in every process; PSS splits them.",
+        "",
+        "| backend | idle RSS | idle x flup | after load RSS | idle PSS | after load PSS "
+        "| RSS per process idle (root first) | RSS per process after load |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for backend in data["backends"]:
         mem = memory.get(backend["name"])
@@ -103,7 +105,8 @@ def _memory_table(data: dict[str, Any]) -> list[str]:
         after = " / ".join(_mib(kib) for _pid, kib in mem["after"])
         lines.append(
             f"| {backend['label']} | {_mib(mem['idle_total'])} | {_ratio(mem['idle_total'], base_idle)} "
-            f"| {_mib(mem['after_total'])} | {idle} | {after} |"
+            f"| {_mib(mem['after_total'])} | {_mib(mem.get('idle_pss'))} | {_mib(mem.get('after_pss'))} "
+            f"| {idle} | {after} |"
         )
     return [*lines, ""]
 

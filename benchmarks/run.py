@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backends import BACKENDS, VENV_PYTHON, WORK, Backend, Nginx, Running, prepare, start_backend
-from bench_measure import cpu_seconds, run_wrk, tree_memory
+from bench_measure import cpu_seconds, run_wrk, tree_memory, tree_pss_kib
 from bench_report import render_markdown
 
 __all__ = ["WORKLOADS", "Workload", "main"]
@@ -150,7 +150,11 @@ def _bench(
     time.sleep(1.0)
     for running in live:
         idle = _memory(running)
-        memory[running.backend.name] = {"idle": idle, "idle_total": sum(k for _p, k in idle)}
+        memory[running.backend.name] = {
+            "idle": idle,
+            "idle_total": sum(k for _p, k in idle),
+            "idle_pss": tree_pss_kib(running.process.pid),
+        }
     scripts: dict[str, Path] = {}
     for workload in args.selected:
         if workload.lua:
@@ -188,7 +192,9 @@ def _bench(
                 memory[running.backend.name]["post_growth_kib"] = grown
     for running in live:
         after = _memory(running)
-        memory[running.backend.name].update(after=after, after_total=sum(k for _p, k in after))
+        memory[running.backend.name].update(
+            after=after, after_total=sum(k for _p, k in after), after_pss=tree_pss_kib(running.process.pid)
+        )
     return runs, memory
 
 

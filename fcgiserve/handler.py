@@ -13,6 +13,11 @@ Scheduling (the fast path is the common case — nginx, one request per connecti
   application of one request never stalls the others (checklist S-H).
 - When no request is active, ``serve()`` returns True and the pool parks the connection: an idle kept-alive
   connection costs no worker thread.
+
+The price of the inline fast path: while an inline application runs and does not read its body, the
+connection is not read, so a multiplexing client's next request may wait for it; once two requests are seen
+active at once, the connection is known to multiplex and every later request gets its own thread. nginx,
+Apache and lighttpd never multiplex, so they never pay it.
 """
 
 from __future__ import annotations
