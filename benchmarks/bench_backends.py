@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BACKENDS", "Backend", "Nginx", "Running", "Setup", "free_port", "prepare", "start_backend"]
+from bench_measure import process_tree
+
+__all__ = ["BACKENDS", "Backend", "Nginx", "Running", "Setup", "free_port", "prepare", "start_backends"]
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
@@ -213,14 +215,24 @@ class Running:
     log: Path
 
     def stop(self) -> None:
-        """SIGTERM the root (it stops its own children), SIGKILL after 10 s."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        """SIGTERM the root (it stops its own children); 3 s later SIGKILL whatever is left of the tree.
+
+        Measuring is over by then, so a slow graceful exit (flup's prefork master waits 10 s for children
+        that miss its close) is not worth waiting for; the tree is listed first so no orphan survives."""
+        if self.process.poll() is not None:
+            return
+        tree = process_tree(self.process.pid)
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for pid in tree[1:]:
             try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float) -> bool:
@@ -234,21 +246,29 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float)
     return False
 
 
-def start_backend(backend: Backend) -> Running:
-    """Start ``backend`` on a free loopback port and wait until it accepts connections (30 s at most)."""
+def start_backends(backends: list[Backend]) -> tuple[list[Running], dict[str, str]]:
+    """Start every backend on a free loopback port at once, then wait until each accepts connections (30 s
+    at most); return the running ones and, for the others, why they are not running."""
     WORK.mkdir(exist_ok=True)
-    port = free_port()
-    log = WORK / f"{backend.name}.log"
     env = {**os.environ, "PYTHONPATH": str(APPS), "PYTHONDONTWRITEBYTECODE": "1"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            backend.argv(port), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    running = Running(backend, process, port, log)
-    if not _wait_listening(port, process, 30):
-        running.stop()
-        raise RuntimeError(f"{backend.name} did not listen on port {port}; see {log}")
-    return running
+    started: list[Running] = []
+    for backend in backends:
+        port = free_port()
+        log = WORK / f"{backend.name}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                backend.argv(port), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
+            )
+        started.append(Running(backend, process, port, log))
+    ready: list[Running] = []
+    failed: dict[str, str] = {}
+    for running in started:
+        if _wait_listening(running.port, running.process, 30):
+            ready.append(running)
+        else:
+            running.stop()
+            failed[running.backend.name] = f"did not start; see {running.log}"
+    return ready, failed
 
 
 _FASTCGI_PARAMS = """

@@ -7,6 +7,7 @@
  */
 #include <fcgiapp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,7 @@ int main(int argc, char **argv) {
     char address[64];
     snprintf(address, sizeof address, "127.0.0.1:%s", argv[1]);
     if (FCGX_Init() != 0) return 1;
+    signal(SIGTERM, SIG_DFL); /* FCGX_Init catches SIGTERM for a graceful exit that blocked threads never see */
     listen_fd = FCGX_OpenSocket(address, 128);
     if (listen_fd < 0) {
         perror("FCGX_OpenSocket");

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backends import BACKENDS, VENV_PYTHON, WORK, Backend, Nginx, Running, prepare, start_backend
+from bench_backends import BACKENDS, VENV_PYTHON, WORK, Backend, Nginx, Running, prepare, start_backends
 from bench_measure import cpu_seconds, run_wrk, tree_memory, tree_pss_kib
 from bench_report import render_markdown
 
@@ -220,11 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     nginx: Nginx | None = None
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
-        for backend in chosen:
-            try:
-                live.append(start_backend(backend))
-            except RuntimeError as error:
-                unavailable[backend.name] = str(error)
+        live, failed = start_backends(chosen)
+        unavailable.update(failed)
         nginx = Nginx(live)
         nginx.start()
         runs, memory = _bench(args, live, nginx)
