@@ -1,26 +1,29 @@
-"""The dispatcher: one selector thread feeding a bounded set of worker threads.
+"""The dispatcher: worker threads that wait for work themselves (leader/followers over one epoll).
 
-The selector thread (the caller of ``serve_forever``) watches the listening sockets, every parked
-(idle, kept-alive) connection, a wakeup socketpair and any extra fds a pool adds (signals, a master
-pipe). Work goes to worker threads through one deque under one lock/condition: an accepted socket
-or a parked connection that became readable is appended and exactly one idle worker is notified.
-A worker holds a connection only while ``serve()`` runs; when it returns True the connection is
-handed back to the selector, so an idle kept-alive connection costs no thread.
+Every idle worker thread blocks in ``epoll_wait`` on one shared epoll instance that holds the listening
+sockets and every parked (idle, kept-alive) connection, each armed with ``EPOLLONESHOT``. The kernel hands
+each readiness event to exactly one waiting thread, and *that* thread serves it: it accepts (and re-arms the
+listener so that a sibling can accept the next connection at once) or takes the parked connection, calls
+``serve()``, and re-arms the connection when ``serve()`` says it is idle again. There is no hand-off between
+threads on the request path: one request on a kept-alive connection costs one ``epoll_ctl`` and the
+connection's own ``recv`` and ``send``, and an idle kept-alive connection costs no thread.
 
-Capacity is the one rule that keeps connections from being refused: the selector accepts only as
-many connections as there are idle threads plus threads it may still start. When there are none,
-the listeners are unregistered and new connections wait in the kernel's listen backlog.
+Capacity is the rule that keeps connections from being refused: only an idle thread waits on the epoll, so
+when every thread is busy and no more may be started, nobody accepts and new connections wait in the
+kernel's listen backlog; parked connections that become readable wait for a thread the same way.
 
-Both pools use this class; a prefork child is a Dispatcher with ``accept_while_busy=False``.
+The caller of ``serve_forever`` is the control thread: it runs the extra wakeup fds a pool adds (signals, a
+master pipe), idle timeouts, spare-thread upkeep and stopping, never a request. Both pools use this class;
+a prefork child is a Dispatcher with ``accept_while_busy=False``. Linux only (epoll).
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import itertools
 import logging
 import math
+import select
 import selectors
 import socket
 import threading
@@ -34,17 +37,16 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger("fcgiserve.pools")
 
-# Tags carried in each selector key's data.
-_WAKE, _LISTENER, _PARKED, _EXTRA = range(4)
+# Tags carried in each control selector key's data.
+_WAKE, _EXTRA = range(2)
+
+_ARMED = select.EPOLLIN | select.EPOLLONESHOT  # one event, to one thread, then disarmed until re-armed
 
 # accept() failures that say the process or system is out of a resource: retrying at once would spin.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_RETRY_DELAY = 0.5
 # After a stop that timed out or was immediate, how long to wait for workers to notice their closed sockets.
 _FORCED_JOIN_TIMEOUT = 0.2
-
-# A job is an accepted socket still to be opened, or a connection with work to do.
-_Job = tuple[socket.socket, Any] | ServedConnection
 
 
 class _RequestCounter:
@@ -76,20 +78,20 @@ class _RequestCounter:
 
 
 class Dispatcher:
-    """Accept, park and hand connections to between ``min_spare`` and ``max_threads`` worker threads.
+    """Accept, park and serve connections with between ``min_spare`` and ``max_threads`` worker threads.
 
     Single use: ``serve_forever`` runs once. ``stop``, ``pause_accepting`` and ``resume_accepting``
     may be called from any thread (or from a wakeup callback); ``add_wakeup`` only before
-    ``serve_forever`` or from the selector thread. Listening sockets are set non-blocking and are
+    ``serve_forever`` or from the control thread. Listening sockets are set non-blocking and are
     never closed here: they belong to the caller, who may hand them to a new process on reload.
 
     Extensions to the pools contract (keyword-only, optional): ``max_requests`` stops gracefully
     (within ``graceful_timeout``) after that many requests and sets ``max_requests_reached``;
     ``thread_name`` prefixes worker thread names (``<thread_name>-<n>``); ``ready`` is an Event set
     while serving; ``busy_threads`` counts workers inside a job. ``max_spare`` is at least 1 (a thread
-    that just finished keeps itself for the next connection). Any observer already set
-    on the factory when ``serve_forever`` starts is chained behind the dispatcher's request counter
-    and put back when it returns.
+    that just finished keeps itself for the next connection), and at least one thread waits for work
+    whenever more may be started. Any observer already set on the factory when ``serve_forever`` starts
+    is chained behind the dispatcher's request counter and put back when it returns.
     """
 
     def __init__(
@@ -113,10 +115,11 @@ class Dispatcher:
             raise ValueError(f"need 0 <= min_spare <= max_spare, got {min_spare} and {max_spare}")
         if idle_timeout < 0 or max_connections < 0 or max_requests < 0 or graceful_timeout < 0:
             raise ValueError("idle_timeout, max_connections, max_requests and graceful_timeout must be >= 0")
-        self._listeners = list(listeners)
+        self._listeners = {listener.fileno(): listener for listener in listeners}
         self._factory = factory
-        self._min_spare = min(min_spare, max_threads)
-        self._max_spare = max(1, min(max_spare, max_threads))
+        # One waiting thread is the minimum that keeps the pool reachable.
+        self._min_spare = max(1, min(min_spare, max_threads))
+        self._max_spare = max(self._min_spare, min(max_spare, max_threads))
         self._max_threads = max_threads
         self._idle_timeout = idle_timeout
         self._max_connections = max_connections
@@ -128,36 +131,40 @@ class Dispatcher:
         self.max_requests_reached = False
         self.ready = threading.Event()  # set while serve_forever is serving
 
-        # Shared with the workers, guarded by _lock.
+        # Shared by the workers and the control thread, guarded by _lock.
         self._lock = threading.Lock()
-        self._work_ready = threading.Condition(self._lock)
-        self._jobs: collections.deque[_Job] = collections.deque()
-        self._idle = 0  # threads waiting for a job (a thread being started counts as idle)
+        self._epoll = select.epoll()
+        self._parked: dict[int, tuple[ServedConnection, float]] = {}  # fd -> (conn, parked at); oldest first
+        self._armed: set[int] = set()  # listener fds currently armed in the epoll
+        self._idle = 0  # threads waiting in epoll (a thread being started counts as idle)
         self._threads = 0
-        self._busy = 0  # threads running a job
-        self._open = 0  # accepted connections not yet finished: queued, in service or parked
-        self._to_park: list[ServedConnection] = []
+        self._busy = 0  # threads serving a connection
+        self._open = 0  # accepted connections not yet finished: in service or parked
         self._in_service: dict[int, ServedConnection | socket.socket] = {}  # thread ident -> what it serves
         self._workers: set[threading.Thread] = set()
-        self._wake_pending = False
-        self._notify_on_finish = False  # the selector wants to hear when a worker frees capacity
         self._accept_paused = False
+        self._accept_retry_at = 0.0
         self._stop_requested = False
         self._stop_graceful = True
         self._stop_deadline = math.inf
         self._stopping = False  # no new work: connections are closed instead of parked
         self._workers_exit = False
+        self._started = False
+        self._finished = False  # serve_forever returned; the last worker out closes the epoll
 
-        # Owned by the selector thread.
-        self._selector = selectors.DefaultSelector()
+        # Level-triggered "exit" pipe in the workers' epoll: once written, every waiting worker wakes.
+        self._exit_r, self._exit_w = socket.socketpair()
+        self._epoll.register(self._exit_r.fileno(), select.EPOLLIN)
+        for fd, listener in self._listeners.items():
+            listener.setblocking(False)
+            self._epoll.register(fd, 0)  # disarmed until _update_listeners_locked arms it
+
+        # Owned by the control thread.
+        self._control = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
-        self._parked: dict[int, tuple[ServedConnection, float]] = {}  # fd -> (conn, parked at); oldest first
-        self._accept_registered = False
-        self._accept_retry_at = 0.0
-        self._started = False
+        self._control.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
 
     # -- statistics (plain reads: a consistent-enough snapshot for a status page) ------------------------
 
@@ -192,8 +199,8 @@ class Dispatcher:
     # -- control ----------------------------------------------------------------------------------------
 
     def add_wakeup(self, fd: int, callback: Callable[[], None]) -> None:
-        """Watch ``fd`` for readability and call ``callback`` in the selector thread (it must drain fd)."""
-        self._selector.register(fd, selectors.EVENT_READ, (_EXTRA, callback))
+        """Watch ``fd`` for readability and call ``callback`` in the control thread (it must drain fd)."""
+        self._control.register(fd, selectors.EVENT_READ, (_EXTRA, callback))
 
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
         """Ask serve_forever to stop; a later non-graceful stop or earlier deadline overrides."""
@@ -201,36 +208,52 @@ class Dispatcher:
             self._stop_requested = True
             self._stop_graceful = self._stop_graceful and graceful
             self._stop_deadline = min(self._stop_deadline, time.monotonic() + timeout)
+            self._update_listeners_locked()
         self._wake()
 
     def pause_accepting(self) -> None:
         with self._lock:
             self._accept_paused = True
-        self._wake()
+            self._update_listeners_locked()
 
     def resume_accepting(self) -> None:
         with self._lock:
             self._accept_paused = False
-        self._wake()
+            self._update_listeners_locked()
 
     def _on_max_requests(self) -> None:
         self.max_requests_reached = True
         self.stop(graceful=True, timeout=self._graceful_timeout)
 
     def _wake(self) -> None:
-        with self._lock:
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        self._send_wake_byte()
-
-    def _send_wake_byte(self) -> None:
         try:
             self._wake_w.send(b"\0")
         except OSError:  # full (a wakeup is pending anyway) or closed (serve_forever is over)
             pass
 
-    # -- the selector thread ----------------------------------------------------------------------------
+    # -- listeners: armed only while accepting is allowed -------------------------------------------------
+
+    def _accepting_locked(self) -> bool:
+        if self._accept_paused or self._stop_requested or self._stopping or self._accept_retry_at:
+            return False
+        if not self._accept_while_busy and self._busy:
+            return False
+        return not (self._max_connections and self._open >= self._max_connections)
+
+    def _update_listeners_locked(self) -> None:
+        """Arm every disarmed listener when accepting is allowed; disarm the armed ones when it is not."""
+        if self._accepting_locked():
+            if len(self._armed) == len(self._listeners):
+                return  # the common case on the request path: nothing to do
+            for fd in self._listeners.keys() - self._armed:
+                self._epoll.modify(fd, _ARMED)
+                self._armed.add(fd)
+        elif self._armed:
+            for fd in self._armed:
+                self._epoll.modify(fd, 0)
+            self._armed.clear()
+
+    # -- the control thread -----------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
         if self._started:
@@ -238,40 +261,27 @@ class Dispatcher:
         self._started = True
         self._counter.downstream = self._factory.observer
         self._factory.observer = self._counter
-        for listener in self._listeners:
-            listener.setblocking(False)
         try:
+            with self._lock:
+                self._update_listeners_locked()
             self._maintain_threads()
-            self._update_accepting()
             self.ready.set()
-            self._run_loop()
+            self._run_control_loop()
         finally:
             self.ready.clear()
             self._finish()
             self._factory.observer = self._counter.downstream
 
-    def _run_loop(self) -> None:
-        select = self._selector.select
+    def _run_control_loop(self) -> None:
+        select_ = self._control.select
         while True:
-            events = select(self._next_timeout())
-            jobs: list[_Job] = []
-            for key, _mask in events:
-                tag, obj = key.data
-                if tag == _PARKED:
-                    self._selector.unregister(key.fd)
-                    del self._parked[key.fd]
-                    jobs.append(obj)
-                elif tag == _LISTENER:
-                    self._accept_from(obj, jobs)
-                elif tag == _WAKE:
+            for key, _mask in select_(self._next_timeout()):
+                tag, callback = key.data
+                if tag == _WAKE:
                     self._drain_wake_socket()
                 else:
-                    obj()
-            if jobs:
-                self._hand_off(jobs)
+                    callback()
             with self._lock:
-                self._wake_pending = False
-                to_park, self._to_park = self._to_park, []
                 stop_requested, graceful, deadline = (
                     self._stop_requested,
                     self._stop_graceful,
@@ -279,24 +289,29 @@ class Dispatcher:
                 )
             if stop_requested and not self._stopping:
                 self._begin_stop()
-            for conn in to_park:
-                self._park(conn)
             if self._parked and self._idle_timeout:
                 self._expire_idle()
+            if self._accept_retry_at and time.monotonic() >= self._accept_retry_at:
+                with self._lock:
+                    self._accept_retry_at = 0.0
+                    self._update_listeners_locked()
             if self._stopping:
                 if not graceful or time.monotonic() >= deadline:
                     self._force_close_all()
                     return
                 with self._lock:
-                    if self._busy == 0 and not self._jobs:
+                    if self._busy == 0:
                         return
             self._maintain_threads()
-            self._update_accepting()
 
     def _next_timeout(self) -> float | None:
         when = math.inf
-        if self._parked and self._idle_timeout:
-            when = next(iter(self._parked.values()))[1] + self._idle_timeout
+        if self._idle_timeout:
+            # Workers park connections without waking this thread, so it looks again on a tick.
+            when = time.monotonic() + min(self._idle_timeout / 2, 1.0)
+            with self._lock:
+                if self._parked:
+                    when = min(when, next(iter(self._parked.values()))[1] + self._idle_timeout)
         if self._stopping:
             when = min(when, self._stop_deadline)
         if self._accept_retry_at:
@@ -312,120 +327,39 @@ class Dispatcher:
         except BlockingIOError:
             pass
 
-    def _accept_budget_locked(self) -> int:
-        """How many connections may be accepted now. Caller holds _lock."""
-        if self._accept_paused or self._stopping:
-            return 0  # checked here too, so that pause_accepting() holds from the moment it returns
-        if self._accept_while_busy:
-            budget = self._idle + (self._max_threads - self._threads) - len(self._jobs)
-        else:
-            budget = 1 if self._busy == 0 and not self._jobs else 0
-        if self._max_connections:
-            budget = min(budget, self._max_connections - self._open)
-        return budget
-
-    def _accept_from(self, listener: socket.socket, jobs: list[_Job]) -> None:
-        with self._lock:
-            if self._stop_requested:  # e.g. max_requests reached in this very round: take no more
-                return
-            budget = self._accept_budget_locked() - len(jobs)
-        while budget > 0:
-            budget -= 1  # transient errors count too: the loop is bounded
-            try:
-                sock, peer = listener.accept()
-            except BlockingIOError:
-                return  # another process or an earlier round took it
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    log.warning("accept failed (%s); pausing accept for %.1fs", exc, _ACCEPT_RETRY_DELAY)
-                    self._accept_retry_at = time.monotonic() + _ACCEPT_RETRY_DELAY
-                    self._set_listeners_registered(False)
-                    return
-                continue  # ECONNABORTED and friends: that peer gave up, the next may not have
-            if sock.family != socket.AF_UNIX:
-                try:
-                    # Nagle + delayed ACK would hold small responses for ~40 ms.
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
-            jobs.append((sock, peer))
-
-    def _hand_off(self, jobs: list[_Job]) -> None:
-        accepted = sum(1 for job in jobs if isinstance(job, tuple))
-        with self._lock:
-            self._jobs.extend(jobs)
-            self._open += accepted
-            self._work_ready.notify(len(jobs))
-
-    def _park(self, conn: ServedConnection) -> None:
-        if self._stopping:
-            self._close_connections([conn])
-            return
-        try:
-            fd = conn.fileno()
-            self._selector.register(fd, selectors.EVENT_READ, (_PARKED, conn))
-        except (OSError, ValueError, KeyError):
-            log.exception("cannot watch a kept-alive connection; closing it")
-            self._close_connections([conn])
-            return
-        self._parked[fd] = (conn, time.monotonic())
-
-    def _unpark_all(self) -> list[ServedConnection]:
-        conns = []
-        for fd, (conn, _parked_at) in self._parked.items():
-            self._selector.unregister(fd)
-            conns.append(conn)
-        self._parked.clear()
-        return conns
-
     def _expire_idle(self) -> None:
         limit = time.monotonic() - self._idle_timeout
-        expired = []
-        for fd, (_conn, parked_at) in self._parked.items():
-            if parked_at > limit:
-                break  # insertion order is parking order
-            expired.append(fd)
-        if expired:
-            conns = [self._parked.pop(fd)[0] for fd in expired]
-            for fd in expired:
-                self._selector.unregister(fd)
-            self._close_connections(conns)
+        with self._lock:
+            expired = []
+            for conn, parked_at in self._parked.values():
+                if parked_at > limit:
+                    break  # insertion order is parking order
+                expired.append(conn)
+            for conn in expired:
+                del self._parked[conn.fileno()]
+        self._close_connections(expired)
 
     def _close_connections(self, conns: Sequence[ServedConnection]) -> None:
         for conn in conns:
-            _close_quietly(conn)
-        with self._lock:
-            self._open -= len(conns)
-
-    def _set_listeners_registered(self, registered: bool) -> None:
-        if registered == self._accept_registered:
-            return
-        for listener in self._listeners:
-            if registered:
-                self._selector.register(listener, selectors.EVENT_READ, (_LISTENER, listener))
-            else:
-                self._selector.unregister(listener)
-        self._accept_registered = registered
-
-    def _update_accepting(self) -> None:
-        if self._accept_retry_at and time.monotonic() >= self._accept_retry_at:
-            self._accept_retry_at = 0.0
-        with self._lock:
-            want = not self._accept_retry_at and self._accept_budget_locked() > 0
-            # Decided under the lock so that a worker freeing capacity right after cannot go unheard.
-            self._notify_on_finish = not want
-        self._set_listeners_registered(want)
+            _close_quietly(conn)  # closing the fd also removes it from the epoll
+        if conns:
+            with self._lock:
+                self._open -= len(conns)
+                self._update_listeners_locked()
 
     def _maintain_threads(self) -> None:
-        """Start threads for queued jobs and to keep min_spare idle, within max_threads."""
+        """Keep min_spare threads waiting for work, within max_threads."""
         with self._lock:
-            spare = self._idle - len(self._jobs)
-            want = max(-spare, 0) if self._stopping else max(self._min_spare - spare, -spare, 0)
-            count = min(want, self._max_threads - self._threads)
+            count = (
+                0 if self._stopping else min(self._min_spare - self._idle, self._max_threads - self._threads)
+            )
             if count <= 0:
                 return
             self._threads += count
             self._idle += count
+        self._start_threads(count)
+
+    def _start_threads(self, count: int) -> None:
         for _ in range(count):
             thread = threading.Thread(
                 target=self._work, name=f"{self._thread_name}-{next(self._thread_serial)}", daemon=True
@@ -437,86 +371,173 @@ class Dispatcher:
     def _begin_stop(self) -> None:
         with self._lock:
             self._stopping = True
-        self._set_listeners_registered(False)  # listeners stay open: new connections wait in the backlog
-        self._close_connections(self._unpark_all())
+            self._update_listeners_locked()  # listeners stay open: new connections wait in the backlog
+            parked = [conn for conn, _ in self._parked.values()]
+            self._parked.clear()
+        self._close_connections(parked)
 
     def _force_close_all(self) -> None:
-        """Close queued and in-service connections (an immediate stop, or a graceful one out of time)."""
+        """Close parked and in-service connections (an immediate stop, or a graceful one out of time)."""
         with self._lock:
             self._stopping = True
-            queued = list(self._jobs)
-            self._jobs.clear()
+            self._update_listeners_locked()
             in_service = list(self._in_service.values())
-            self._open -= len(queued)
-        self._set_listeners_registered(False)
-        self._close_connections(self._unpark_all())
-        for item in queued:
-            _close_quietly(item[0] if isinstance(item, tuple) else item)
+            parked = [conn for conn, _ in self._parked.values()]
+            self._parked.clear()
+        self._close_connections(parked)
         # A worker may still be inside serve(): close() should shut the socket down so its read returns.
         for served in in_service:
             _close_quietly(served)
 
     def _finish(self) -> None:
-        """Stop the workers, close what is left, release the selector (the listeners stay open)."""
+        """Stop the workers, close what is left, release the epoll (the listeners stay open)."""
         with self._lock:
             self._stopping = True
             self._workers_exit = True
-            self._work_ready.notify_all()
+            self._update_listeners_locked()
             workers = list(self._workers)
             clean = self._busy == 0
+        self._exit_w.send(b"\0")  # level-triggered: wakes every waiting worker, one after another
         deadline = time.monotonic() + (self._graceful_timeout if clean else _FORCED_JOIN_TIMEOUT)
         for thread in workers:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            unparked, self._to_park = self._to_park, []
-        self._close_connections([*self._unpark_all(), *unparked])
-        self._set_listeners_registered(False)
-        self._selector.close()
-        with self._lock:
-            self._wake_pending = True  # late workers must not write to the closed socket
+            parked = [conn for conn, _ in self._parked.values()]
+            self._parked.clear()
+        self._close_connections(parked)
+        for fd in self._listeners:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass
+        self._control.close()
         self._wake_r.close()
         self._wake_w.close()
+        with self._lock:
+            self._finished = True
+            if self._threads == 0:
+                self._release_locked()
+            # else: a worker stuck in application code still holds the epoll; the last one out releases it.
+
+    def _release_locked(self) -> None:
+        self._epoll.close()
+        self._exit_r.close()
+        self._exit_w.close()
 
     # -- worker threads ---------------------------------------------------------------------------------
 
     def _work(self) -> None:
         me = threading.current_thread()
         ident = threading.get_ident()
-        lock = self._lock
-        with lock:
-            while True:  # this thread is counted in _idle here
-                while not self._jobs:
-                    # A thread started for a job that another worker took may find itself surplus.
-                    if self._workers_exit or self._idle > self._max_spare:
-                        self._retire_locked(me)
-                        return
-                    self._work_ready.wait()
-                job = self._jobs.popleft()
+        poll = self._epoll.poll
+        exit_fd = self._exit_r.fileno()
+        while True:  # this thread is counted in _idle here
+            try:
+                events = poll(-1, 1)
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):  # the epoll was closed under us: the dispatcher is gone
+                events = [(exit_fd, 0)]
+            fd = events[0][0] if events else exit_fd
+            with self._lock:
+                if self._workers_exit:
+                    self._retire_locked(me)
+                    return
+                job = self._take_locked(fd)
+                if job is None:
+                    continue  # a stale or refused event: wait again
                 self._idle -= 1
                 self._busy += 1
                 self._in_service[ident] = job[0] if isinstance(job, tuple) else job
-                lock.release()
-                try:
-                    keep = self._run_job(job, ident)
-                finally:
-                    lock.acquire()
+                self._update_listeners_locked()  # accept_while_busy=False: stop accepting now
+                more = min(self._min_spare - self._idle, self._max_threads - self._threads)
+                if more > 0 and not self._stopping:
+                    self._threads += more
+                    self._idle += more
+                else:
+                    more = 0
+            if more:
+                self._start_threads(more)
+            keep = self._run_job(job, ident)
+            with self._lock:
                 del self._in_service[ident]
                 self._busy -= 1
                 if keep is None:
                     self._open -= 1
+                elif self._stopping:
+                    self._open -= 1
+                    _close_quietly(keep)
                 else:
-                    self._to_park.append(keep)  # the selector closes it instead if the pool is stopping
-                if (keep is not None or self._notify_on_finish) and not self._wake_pending:
-                    self._wake_pending = True
-                    self._send_wake_byte()
-                self._idle += 1  # and back to the top, where a surplus idle thread retires
+                    self._park_locked(keep)
+                self._update_listeners_locked()
+                stopping = self._stopping
+                if self._workers_exit or self._idle >= self._max_spare:
+                    self._idle += 1  # counted idle for the moment _retire_locked takes it back
+                    self._retire_locked(me)
+                    retire = True
+                else:
+                    self._idle += 1
+                    retire = False
+            if stopping:
+                self._wake()  # the control thread ends the stop once nothing is busy
+            if retire:
+                return
+
+    def _take_locked(self, fd: int) -> tuple[socket.socket, Any] | ServedConnection | None:
+        """What the event on ``fd`` means for this thread: a new connection, a parked one, or nothing."""
+        listener = self._listeners.get(fd)
+        if listener is not None:
+            self._armed.discard(fd)  # EPOLLONESHOT disarmed it
+            if not self._accepting_locked():
+                return None  # paused or stopping meanwhile: the connection waits in the backlog
+            return self._accept_locked(listener)  # the caller re-arms it at once, for a sibling
+        parked = self._parked.pop(fd, None)
+        return None if parked is None else parked[0]
+
+    def _accept_locked(self, listener: socket.socket) -> tuple[socket.socket, Any] | None:
+        try:
+            sock, peer = listener.accept()
+        except BlockingIOError:
+            return None  # another process or thread took it
+        except OSError as exc:
+            if exc.errno in _RESOURCE_ERRNOS:
+                log.warning("accept failed (%s); pausing accept for %.1fs", exc, _ACCEPT_RETRY_DELAY)
+                self._accept_retry_at = time.monotonic() + _ACCEPT_RETRY_DELAY
+                self._wake()
+            return None  # ECONNABORTED and friends: that peer gave up
+        if sock.family != socket.AF_UNIX:
+            try:
+                # Nagle + delayed ACK would hold small responses for ~40 ms.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._open += 1
+        return sock, peer
+
+    def _park_locked(self, conn: ServedConnection) -> None:
+        try:
+            fd = conn.fileno()
+            self._parked[fd] = (conn, time.monotonic())
+            try:
+                self._epoll.modify(fd, _ARMED)
+            except FileNotFoundError:  # first park of this connection
+                self._epoll.register(fd, _ARMED)
+        except (OSError, ValueError):
+            log.exception("cannot watch a kept-alive connection; closing it")
+            self._parked.pop(conn.fileno(), None)
+            self._open -= 1
+            _close_quietly(conn)
 
     def _retire_locked(self, me: threading.Thread) -> None:
         self._idle -= 1
         self._threads -= 1
         self._workers.discard(me)
+        if self._finished and self._threads == 0:
+            self._release_locked()
 
-    def _run_job(self, job: _Job, ident: int) -> ServedConnection | None:
+    def _run_job(
+        self, job: tuple[socket.socket, Any] | ServedConnection, ident: int
+    ) -> ServedConnection | None:
         """Serve one job; return the connection if it should be parked. Never raises."""
         if isinstance(job, tuple):
             sock, peer = job
@@ -528,7 +549,8 @@ class Dispatcher:
                 return None
             if conn is None:
                 return None
-            self._in_service[ident] = conn
+            with self._lock:
+                self._in_service[ident] = conn
         else:
             conn = job
         try:
