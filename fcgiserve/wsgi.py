@@ -68,6 +68,12 @@ _HOP_BY_HOP = frozenset(
      "transfer-encoding", "upgrade"}
 )  # fmt: skip
 _SPECIAL = _HOP_BY_HOP | {"status", "content-length"}
+# Statuses and (name, value) headers that passed validation: most responses repeat the same few, so the
+# regular expressions run once per distinct header, not once per response. Bounded; Content-Length (whose
+# value changes and must be parsed) is never cached. Adding to a set is atomic under the GIL.
+_CHECKED_MAX = 4096
+_CHECKED_STATUSES: set[str] = set()
+_CHECKED_HEADERS: set[tuple[str, str]] = set()
 
 
 class RequestIO(Protocol):
@@ -218,15 +224,17 @@ class _Response:
 
 def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
     """Validate and encode the CGI header block; also return the Content-Length, if any."""
-    if not isinstance(status, str):
-        raise TypeError(f"status must be str, not {type(status).__name__}")
-    if _STATUS.match(status) is None:
-        raise ValueError(f"invalid status {status!r}: expected three digits, a space and a reason ('200 OK')")
+    if status not in _CHECKED_STATUSES:
+        _check_status(status)
     if not isinstance(headers, list):
         raise TypeError(f"response_headers must be a list of (name, value), not {type(headers).__name__}")
     parts = ["Status: ", status, "\r\n"]
     content_length: int | None = None
+    checked = _CHECKED_HEADERS
     for header in headers:
+        if type(header) is tuple and header in checked:  # the common case: seen and validated before
+            parts += (header[0], ": ", header[1], "\r\n")
+            continue
         if not isinstance(header, tuple) or len(header) != 2:
             raise TypeError(f"each response header must be a (name, value) tuple, not {header!r}")
         name, value = header
@@ -243,6 +251,8 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, in
             if content_length is not None or not (value.isdigit() and value.isascii()):
                 raise ValueError(f"header {name!r}: invalid or repeated Content-Length {value!r}")
             content_length = int(value)
+        elif len(checked) < _CHECKED_MAX and _latin1(value):
+            checked.add(header)
         parts += (name, ": ", value, "\r\n")
     parts.append("\r\n")
     try:
@@ -252,6 +262,15 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, in
             raise ValueError(f"status {status!r} is not latin-1 encodable") from None
         culprit = next(h for h in headers if not _latin1(h[1]))  # names passed _TOKEN: ASCII
         raise ValueError(f"header {culprit[0]!r} is not latin-1 encodable: {culprit!r}") from None
+
+
+def _check_status(status: str) -> None:
+    if not isinstance(status, str):
+        raise TypeError(f"status must be str, not {type(status).__name__}")
+    if _STATUS.match(status) is None:
+        raise ValueError(f"invalid status {status!r}: expected three digits, a space and a reason ('200 OK')")
+    if len(_CHECKED_STATUSES) < _CHECKED_MAX and _latin1(status):
+        _CHECKED_STATUSES.add(status)
 
 
 def _latin1(text: str) -> bool:
