@@ -21,7 +21,17 @@ from pathlib import Path
 
 from bench_measure import process_tree
 
-__all__ = ["BACKENDS", "Backend", "Nginx", "Running", "Setup", "free_port", "prepare", "start_backends"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Nginx",
+    "Running",
+    "Setup",
+    "free_port",
+    "prepare",
+    "start_backends",
+    "stop_all",
+]
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
@@ -215,20 +225,29 @@ class Running:
     log: Path
 
     def stop(self) -> None:
-        """SIGTERM the root (it stops its own children); 3 s later SIGKILL whatever is left of the tree.
+        """Stop this backend as ``stop_all`` does."""
+        stop_all([self])
 
-        Measuring is over by then, so a slow graceful exit (flup's prefork master waits 10 s for children
-        that miss its close) is not worth waiting for; the tree is listed first so no orphan survives."""
-        if self.process.poll() is not None:
-            return
-        tree = process_tree(self.process.pid)
-        self.process.send_signal(signal.SIGTERM)
+
+def stop_all(backends: list[Running], grace: float = 3.0) -> None:
+    """SIGTERM every root (each stops its own children); after ``grace`` s SIGKILL whatever is left.
+
+    Measuring is over by then, so a slow graceful exit (flup's prefork master waits 10 s for children that
+    miss its close) is not worth waiting for; each tree is listed first so no orphan survives."""
+    trees = {r.process.pid: process_tree(r.process.pid) for r in backends if r.process.poll() is None}
+    for running in backends:
+        if running.process.pid in trees:
+            running.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for running in backends:
+        if running.process.pid not in trees:
+            continue
         try:
-            self.process.wait(timeout=3)
+            running.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        for pid in tree[1:]:
+            running.process.kill()
+            running.process.wait(timeout=10)
+        for pid in trees[running.process.pid][1:]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -252,16 +271,20 @@ def start_backends(backends: list[Backend]) -> tuple[list[Running], dict[str, st
     WORK.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(APPS), "PYTHONDONTWRITEBYTECODE": "1"}
     started: list[Running] = []
+    failed: dict[str, str] = {}
     for backend in backends:
         port = free_port()
         log = WORK / f"{backend.name}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                backend.argv(port), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
-            )
+        try:
+            with log.open("wb") as sink:
+                process = subprocess.Popen(
+                    backend.argv(port), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
+                )
+        except OSError as error:
+            failed[backend.name] = f"could not start: {error}"
+            continue
         started.append(Running(backend, process, port, log))
     ready: list[Running] = []
-    failed: dict[str, str] = {}
     for running in started:
         if _wait_listening(running.port, running.process, 30):
             ready.append(running)

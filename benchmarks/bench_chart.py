@@ -7,6 +7,7 @@ Run by run.py with the benchmark venv's Python, where matplotlib writes OUT_STEM
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ __all__ = ["chart_data", "main", "write_svg"]
 COLOURS = ["#888888", "#bbbbbb", "#1f77b4", "#08306b", "#2ca02c", "#00441b", "#ff7f0e", "#d62728", "#9467bd"]
 
 
-def chart_data(data: dict[str, Any]) -> tuple[list[str], list[str], list[list[float]]]:
-    """Workload names, backend labels, and req/s[backend][workload] (0 where not run)."""
+def chart_data(data: dict[str, Any], key: str = "rps") -> tuple[list[str], list[str], list[list[float]]]:
+    """Workload names, backend labels, and figure ``key`` [backend][workload] (0 where not run)."""
     workloads = [w["name"] for w in data["workloads"]]
     labels = [b["label"] for b in data["backends"]]
     values = []
@@ -27,7 +28,7 @@ def chart_data(data: dict[str, Any]) -> tuple[list[str], list[str], list[list[fl
         row = []
         for workload in workloads:
             fig = figures(data["runs"], workload, backend["name"])
-            row.append(fig["rps"] if fig else 0.0)
+            row.append(fig[key] if fig else 0.0)
         values.append(row)
     return workloads, labels, values
 
@@ -38,17 +39,24 @@ def write_png(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
-    workloads, labels, values = chart_data(data)
-    fig, ax = plt.subplots(figsize=(11, 5), dpi=80)
-    width = 0.8 / max(1, len(labels))
-    for index, (label, row) in enumerate(zip(labels, values, strict=True)):
-        xs = [w + index * width for w in range(len(workloads))]
-        ax.bar(xs, row, width, label=label, color=COLOURS[index % len(COLOURS)])
-    ax.set_xticks([w + 0.4 - width / 2 for w in range(len(workloads))], workloads)
-    ax.set_ylabel("requests / second (median)")
-    ax.set_title(f"fcgiserve vs flup, gunicorn and C libfcgi behind nginx ({data['mode']} run)")
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 8), dpi=80, sharex=True)
+    panels = (("rps", "requests / second (median, log)"), ("cpu_us", "backend CPU µs / request (log)"))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        workloads, labels, values = chart_data(data, key)
+        width = 0.8 / max(1, len(labels))
+        for index, (label, row) in enumerate(zip(labels, values, strict=True)):
+            xs = [w + index * width for w in range(len(workloads))]
+            ax.bar(xs, [v if v > 0 else float("nan") for v in row], width, label=label, color=COLOURS[index])
+        ax.set_xticks([w + 0.4 - width / 2 for w in range(len(workloads))], workloads)
+        ax.set_yscale("log")
+        smallest = min((v for row in values for v in row if v > 0), default=1.0)
+        ax.set_ylim(
+            bottom=10 ** math.floor(math.log10(smallest))
+        )  # bars start at a power of ten, not the clip
+        ax.set_ylabel(title)
+        ax.grid(axis="y", alpha=0.3, which="both")
+    axes[0].set_title(f"fcgiserve vs flup, gunicorn and C libfcgi behind nginx ({data['mode']} run)")
+    axes[0].legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.06))
     fig.tight_layout()
     fig.savefig(path)
 

@@ -97,15 +97,15 @@ def _memory_table(data: dict[str, Any]) -> list[str]:
     for backend in data["backends"]:
         mem = memory.get(backend["name"])
         if mem is None:
-            lines.append(
-                f"| {backend['label']} | {data['unavailable'].get(backend['name'], 'not run')} |||||"
-            )
+            reason = data["unavailable"].get(backend["name"], "not run")
+            lines.append(f"| {backend['label']} | {reason} |" + "  |" * 6)
             continue
         idle = " / ".join(_mib(kib) for _pid, kib in mem["idle"])
-        after = " / ".join(_mib(kib) for _pid, kib in mem["after"])
+        after = " / ".join(_mib(kib) for _pid, kib in mem["after"]) or "process gone"
         lines.append(
             f"| {backend['label']} | {_mib(mem['idle_total'])} | {_ratio(mem['idle_total'], base_idle)} "
-            f"| {_mib(mem['after_total'])} | {_mib(mem.get('idle_pss'))} | {_mib(mem.get('after_pss'))} "
+            f"| {_mib(mem['after_total'] or None)} | {_mib(mem.get('idle_pss'))} "
+            f"| {_mib(mem.get('after_pss') or None)} "
             f"| {idle} | {after} |"
         )
     return [*lines, ""]
@@ -115,12 +115,17 @@ def _target_rows(data: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     runs, memory = data["runs"], data["memory"]
 
     def get(workload: str, backend: str, key: str) -> float | None:
+        """The figure, None if not measured, NaN if the run had errors (its figures prove nothing)."""
         fig = figures(runs, workload, backend)
-        return None if fig is None else fig[key]
+        if fig is None:
+            return None
+        return math.nan if fig["errors"] else fig[key]
 
     def check(name: str, values: list[float | None], test: Callable[..., bool], shown: str) -> None:
-        if any(v is None or math.isnan(v) for v in values):
+        if any(v is None for v in values):
             rows.append((name, None, "not measured in this run"))
+        elif any(v is not None and math.isnan(v) for v in values):
+            rows.append((name, None, "a compared row had errors: no verdict"))
         else:
             rows.append((name, bool(test(*values)), shown.format(*values)))
 

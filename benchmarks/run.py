@@ -27,7 +27,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backends import BACKENDS, VENV_PYTHON, WORK, Backend, Nginx, Running, prepare, start_backends
+from bench_backends import (
+    BACKENDS,
+    VENV_PYTHON,
+    WORK,
+    Backend,
+    Nginx,
+    Running,
+    prepare,
+    start_backends,
+    stop_all,
+)
 from bench_measure import cpu_seconds, run_wrk, tree_memory, tree_pss_kib
 from bench_report import render_markdown
 
@@ -125,15 +135,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _warm_up(nginx: Nginx, running: Running) -> None:
-    """A few requests on every path so lazy imports and prefork children are in place before idle RSS."""
+def _warm_up(nginx: Nginx, running: Running) -> str:
+    """A few requests on every path so lazy imports and prefork children are in place before idle RSS;
+    the reason the backend cannot be measured, or "" when every answer was a 200."""
     paths = ["/hello", "/big"] + (["/django/?sort=score"] if running.backend.django else [])
     for path in paths * 5:
         status = nginx.get(running.backend.name, path)
         if status != 200:
-            raise RuntimeError(
-                f"{running.backend.name}: warm-up GET {path} answered {status}; see {running.log}"
-            )
+            return f"warm-up GET {path} answered {status or 'nothing'}; see {running.log}"
+    return ""
 
 
 def _memory(running: Running) -> list[list[int]]:
@@ -141,13 +151,13 @@ def _memory(running: Running) -> list[list[int]]:
 
 
 def _bench(
-    args: argparse.Namespace, live: list[Running], nginx: Nginx
+    args: argparse.Namespace, live: list[Running], nginx: Nginx, unavailable: dict[str, str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every selected workload against every live backend, repetitions interleaved. A backend whose root
+    process dies is recorded in ``unavailable`` (the run it died in is dropped) and not loaded again."""
     runs: list[dict[str, Any]] = []
     memory: dict[str, Any] = {}
-    for running in live:
-        _warm_up(nginx, running)
-    time.sleep(1.0)
+    time.sleep(0.5)
     for running in live:
         idle = _memory(running)
         memory[running.backend.name] = {
@@ -167,13 +177,20 @@ def _bench(
         for rep in range(args.reps):
             for running in live:
                 done += 1
-                if workload.django and not running.backend.django:
-                    continue
                 name = running.backend.name
+                if (workload.django and not running.backend.django) or name in unavailable:
+                    continue
                 cpu_before = cpu_seconds(running.process.pid)
                 result = run_wrk(nginx.url(name, workload.path), workload.connections, args.duration,
                                  scripts.get(workload.name))  # fmt: skip
                 cpu = cpu_seconds(running.process.pid) - cpu_before
+                if running.process.poll() is not None:
+                    unavailable[name] = (
+                        f"died during {workload.name} (repetition {rep + 1}, exit status "
+                        f"{running.process.returncode}); see {running.log}"
+                    )
+                    print(f"{name}: {unavailable[name]}", file=sys.stderr, flush=True)
+                    continue
                 runs.append(
                     {"workload": workload.name, "backend": name, "rep": rep, **asdict(result), "cpu_s": cpu}
                 )
@@ -186,6 +203,8 @@ def _bench(
                     flush=True,
                 )
         for running in live:
+            if running.backend.name in unavailable:
+                continue
             grown = sum(k for _p, k in _memory(running)) - before[running.backend.name]
             memory[running.backend.name][f"{workload.name}_growth_kib"] = grown
             if workload.name == "post-8":
@@ -224,12 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         unavailable.update(failed)
         nginx = Nginx(live)
         nginx.start()
-        runs, memory = _bench(args, live, nginx)
+        warm = {r.backend.name: _warm_up(nginx, r) for r in live}
+        unavailable.update((name, reason) for name, reason in warm.items() if reason)
+        runs, memory = _bench(args, [r for r in live if not warm[r.backend.name]], nginx, unavailable)
     finally:
         if nginx is not None:
             nginx.stop()
-        for running in live:
-            running.stop()
+        stop_all(live)
     data = {
         "mode": ("quick" if args.quick else "full") + (" (filtered)" if args.only or args.workloads else ""),
         "started": started,

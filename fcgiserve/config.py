@@ -160,6 +160,14 @@ def _host(raw: object) -> object:
     return raw.strip().removeprefix("[").removesuffix("]")  # accept the bracketed IPv6 form "[::1]"
 
 
+def _url_path(raw: object) -> object:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not raw.startswith("/") or any(c.isspace() or c in "?#" for c in raw):
+        raise ValueError("must be a URL path starting with '/', without a query, like /status")
+    return raw
+
+
 def _script_name(raw: object) -> object:
     if raw is None:
         return None
@@ -298,9 +306,9 @@ OPTIONS: tuple[Option, ...] = (
          metavar="SECONDS", default_text="0 (never)"),
     _opt("graceful_timeout", 30.0, _seconds, _PROC, "On SIGTERM or reload, let in-flight requests finish "
          "for up to this many seconds before closing their connections.", metavar="SECONDS"),
-    _opt("idle_timeout", 0.0, _seconds, _PROC, "Close a kept-alive connection idle for this many seconds. "
-         "0 means never: the web server closes idle upstream connections itself (nginx keepalive_timeout).",
-         metavar="SECONDS", default_text="0 (never)"),
+    _opt("idle_timeout", 300.0, _seconds, _PROC, "Close a kept-alive connection idle for this many seconds "
+         "(nginx closes idle upstream connections after its keepalive_timeout, 60 s by default; this bounds "
+         "the ones a peer forgets). 0 means never.", metavar="SECONDS"),
     _opt("pidfile", None, _path, _PROC, "Write the server's pid to this file (atomically), refuse to start "
          "if it names a running process, remove it on exit.", runfcgi=("pidfile",), metavar="PATH"),
     # Request limits
@@ -318,8 +326,15 @@ OPTIONS: tuple[Option, ...] = (
     _opt("max_params_count", 1000, _int(1), _LIMITS, "Most PARAMS name-value pairs in one request; a "
          "normal request has 20 to 60.", metavar="N"),
     _opt("max_body_size", GIB, _size, _LIMITS, "Largest request body (STDIN); a larger one is answered "
-         "413. Bodies are spooled to disk, so this bounds disk use, not memory. 0 means no limit.",
+         "413, whether CONTENT_LENGTH announces it or the bytes received exceed it. Bodies are spooled to "
+         "disk, so this bounds disk use, not memory. 0 means no limit.",
          metavar="SIZE", default_text="1G"),
+    _opt("params_timeout", 10.0, _seconds, _LIMITS, "Seconds a connection has, from its first byte (or "
+         "from being accepted), to deliver a request's complete PARAMS; a slower peer is disconnected. Web "
+         "servers send a request's params at once. 0 means never.", metavar="SECONDS"),
+    _opt("write_timeout", 60.0, _seconds, _LIMITS, "Seconds a response write may make no progress because "
+         "the web server stopped reading; the request is then aborted and the connection closed (like "
+         "nginx's send_timeout). 0 means never.", metavar="SECONDS"),
     _opt("spool_threshold", MIB, _size, _LIMITS, "Request bodies larger than this are spooled to a "
          "temporary file instead of memory.", metavar="SIZE", default_text="1M"),
     # Logging
@@ -328,7 +343,18 @@ OPTIONS: tuple[Option, ...] = (
     _opt("log_file", None, _path, _LOG, "Append the log to this file instead of stderr (reopened on "
          "SIGUSR1, for logrotate). Under a supervisor, leave it unset: stderr is what it collects.",
          runfcgi=("errlog", "outlog"), metavar="PATH", default_text="stderr"),
-    _opt("access_log", None, _path, _LOG, "Write one line per request to this file ('-' for stderr).",
+    _opt("access_log", None, _path, _LOG, "Write one line per request to this file ('-' for stderr): "
+         "client address, user, time, request line, status, body bytes, seconds taken, request id (see "
+         "docs/operations.md). Reopened on SIGUSR1.", metavar="PATH", default_text="off"),
+    _opt("slow_request_time", 0.0, _seconds, _LOG, "Log the stack of a request still running after this "
+         "many seconds, once, without stopping it (php-fpm's slowlog); counted as 'slow requests' on the "
+         "status page. 0 means off.", metavar="SECONDS", default_text="0 (off)"),
+    _opt("status_path", None, _url_path, "Monitoring", "Answer this URL path with php-fpm's status page "
+         "(text; ?json, ?openmetrics, ?prometheus; &full for each worker) without calling the application. "
+         "Only peers in --allow-from, or loopback and unix-socket peers without it, may see it.",
+         metavar="PATH", default_text="off"),
+    _opt("ping_path", None, _url_path, "Monitoring", "Answer this URL path with 'pong' without calling "
+         "the application (php-fpm's ping), for health checks. Same access rule as --status-path.",
          metavar="PATH", default_text="off"),
     # Process environment
     _opt("chdir", None, _path, _ENV, "Change to this directory before loading the application.",
@@ -393,10 +419,15 @@ class Config:
     max_params_bytes: int = _D["max_params_bytes"]
     max_params_count: int = _D["max_params_count"]
     max_body_size: int = _D["max_body_size"]
+    params_timeout: float = _D["params_timeout"]
+    write_timeout: float = _D["write_timeout"]
     spool_threshold: int = _D["spool_threshold"]
     log_level: LogLevel = _D["log_level"]
     log_file: str | None = _D["log_file"]
     access_log: str | None = _D["access_log"]
+    slow_request_time: float = _D["slow_request_time"]
+    status_path: str | None = _D["status_path"]
+    ping_path: str | None = _D["ping_path"]
     chdir: str | None = _D["chdir"]
     umask: int | None = _D["umask"]
     explicit: frozenset[str] = field(default=frozenset())

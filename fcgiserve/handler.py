@@ -22,13 +22,17 @@ Apache and lighttpd never multiplex, so they never pay it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fcgiserve.limits import debug_allowed, is_send_timeout, is_trusted_peer, recv_until, set_send_timeout
+from fcgiserve.operations import RequestOperations
 from fcgiserve.protocol import (
     ConnectionClosed,
     ConnectionSettings,
@@ -63,6 +67,17 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _RECV_SIZE = 256 * 1024  # one recv takes a whole nginx request, or a good slice of an upload
 _MUX_READ_TIMEOUT = 1.0  # a multiplexing connection's reader re-checks whether it may park this often
+_LINGER_SECONDS = 2.0  # after our FIN, how long a closing connection waits for the peer's (lingering close)
+_LINGER_MAX_BYTES = 256 * 1024
+
+_TOO_LARGE = (
+    b"Status: 413 Payload Too Large\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
+    b"Request body too large\n"
+)
+_NOT_STORED = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n\r\n"
+    b"Request body could not be stored\n"
+)
 
 _ROLE_NAMES = {Role.RESPONDER: "RESPONDER", Role.AUTHORIZER: "AUTHORIZER", Role.FILTER: "FILTER"}
 
@@ -74,9 +89,15 @@ class HandlerOptions:
     wsgi: WSGIOptions = field(default_factory=WSGIOptions)
     settings: ConnectionSettings = field(default_factory=ConnectionSettings)
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
-    max_body_size: int = 0  # 0 = unlimited; larger bodies get 413 without running the app
+    max_body_size: int = 0  # 0 = unlimited; larger bodies (announced or received) get 413
+    params_timeout: float = 0.0  # seconds to deliver a complete request's PARAMS; 0 = never
+    write_timeout: float = 0.0  # seconds a write may make no progress (SO_SNDTIMEO); 0 = never
     allowed: Callable[[Any], bool] | None = None  # peer address -> may it talk to us?
     max_in_flight: int = 0  # requests running at once in this process (FCGI_MAX_REQS); 0 = unbounded
+    # The flup shim's WSGIServer(roles=..., environ=...): other roles are refused with UNKNOWN_ROLE (S-G4),
+    # and extra_environ is merged into every environ over the params, as flup did.
+    roles: frozenset[Role] | None = None
+    extra_environ: tuple[tuple[str, Any], ...] = ()
 
 
 class ConnectionFactory:
@@ -86,9 +107,13 @@ class ConnectionFactory:
         self.app = app
         self.options = options
         self.observer: Any = None  # RequestObserver, set by the pool
+        # Access log, status/ping pages, slow requests (operations.py); set by the wiring when one is on.
+        self.operations: RequestOperations | None = None
         # Requests of multiplexed connections run in threads of their own, outside the pool's accounting:
         # this bound keeps them within FCGI_MAX_REQS, and beyond it they are answered OVERLOADED (S-F6).
         self._in_flight = threading.BoundedSemaphore(options.max_in_flight) if options.max_in_flight else None
+        # --debug output only for trusted peers (limits.debug_allowed); everyone else gets the plain 500.
+        self.wsgi_no_debug = dataclasses.replace(options.wsgi, debug=False)
 
     def reserve(self) -> bool:
         """Claim a slot for a request that will run in a thread of its own; False when saturated."""
@@ -105,6 +130,8 @@ class ConnectionFactory:
             _close_quietly(sock)
             return None
         sock.setblocking(True)
+        if self.options.write_timeout:
+            set_send_timeout(sock, self.options.write_timeout)
         return ServedConnection(self, sock, peer)
 
 
@@ -118,7 +145,10 @@ class _Request:
         "ended",
         "keep_conn",
         "length",
+        "output",
         "params",
+        "received",
+        "refused",
         "request_id",
         "role",
         "started",
@@ -139,6 +169,9 @@ class _Request:
         self.threaded = False  # runs in a thread of its own (multiplexed connection)
         self.aborted = False
         self.ended = False
+        self.received = 0  # STDIN + DATA bytes received: --max-body-size whatever CONTENT_LENGTH says
+        self.refused = b""  # the response that replaces the app's when its body was refused (_TOO_LARGE ...)
+        self.output = False  # some STDOUT went out (a 413 can no longer replace the response)
 
 
 class _RequestIO:
@@ -185,6 +218,12 @@ class ServedConnection:
         self._broken = False  # a write failed or the peer broke the protocol
         self._eof = False  # the peer closed its side
         self._orphaned = False  # the reader gave up while threaded requests still ran; the last one closes
+        # --params-timeout: when the request being received must have its PARAMS complete (None: no request
+        # is being received). A new connection starts the clock: a peer that connects and sends nothing is
+        # the cheapest way to hold a worker.
+        timeout = self._options.params_timeout
+        self._params_deadline: float | None = time.monotonic() + timeout if timeout else None
+        self._trusted = self._options.wsgi.debug and is_trusted_peer(peer, self._options.allowed is not None)
 
     def fileno(self) -> int:
         return self._fd
@@ -209,9 +248,10 @@ class ServedConnection:
             self._run_runnable()
             if self._closed:
                 return False
-            if not self._requests:
+            if not self._requests and self._params_deadline is None:
                 return self._finish_or_park()
-            # Requests are still in progress: inline ones wait for body bytes, threaded ones for CPU.
+            # A request is half received (read on until --params-timeout), or requests are in progress:
+            # threaded ones need CPU, not this thread.
             if not self._read_and_dispatch(timeout=_MUX_READ_TIMEOUT if self._multiplexed else None):
                 return self._finish_or_park()
 
@@ -224,10 +264,34 @@ class ServedConnection:
                 # write, and the last one out closes the socket.
                 self._orphaned = True
                 return False
-        if self._eof or self._broken or self._proto.should_close:
+        if self._eof or self._broken:
             self.close()
             return False
+        if self._proto.should_close:
+            self._close_lingering()
+            return False
         return True
+
+    def _close_lingering(self) -> None:
+        """Close after our last record: FIN first, then discard what the peer still sends until it closes.
+
+        A close() with unread input makes the kernel answer RST, and the RST discards the response bytes
+        still in flight. Peers that write their empty STDIN record after the request already ran (Caddy)
+        lost the tail of large responses that way. Bounded in time and bytes, like Apache's lingering close.
+        """
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_SECONDS
+            discarded = 0
+            while discarded < _LINGER_MAX_BYTES and (remaining := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(remaining)
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    break
+                discarded += len(chunk)
+        except OSError:
+            pass  # timed out or reset: either way there is nothing more to wait for
+        self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -246,15 +310,17 @@ class ServedConnection:
 
     def _read_and_dispatch(self, timeout: float | None) -> bool:
         """Read once and dispatch the events. False when the connection is over (EOF, error, timeout idle)."""
+        deadline = self._params_deadline
+        until = deadline
+        if timeout is not None:
+            soon = time.monotonic() + timeout
+            until = soon if deadline is None else min(deadline, soon)
         try:
-            if timeout is not None:
-                self._sock.settimeout(timeout)
-            try:
-                n = self._sock.recv_into(self._buffer)
-            finally:
-                if timeout is not None:
-                    self._sock.settimeout(None)
+            n = recv_until(self._sock, self._buffer, until)
         except TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                self._params_timed_out()
+                return False
             return bool(self._requests)  # still busy: keep reading; idle: let the caller park
         except OSError as exc:
             log.debug("connection from %s: read failed: %s", _describe(self._peer), exc)
@@ -276,15 +342,27 @@ class ServedConnection:
                 pending = self._proto.data_to_send()
                 if pending:
                     self._send_locked(pending)
+            held = self._proto.buffered_bytes
         if fatal:
             self._abort_all()
         for event in events:
             self._dispatch(event)
+        # Half a record is held, or a request has begun but its PARAMS have not ended, and no request of ours
+        # runs (checked after the events, which may have started one): a request is on its way and must be
+        # complete by the deadline. A running request's body may arrive as slowly as the web server sends it.
+        if (held or self._proto.active_requests) and not self._requests and not fatal:
+            if self._params_deadline is None and self._options.params_timeout:
+                self._params_deadline = time.monotonic() + self._options.params_timeout
+        else:
+            self._params_deadline = None
         return n > 0 and not self._broken
 
     def _dispatch(self, event: object) -> None:
         # Ordered by frequency on the hot path.
         if isinstance(event, RequestStarted):
+            if self._options.roles is not None and event.role not in self._options.roles:
+                self._refuse_role(event.request_id, event.role)
+                return
             self._requests[event.request_id] = _Request(event.request_id, event.role, event.keep_conn)
             if len(self._requests) > 1:
                 self._multiplexed = True
@@ -299,9 +377,9 @@ class ServedConnection:
                 if isinstance(event, (Data, DataEnd))
                 else request.body
             )
-            if stream is not None:
+            if stream is not None and request is not None:
                 if isinstance(event, (StdinData, Data)):
-                    stream.feed(event.data)
+                    self._feed(request, stream, event.data)
                 else:
                     stream.finish()
         elif isinstance(event, RequestAborted):
@@ -319,6 +397,41 @@ class ServedConnection:
             )
         elif isinstance(event, ConnectionClosed):
             self._abort_all()
+
+    def _feed(self, request: _Request, body: RequestBody, data: bytes) -> None:
+        """Feed STDIN or DATA, counting what arrives: its announced length may be absent or lie (S-G1)."""
+        if request.refused:
+            return
+        limit = self._options.max_body_size
+        request.received += len(data)
+        if limit and request.received > limit:
+            why = f"received body exceeds --max-body-size {limit}"
+            self._refuse_body(request, _TOO_LARGE, why)
+            return
+        try:
+            body.feed(data)
+        except OSError as exc:  # spooling to disk failed: ENOSPC, EFBIG (RLIMIT_FSIZE), EIO
+            self._refuse_body(request, _NOT_STORED, f"cannot spool the body: {exc}")
+
+    def _refuse_body(self, request: _Request, answer: bytes, why: str) -> None:
+        """Stop taking a request's body; its application's next read raises, and ``_run`` answers."""
+        log.warning(
+            "request %d from %s: %s; body reading stopped", request.request_id, _describe(self._peer), why
+        )
+        request.refused = answer
+        for stream in (request.body, request.data):
+            if stream is not None:
+                stream.abort()
+
+    def _params_timed_out(self) -> None:
+        log.warning(
+            "closing connection from %s: no complete request within --params-timeout %gs",
+            _describe(self._peer),
+            self._options.params_timeout,
+        )
+        self._params_deadline = None
+        self._broken = True
+        self._abort_all()
 
     def _params_complete(self, request_id: int, params: list[tuple[bytes, bytes]]) -> None:
         request = self._requests.get(request_id)
@@ -398,31 +511,58 @@ class ServedConnection:
             if not (self._broken or self._closed):
                 self._send_locked(self._proto.reject_request(request.request_id, ProtocolStatus.OVERLOADED))
 
+    def _refuse_role(self, request_id: int, role: Role) -> None:
+        log.info(
+            "request %d from %s refused: role %s is not served", request_id, _describe(self._peer), role.name
+        )
+        with self._lock:
+            if not (self._broken or self._closed):
+                self._send_locked(self._proto.reject_request(request_id, ProtocolStatus.UNKNOWN_ROLE))
+
     def _run(self, request: _Request) -> None:
         request.started = True
         assert request.params is not None and request.body is not None
         options = self._options
         app_status = 1
         observer = self._factory.observer
-        environ = build_environ(request.params, options.wsgi, _ROLE_NAMES[request.role])
+        wsgi_options = options.wsgi
+        if wsgi_options.debug and not (self._trusted and debug_allowed(True, request.params)):
+            wsgi_options = self._factory.wsgi_no_debug
+        environ = build_environ(request.params, wsgi_options, _ROLE_NAMES[request.role])
         environ["fcgiserve.request_id"] = request.request_id
+        if options.extra_environ:
+            environ.update(options.extra_environ)
         if observer is not None:
             observer.request_started(
                 f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI', '-')}"
             )
+        ops = self._factory.operations
+        record = ops.begin(environ, self._peer) if ops is not None else None
         try:
             limit = options.max_body_size
-            if limit and request.length is not None and request.length > limit:
-                app_status = self._reject_too_large(request, limit)
+            if record is not None and record.answer is not None:  # status or ping: not the application's
+                self.write_stream(request, record.answer, stderr=False)
+                app_status = 0
+            elif limit and request.length is not None and request.length > limit:
+                log.warning(
+                    "request %d from %s: CONTENT_LENGTH %d exceeds --max-body-size %d; answered 413",
+                    request.request_id,
+                    _describe(self._peer),
+                    request.length,
+                    limit,
+                )
+                app_status = self._answer(request, _TOO_LARGE)
             else:
                 app_status = run_application(
                     self._factory.app,
                     environ,
                     request.body,
-                    _RequestIO(self, request),
-                    options.wsgi,
+                    _RequestIO(self, request) if record is None else record.wrap(_RequestIO(self, request)),
+                    wsgi_options,
                     request.data,
                 )
+                if request.refused and not (request.output or request.tail or request.aborted):
+                    app_status = self._answer(request, request.refused)
         except Exception:
             log.exception("request %d: unexpected error in the WSGI adapter", request.request_id)
         finally:
@@ -432,18 +572,12 @@ class ServedConnection:
             self._end(request, app_status)
             if observer is not None:
                 observer.request_finished()
+            if ops is not None and record is not None:
+                ops.finish(record)
 
-    def _reject_too_large(self, request: _Request, limit: int) -> int:
-        log.warning(
-            "request %d from %s: body of %s bytes exceeds --max-body-size %d; answered 413",
-            request.request_id,
-            _describe(self._peer),
-            request.length,
-            limit,
-        )
-        body = b"Request body too large\n"
-        head = b"Status: 413 Payload Too Large\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
-        self.write_stream(request, head % len(body) + body, stderr=False)
+    def _answer(self, request: _Request, response: bytes) -> int:
+        """Send one of the canned responses (_TOO_LARGE, _NOT_STORED) in place of the application's."""
+        self.write_stream(request, response, stderr=False)
         return 0
 
     # -- writing -----------------------------------------------------------------------------------------
@@ -461,6 +595,7 @@ class ServedConnection:
                 out = self._proto.send_stderr(request.request_id, data)
             else:
                 out = self._proto.send_stdout(request.request_id, data)
+                request.output = True
             if not self._send_locked(out):
                 raise ClientDisconnected("the web server closed the connection")
 
@@ -499,6 +634,14 @@ class ServedConnection:
         try:
             self._sock.sendall(data)
         except OSError as exc:
+            if is_send_timeout(exc):
+                log.warning(
+                    "connection from %s: the web server read nothing for --write-timeout %gs; aborted",
+                    _describe(self._peer),
+                    self._options.write_timeout,
+                )
+                self._broken = True
+                return False
             # A web server that went away is an expected event: one concise line, no traceback (P16).
             log.info("connection from %s: peer went away while we wrote (%s)", _describe(self._peer), exc)
             self._broken = True

@@ -27,11 +27,15 @@ from fcgiserve.listeners import (
     open_listeners,
 )
 from fcgiserve.logs import reopen as reopen_logs
+from fcgiserve.operations import RequestOperations, SharedCounters
 from fcgiserve.pidfile import Pidfile, PidfileError
-from fcgiserve.pools.base import PoolSettings, StopReason
+from fcgiserve.pools.base import PoolEvent, PoolSettings, StopReason
 from fcgiserve.pools.prefork import PoolExit, PreforkPool, prefork_capacity
 from fcgiserve.pools.threaded import ThreadedPool
 from fcgiserve.protocol import ConnectionSettings, ProtocolLimits
+from fcgiserve.scgi_handler import SCGIConnectionFactory
+from fcgiserve.sdnotify import ServiceNotifier, WatchdogPinger, watchdog_interval
+from fcgiserve.status_sources import build_operations, prefork_stats_provider, threaded_stats_provider
 from fcgiserve.wsgi import WSGIOptions
 
 __all__ = ["Server", "serve"]
@@ -78,6 +82,13 @@ class Server:
         self._thread: threading.Thread | None = None
         self._stop_requested: bool | None = None  # graceful flag, if stop() came before the pool existed
         self.exit_status: int | None = None
+        self.stop_reason: StopReason | None = None  # why the last run() stopped (flup shim: HUP -> True)
+        # The flup shim sets this to add what Config cannot say (roles, extra environ) to every connection.
+        self.adjust_handler_options: Callable[[HandlerOptions], HandlerOptions] | None = None
+        # systemd's view (sdnotify.py): only a server that owns its process (run() with signals) speaks to
+        # $NOTIFY_SOCKET; one embedded with start() leaves that to its host.
+        self._notifier = ServiceNotifier({})
+        self._counters = SharedCounters()  # the status page's request counters (operations.py)
 
     # -- library API --------------------------------------------------------------------------------------
 
@@ -123,6 +134,8 @@ class Server:
         config = self.config
         start_dir = os.getcwd()
         pidfile = None
+        if install_signals:
+            self._notifier = ServiceNotifier()
         try:
             self._prepare_process()
             pidfile = self._create_pidfile()  # first: a second instance is refused before any work
@@ -141,13 +154,18 @@ class Server:
                 self._ready.set()
                 return EXIT_STARTUP
             self._warn_if_exposed()
+            watchdog = self._start_watchdog()
             try:
                 reason = self._serve(app)
             except StartupError as exc:
                 log.error("%s", exc)
                 return exc.status
+            finally:
+                if watchdog is not None:
+                    watchdog.stop()
             if reason is StopReason.RELOAD and reexec_argv is not None:
                 self._reexec(reexec_argv, start_dir)  # does not return
+            self._notifier.stopping()
             return EXIT_OK
         finally:
             for listener in self._listeners:
@@ -205,14 +223,30 @@ class Server:
         settings = pool_settings(config)
         socks = [listener.sock for listener in self._listeners]
         options = handler_options(config)
+        if self.adjust_handler_options is not None:
+            options = self.adjust_handler_options(options)
         while True:
+            # Access log, status/ping, slow requests; created before any fork so that children share the
+            # counters (operations.SharedCounters).
+            ops = build_operations(config, self._counters)
             if config.method == "prefork":
-                self._pool = PreforkPool(
-                    socks, _factory_maker(app, config.app, options), settings, on_reopen_logs=reopen_logs
+                prefork = PreforkPool(
+                    socks,
+                    _factory_maker(app, config.app, options, ops, config.protocol),
+                    settings,
+                    on_reopen_logs=reopen_logs,
+                    on_event=self._on_pool_event,
                 )
+                if ops is not None:
+                    ops.stats_provider = prefork_stats_provider(prefork, ops, socks)
+                pool: ThreadedPool | PreforkPool = prefork
             else:
                 assert app is not None
-                self._pool = ThreadedPool(socks, ConnectionFactory(app, options), settings, reopen_logs)
+                factory = _connection_factory(config.protocol, app, options, ops)
+                pool = ThreadedPool(socks, factory, settings, reopen_logs, on_event=self._on_pool_event)
+                if ops is not None:
+                    ops.stats_provider = threaded_stats_provider(pool, ops, socks)
+            self._pool = pool
             if self._stop_requested is not None:
                 self._pool.request_stop(self._stop_requested)
             for listener in self._listeners:
@@ -233,15 +267,41 @@ class Server:
                 log.info("reload requested in library mode: restarting the pool with the same application")
                 continue
             log.info("fcgiserve stopped (%s)", reason.value)
+            self.stop_reason = reason
             return reason
 
     def _signal_ready(self) -> None:
         pool = self._pool
         if pool is not None and pool.ready.wait(60):
             self._ready.set()
+            self._notifier.ready(self._status_line())
+
+    def _on_pool_event(self, event: PoolEvent) -> None:
+        """Relay the pool's life to systemd (a no-op without $NOTIFY_SOCKET)."""
+        if event is PoolEvent.READY:
+            self._notifier.ready(self._status_line())
+        elif event is PoolEvent.RELOADING:
+            self._notifier.reloading()
+        elif event is PoolEvent.STOPPING:
+            self._notifier.stopping()
+        elif event is PoolEvent.MAX_CHILDREN_REACHED:
+            self._counters.bump("max children reached")
+
+    def _status_line(self) -> str:
+        where = ", ".join(listener.description for listener in self._listeners)
+        return f"serving on {where} ({self.config.method}, pid {os.getpid()})"
+
+    def _start_watchdog(self) -> WatchdogPinger | None:
+        interval = watchdog_interval() if self._notifier.enabled else None
+        if interval is None:
+            return None
+        log.info("systemd watchdog: pinging every %gs", interval / 2)
+        # The ping proves the serving loop still runs: none while no pool exists (start-up, re-exec).
+        return WatchdogPinger(self._notifier, interval, lambda: self._pool is not None).start()
 
     def _reexec(self, argv: list[str], start_dir: str) -> None:
         env = {**os.environ, **export_for_reexec(self._listeners)}
+        self._notifier.reloading()  # no-op when HUP already said so; max_requests recycling says it here
         log.info("reloading: re-executing %s in place (pid %d)", " ".join(argv), os.getpid())
         os.chdir(start_dir)
         sys.stdout.flush()
@@ -250,14 +310,29 @@ class Server:
 
 
 def _factory_maker(
-    app: WSGIApp | None, spec: str | None, options: HandlerOptions
-) -> Callable[[], ConnectionFactory]:
+    app: WSGIApp | None,
+    spec: str | None,
+    options: HandlerOptions,
+    operations: RequestOperations | None = None,
+    protocol: str = "fcgi",
+) -> Callable[[], ConnectionFactory | SCGIConnectionFactory]:
     """What a prefork child calls after the fork: the preloaded app's factory, or a fresh import."""
 
-    def make_factory() -> ConnectionFactory:
-        return ConnectionFactory(app if app is not None else load_app(spec or ""), options)
+    def make_factory() -> ConnectionFactory | SCGIConnectionFactory:
+        loaded = app if app is not None else load_app(spec or "")
+        return _connection_factory(protocol, loaded, options, operations)
 
     return make_factory
+
+
+def _connection_factory(
+    protocol: str, app: WSGIApp, options: HandlerOptions, operations: RequestOperations | None
+) -> ConnectionFactory | SCGIConnectionFactory:
+    """FastCGI or SCGI (--protocol): the same pools, options and WSGI adapter serve either."""
+    factory: ConnectionFactory | SCGIConnectionFactory
+    factory = SCGIConnectionFactory(app, options) if protocol == "scgi" else ConnectionFactory(app, options)
+    factory.operations = operations
+    return factory
 
 
 def pool_settings(config: Config) -> PoolSettings:
@@ -300,6 +375,8 @@ def handler_options(config: Config) -> HandlerOptions:
             max_requests=config.max_requests_per_connection if mpxs else 1,
         ),
         max_body_size=config.max_body_size,
+        params_timeout=config.params_timeout,
+        write_timeout=config.write_timeout,
         allowed=allow.allowed if allow.active else None,
         max_in_flight=max_reqs,
     )

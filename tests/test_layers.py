@@ -57,6 +57,18 @@ FORBIDDEN: dict[str, set[str]] = {
     "apploader": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
     "logs": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
     "client": {"handler", "pools", "cli", "server", *_WSGI},
+    # Operations (docs/operations.md): systemd notification and status rendering are stdlib only; the
+    # per-request features know the status renderer; the status sources read the pools, never a request.
+    "sdnotify": {"*"},
+    "status": {"*"},
+    "operations": {"protocol", "handler", "pools", "listeners", "cli", "client", "server", *_WSGI},
+    "status_sources": {"protocol", "handler", "cli", "client", "server", *_WSGI},
+    # SCGI: a sans-IO parser like protocol/, and a connection class beside handler.py (same options).
+    "scgi": {"*"},
+    "roles": {"*"},  # a WSGI-level API: stdlib only
+    "scgi_handler": {"protocol", "pools", "listeners", "cli", "client", "server"},
+    # Socket-level limits and timeouts used by the handlers: stdlib only.
+    "limits": {"*"},
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "ConnectionFactory",
+    "PoolEvent",
     "PoolSettings",
     "RequestObserver",
     "ServedConnection",
@@ -72,3 +73,18 @@ class StopReason(enum.Enum):
     STOP = "stop"
     RELOAD = "reload"
     QUIT = "quit"
+
+
+class PoolEvent(enum.Enum):
+    """What a pool tells its ``on_event`` hook (the wiring relays it to systemd, see ``sdnotify.py``).
+
+    READY: serving (again) after a reload; the first start is the pool's ``ready`` Event. RELOADING: a
+    reload was requested. STOPPING: a stop was requested. MAX_CHILDREN_REACHED: prefork could not fork
+    a needed spare (php-fpm's "max children reached"; counted by the status page). Called from the pool's
+    loop thread.
+    """
+
+    READY = "ready"
+    RELOADING = "reloading"
+    STOPPING = "stopping"
+    MAX_CHILDREN_REACHED = "max_children_reached"

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fcgiserve.pools.base import ConnectionFactory, PoolSettings, StopReason
+from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolSettings, StopReason
 from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
 from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
 from fcgiserve.signals import SignalQueue
@@ -48,6 +48,7 @@ log = logging.getLogger("fcgiserve.pools")
 TICK = 0.2  # scoreboard reading interval
 GROWING_TICK = 0.05  # while the pool grows or a generation boots
 KILL_DELAY = 1.0  # SIGUSR2 (stack dump) -> SIGKILL, graceful deadline -> SIGKILL, QUIT -> SIGKILL
+MAX_CHILDREN_LOG_INTERVAL = 60.0  # seconds between two "reached max_children" warnings
 MAX_SPAWN_BATCH = 32
 CRASH_WINDOW = 10.0  # CRASH_LIMIT abnormal exits within CRASH_WINDOW seconds pause spawning
 CRASH_LIMIT = 10
@@ -116,6 +117,7 @@ class PreforkPool:
         make_factory: Callable[[], ConnectionFactory],
         settings: PoolSettings,
         on_reopen_logs: Callable[[], None] | None = None,
+        on_event: Callable[[PoolEvent], None] | None = None,
     ) -> None:
         if settings.max_children < 1:
             raise ValueError(f"max_children must be at least 1, not {settings.max_children}")
@@ -123,6 +125,7 @@ class PreforkPool:
         self._make_factory = make_factory
         self._settings = settings
         self._on_reopen_logs = on_reopen_logs
+        self._on_event = on_event  # READY after a reload, RELOADING on HUP, STOPPING (see PoolEvent)
         # A prefork pool with no idle child would accept nothing: min_spare is at least 1.
         self._min_spare = min(max(1, settings.min_spare), settings.max_children)
         self._max_spare = min(max(self._min_spare, settings.max_spare), settings.max_children)
@@ -147,6 +150,8 @@ class PreforkPool:
         self._spawn_paused_until = 0.0
         self._at_max_children = False
         self._max_children_reached = 0
+        self._max_children_logged_at = -MAX_CHILDREN_LOG_INTERVAL
+        self._max_children_logged_count = 0
         self._max_active = 0
         self._served_by_reaped = 0
         self._start_time = 0.0
@@ -262,14 +267,25 @@ class PreforkPool:
             handler()
 
     def _handle_term(self) -> None:
+        self._emit(PoolEvent.STOPPING)
         raise PoolExit(StopReason.STOP)
 
     def _handle_quit(self) -> None:
+        self._emit(PoolEvent.STOPPING)
         raise PoolExit(StopReason.QUIT)
 
     def _handle_hup(self) -> None:
         log.info("reload requested: starting a new generation of children")
+        self._emit(PoolEvent.RELOADING)
         self._start_generation()
+
+    def _emit(self, event: PoolEvent) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("the pool's on_event hook failed (%s)", event.value)
 
     def _handle_usr1(self) -> None:
         self._reopen_logs()
@@ -324,6 +340,7 @@ class PreforkPool:
         if old:
             log.info("generation %d is serving; %d old child(ren) finish and exit", booting, len(old))
         self.ready.set()
+        self._emit(PoolEvent.READY)
 
     def _abandon_booting_generation(self, why: str) -> None:
         booting = self._booting_generation
@@ -332,6 +349,8 @@ class PreforkPool:
             if child.generation == booting and child.stop_sent_at is None:
                 self._signal(child, signal.SIGTERM)
         log.error("reload to generation %s abandoned (%s); the serving generation carries on", booting, why)
+        if self._serving_generation:
+            self._emit(PoolEvent.READY)  # the reload is over: the old generation serves on
 
     # -- children ---------------------------------------------------------------------------------------
 
@@ -493,12 +512,21 @@ class PreforkPool:
             if not self._at_max_children:
                 self._at_max_children = True
                 self._max_children_reached += 1
-                log.warning(
-                    "server reached max_children (%d) with fewer than min_spare (%d) idle children; "
-                    "consider raising max_children or threads_per_child",
-                    self._settings.max_children,
-                    self._min_spare,
-                )
+                self._emit(PoolEvent.MAX_CHILDREN_REACHED)
+                # Counted per episode; logged at most once a minute, or a saturated pool floods the log.
+                now = time.monotonic()
+                if now - self._max_children_logged_at >= MAX_CHILDREN_LOG_INTERVAL:
+                    episodes = self._max_children_reached - self._max_children_logged_count
+                    self._max_children_logged_at = now
+                    self._max_children_logged_count = self._max_children_reached
+                    log.warning(
+                        "server reached max_children (%d) with fewer than min_spare (%d) idle children "
+                        "(%d time(s) since the last report); consider raising max_children or "
+                        "threads_per_child",
+                        self._settings.max_children,
+                        self._min_spare,
+                        episodes,
+                    )
             return
         self._at_max_children = False
         if time.monotonic() < self._spawn_paused_until:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fcgiserve.pools.base import ConnectionFactory, PoolSettings, StopReason
+from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolSettings, StopReason
 from fcgiserve.pools.dispatch import Dispatcher
 from fcgiserve.signals import SignalQueue
 
@@ -59,9 +59,11 @@ class ThreadedPool:
         factory: ConnectionFactory,
         settings: PoolSettings,
         on_reopen_logs: Callable[[], None] | None = None,
+        on_event: Callable[[PoolEvent], None] | None = None,
     ) -> None:
         self._settings = settings
         self._on_reopen_logs = on_reopen_logs
+        self._on_event = on_event  # RELOADING / STOPPING when requested (see PoolEvent)
         self._listener_count = len(listeners)
         self._max_requests = 0
         if settings.max_requests:
@@ -107,6 +109,11 @@ class ThreadedPool:
             if self._reason is not None and _URGENCY[self._reason] > _URGENCY[reason]:
                 reason = self._reason
             self._reason = reason
+        if self._on_event is not None:
+            try:
+                self._on_event(PoolEvent.RELOADING if reason is StopReason.RELOAD else PoolEvent.STOPPING)
+            except Exception:
+                log.exception("the pool's on_event hook failed")
         self._dispatcher.stop(graceful=graceful, timeout=self._settings.graceful_timeout)
 
     def run(self, install_signals: bool = True) -> StopReason:

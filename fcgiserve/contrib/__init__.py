@@ -1,0 +1,1 @@
+"""Integrations with frameworks; each lives in its own subpackage (``fcgiserve.contrib.django``)."""

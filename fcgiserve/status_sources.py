@@ -1,0 +1,158 @@
+"""Where the status page's numbers come from: the pools, the shared counters and the listening sockets.
+
+Each ``*_stats_provider`` returns the callable that ``operations.RequestOperations`` calls to render a status
+page, producing php-fpm's field names (see ``status.py``). The threaded pool answers from its own counters.
+In prefork a CHILD answers the status request; it reads the scoreboard (shared memory) through its copy of
+the pool, the counters every process adds to (``SharedCounters``), and the master's "max children reached"
+events relayed into those counters by the wiring, so the numbers are the pool's, not the child's.
+
+Threaded mode has no processes: its worker threads stand in for php-fpm's processes ("idle processes" are
+idle threads, "active processes" requests in progress), and ``?full`` lists the requests in progress.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fcgiserve.config import Config
+from fcgiserve.listeners import AllowList, is_loopback_address
+from fcgiserve.operations import OperationsOptions, RequestOperations, RequestRecord, SharedCounters
+from fcgiserve.pools.prefork import PreforkPool
+from fcgiserve.pools.threaded import ThreadedPool
+
+__all__ = ["build_operations", "listen_queue", "prefork_stats_provider", "threaded_stats_provider"]
+
+POOL_NAME = "fcgiserve"
+# struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked.
+# On a listening socket tcpi_unacked is the accept queue's current length and tcpi_sacked its limit (this
+# is what php-fpm reads for "listen queue" and "listen queue len").
+_TCP_INFO_QUEUE = struct.Struct("=8xIIIIII")
+
+
+def listen_queue(socks: Sequence[socket.socket]) -> tuple[int, int]:
+    """(connections waiting to be accepted, queue limit), summed over the TCP listeners; 0 where unknown."""
+    waiting = limit = 0
+    for sock in socks:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+            continue
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_QUEUE.size)
+        except OSError:
+            continue
+        if len(info) >= _TCP_INFO_QUEUE.size:
+            *_, unacked, sacked = _TCP_INFO_QUEUE.unpack_from(info)
+            waiting += unacked
+            limit += sacked
+    return waiting, limit
+
+
+def _pool_fields(
+    ops: RequestOperations, socks: Sequence[socket.socket], start_time: float, idle: int, active: int
+) -> dict[str, Any]:
+    counters = ops.counters
+    waiting, limit = listen_queue(socks)
+    return {
+        "pool": POOL_NAME,
+        "process manager": "dynamic",
+        "start time": start_time,
+        "start since": int(time.time() - start_time),
+        "accepted conn": counters.total("accepted"),
+        "listen queue": waiting,
+        "max listen queue": counters.raise_max("max listen queue", waiting),
+        "listen queue len": limit,
+        "idle processes": idle,
+        "active processes": active,
+        "total processes": idle + active,
+        "max active processes": counters.raise_max("max active processes", active),
+        "max children reached": counters.raise_max("max children reached", 0),
+        "slow requests": counters.total("slow"),
+    }
+
+
+def _request_entry(record: RequestRecord, now: float) -> dict[str, Any]:
+    env = record.environ
+    return {
+        "pid": os.getpid(),
+        "state": "busy",
+        "start time": record.started_wall,
+        "requests": 0,
+        "request duration": int((now - record.started) * 1_000_000),
+        "request method": env.get("REQUEST_METHOD", "-"),
+        "request URI": env.get("REQUEST_URI", "-"),
+        "content length": int(env.get("CONTENT_LENGTH") or 0),
+        "user": env.get("REMOTE_USER") or "-",
+        "script": env.get("SCRIPT_FILENAME") or env.get("SCRIPT_NAME") or "-",
+    }
+
+
+def threaded_stats_provider(
+    pool: ThreadedPool, ops: RequestOperations, socks: Sequence[socket.socket]
+) -> Callable[[], dict[str, Any]]:
+    start_time = time.time()
+
+    def stats() -> dict[str, Any]:
+        s = pool.stats
+        fields = _pool_fields(ops, socks, start_time, s.idle, s.busy)
+        now = time.monotonic()
+        fields["processes"] = [_request_entry(r, now) for r in ops.in_flight()]
+        return fields
+
+    return stats
+
+
+def prefork_stats_provider(
+    pool: PreforkPool, ops: RequestOperations, socks: Sequence[socket.socket]
+) -> Callable[[], dict[str, Any]]:
+    def stats() -> dict[str, Any]:
+        pool_stats = pool.stats()  # in a child: its copy of the pool, reading the shared scoreboard
+        now = time.time()
+        # Not filtered by generation: a child's copy of the pool may predate the current generation.
+        children = [c for c in pool_stats["children"] if c["state"] in ("idle", "busy")]
+        idle = sum(1 for c in children if c["state"] == "idle")
+        active = len(children) - idle
+        fields = _pool_fields(ops, socks, pool_stats["start_time"] or now, idle, active)
+        processes = []
+        for child in children:
+            method, _, uri = str(child["current_request"]).partition(" ")
+            processes.append(
+                {
+                    "pid": child["pid"],
+                    "state": child["state"],
+                    "start time": now - child["started_seconds_ago"],
+                    "requests": child["requests"],
+                    "request duration": int(child["request_duration"] * 1_000_000),
+                    "request method": method or "-",
+                    "request URI": uri or "-",
+                }
+            )
+        fields["processes"] = processes
+        return fields
+
+    return stats
+
+
+def build_operations(config: Config, counters: SharedCounters) -> RequestOperations | None:
+    """The operations features ``config`` turns on, or None (then the handler skips them entirely)."""
+    if not (config.access_log or config.status_path or config.ping_path or config.slow_request_time):
+        return None
+    allow = AllowList.from_config(config)
+
+    def peer_may_see_status(peer: Any) -> bool:
+        # Behind an allow-list every connected peer passed it; without one, only local peers qualify.
+        if allow.active or not isinstance(peer, tuple):
+            return True
+        return is_loopback_address(str(peer[0]))
+
+    options = OperationsOptions(
+        status_path=config.status_path,
+        ping_path=config.ping_path,
+        access_log=config.access_log is not None,
+        slow_request_time=config.slow_request_time,
+        peer_may_see_status=peer_may_see_status,
+    )
+    return RequestOperations(options, counters=counters)

@@ -1,0 +1,47 @@
+"""fcgiserve.limits over a real socketpair: read deadlines and the send timeout the handler relies on."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from fcgiserve.limits import is_send_timeout, recv_until, set_send_timeout
+
+
+def test_recv_until_returns_what_is_there_without_waiting() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b"ready")
+        buffer = bytearray(64)
+        assert recv_until(a, buffer, time.monotonic() + 5) == 5 and buffer[:5] == b"ready"
+        b.sendall(b"again")
+        assert recv_until(a, buffer, None) == 5
+
+
+def test_recv_until_waits_for_late_data_and_raises_at_the_deadline() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        buffer = bytearray(64)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            recv_until(a, buffer, started + 0.2)
+        assert 0.15 < time.monotonic() - started < 2.0
+        assert a.gettimeout() is None  # the socket stays in blocking mode: other threads' writes unaffected
+        with pytest.raises(TimeoutError):
+            recv_until(a, buffer, time.monotonic() - 1)  # already past: one non-blocking try only
+        b.shutdown(socket.SHUT_WR)
+        assert recv_until(a, buffer, time.monotonic() + 5) == 0  # EOF is not a timeout
+
+
+def test_send_timeout_fails_a_write_the_peer_never_reads() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        set_send_timeout(a, 0.2)
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            a.sendall(b"x" * (64 << 20))  # far more than the socket buffers hold
+        assert is_send_timeout(info.value)
+        assert 0.15 < time.monotonic() - started < 5.0
+        assert not is_send_timeout(BrokenPipeError(32, "Broken pipe"))
