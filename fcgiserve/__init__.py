@@ -11,9 +11,22 @@ Library use::
 """
 
 from fcgiserve.config import Config, ConfigError
+from fcgiserve.roles import Allow, Deny, authorizer, filter_input
 from fcgiserve.server import Server, serve
 from fcgiserve.wsgi import BodyIncomplete, ClientDisconnected
 
-__all__ = ["BodyIncomplete", "ClientDisconnected", "Config", "ConfigError", "Server", "__version__", "serve"]
+__all__ = [
+    "Allow",
+    "BodyIncomplete",
+    "ClientDisconnected",
+    "Config",
+    "ConfigError",
+    "Deny",
+    "Server",
+    "__version__",
+    "authorizer",
+    "filter_input",
+    "serve",
+]
 
 __version__ = "0.1.0"
