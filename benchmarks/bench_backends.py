@@ -224,6 +224,11 @@ class Running:
     port: int
     log: Path
 
+    @property
+    def log_name(self) -> str:
+        """The log's path from the repository root, for messages that end up in committed tables."""
+        return str(self.log.relative_to(HERE.parent))
+
     def stop(self) -> None:
         """Stop this backend as ``stop_all`` does."""
         stop_all([self])
@@ -290,7 +295,7 @@ def start_backends(backends: list[Backend]) -> tuple[list[Running], dict[str, st
             ready.append(running)
         else:
             running.stop()
-            failed[running.backend.name] = f"did not start; see {running.log}"
+            failed[running.backend.name] = f"did not start; see {running.log_name}"
     return ready, failed
 
 

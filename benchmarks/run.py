@@ -142,7 +142,7 @@ def _warm_up(nginx: Nginx, running: Running) -> str:
     for path in paths * 5:
         status = nginx.get(running.backend.name, path)
         if status != 200:
-            return f"warm-up GET {path} answered {status or 'nothing'}; see {running.log}"
+            return f"warm-up GET {path} answered {status or 'nothing'}; see {running.log_name}"
     return ""
 
 
@@ -187,7 +187,7 @@ def _bench(
                 if running.process.poll() is not None:
                     unavailable[name] = (
                         f"died during {workload.name} (repetition {rep + 1}, exit status "
-                        f"{running.process.returncode}); see {running.log}"
+                        f"{running.process.returncode}); see {running.log_name}"
                     )
                     print(f"{name}: {unavailable[name]}", file=sys.stderr, flush=True)
                     continue

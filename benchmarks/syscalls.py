@@ -1,13 +1,14 @@
-"""Syscalls per hello request on ONE kept-alive FastCGI connection to fcgiserve threaded, by name.
+"""Syscalls per hello request on ONE kept-alive FastCGI connection to fcgiserve, by name.
 
     python benchmarks/syscalls.py [--requests N] [--method threaded|prefork]
 
 Starts ``python -m fcgiserve bench_app:application`` on a free loopback port, attaches
-``strace -f -qq -o FILE -p PID`` to every thread (and child, for prefork) of it, sends N GET /hello requests
-one after another over a single connection with FCGI_KEEP_CONN (client side: ``fcgiserve.protocol.
-ClientConnection``), detaches, and counts the traced calls. Each call whose first argument is the server's
-end of our connection (the fd ``accept``/``accept4`` returned while traced) is counted apart, so the
-connection's own recv/send per request show next to everything else (epoll, futex, the listening socket...).
+``strace -f -qq -o FILE -p PID ...`` to every process of its tree (prefork: master and children) and every
+thread, sends N GET /hello requests one after another over a single connection with FCGI_KEEP_CONN (client
+side: ``fcgiserve.protocol.ClientConnection``), detaches, and counts the traced calls. Each call whose first
+argument is the server's end of our connection (the fd ``accept``/``accept4`` returned while traced) is
+counted apart, so the connection's own recv/send per request show next to everything else (epoll, futex,
+the listening socket...).
 Prints a markdown table of calls per request, sorted by count.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backends import APPS, free_port
+from bench_measure import process_tree
 
 from fcgiserve.protocol import ClientConnection, EndRequest
 
@@ -147,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             _wait_listening(port, 30)
             send_requests(port, 50, time.monotonic() + 30)  # warm-up on a connection of its own
             time.sleep(0.5)
-            strace = subprocess.Popen(["strace", "-f", "-qq", "-o", str(log), "-p", str(server.pid)])
+            # Every process of the tree (prefork: the master and its children), every thread of each.
+            attach = [arg for pid in process_tree(server.pid) for arg in ("-p", str(pid))]
+            strace = subprocess.Popen(["strace", "-f", "-qq", "-o", str(log), *attach])
             time.sleep(1.5)  # attaching to every thread takes a moment; nothing is sent meanwhile
             sent = send_requests(port, args.requests, time.monotonic() + 120)
             time.sleep(0.3)

@@ -488,13 +488,13 @@ class PreforkPool:
         if self._serving_generation == 0:
             return  # the first generation is still booting
         slots = {snap.index: snap for snap in snapshot}
-        serving = [
-            slots[c.slot]
-            for c in self._children.values()
-            if c.generation == self._serving_generation
-            and c.stop_sent_at is None
-            and slots[c.slot].state in (SlotState.STARTING, SlotState.READY)
-        ]
+        serving = []
+        for c in self._children.values():
+            if c.generation != self._serving_generation or c.stop_sent_at is not None:
+                continue
+            snap = slots.get(c.slot) or self._board.read(c.slot)  # a live child's slot is never skipped
+            if snap.state in (SlotState.STARTING, SlotState.READY):
+                serving.append(snap)
         idle = [snap for snap in serving if snap.idle]
         starting = sum(1 for snap in serving if snap.state is SlotState.STARTING)
         self._max_active = max(self._max_active, len(serving) - len(idle) - starting)

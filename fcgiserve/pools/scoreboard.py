@@ -150,11 +150,10 @@ class Scoreboard:
 
     def snapshot(self) -> list[SlotSnapshot]:
         """Every slot in use, in slot order."""
-        return [
-            self.read(index)
-            for index in range(self.slots)
-            if self._map[index * self._slot_size + _HEADER_AT] != SlotState.FREE
-        ]
+        # The state is judged on the consistent (seqlocked) read, never on a raw byte read while a child
+        # may be writing its slot: a live child must never look FREE to the master.
+        snaps = (self.read(index) for index in range(self.slots))
+        return [snap for snap in snaps if snap.state is not SlotState.FREE]
 
     def writer(self, index: int) -> SlotWriter:
         """The child's handle on its own slot (call in the child, after the fork)."""

@@ -201,7 +201,7 @@ def test_constants_and_signatures_match_flup() -> None:
     # flup capped the spares at the maximum instead of refusing them.
     one = flup.WSGIServer(lambda e, s: [], bindAddress=("127.0.0.1", 9), maxThreads=1).config
     assert (one.minspare, one.maxspare, one.effective_maxchildren) == (1, 1, 1)
-    two = flup_fork.WSGIServer(lambda e, s: [], bindAddress=("127.0.0.1", 9), maxChildren=2, minSpare=4).config
+    two = flup_fork.WSGIServer(lambda e, s: [], bindAddress="/tmp/x.sock", maxChildren=2, minSpare=4).config
     assert (two.minspare, two.maxspare, two.effective_maxchildren) == (2, 2, 2)
 
 
