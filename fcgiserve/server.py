@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -39,6 +40,8 @@ from fcgiserve.status_sources import build_operations, prefork_stats_provider, t
 from fcgiserve.wsgi import WSGIOptions
 
 __all__ = ["Server", "serve"]
+
+_EARLY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 
 log = logging.getLogger("fcgiserve")
 
@@ -82,6 +85,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self._stop_requested: bool | None = None  # graceful flag, if stop() came before the pool existed
         self.exit_status: int | None = None
+        self._early_signals: list[int] = []  # signals that arrived before the pool could handle them
         self.stop_reason: StopReason | None = None  # why the last run() stopped (flup shim: HUP -> True)
         # The flup shim sets this to add what Config cannot say (roles, extra environ) to every connection.
         self.adjust_handler_options: Callable[[HandlerOptions], HandlerOptions] | None = None
@@ -136,6 +140,7 @@ class Server:
         pidfile = None
         if install_signals:
             self._notifier = ServiceNotifier()
+            self._hold_early_signals()
         try:
             self._prepare_process()
             pidfile = self._create_pidfile()  # first: a second instance is refused before any work
@@ -275,6 +280,23 @@ class Server:
         if pool is not None and pool.ready.wait(60):
             self._ready.set()
             self._notifier.ready(self._status_line())
+            self._replay_early_signals()
+
+    def _hold_early_signals(self) -> None:
+        """Until the pool handles signals, record them instead of dying of them, then replay them.
+
+        A supervisor may send HUP or TERM while the application is still importing (svc -h right after
+        svc -u): the default action would kill the process, or leave it half started.
+        """
+        for signum in _EARLY_SIGNALS:
+            signal.signal(signum, self._record_early_signal)
+
+    def _record_early_signal(self, signum: int, frame: object) -> None:
+        self._early_signals.append(signum)  # no logging in a signal handler
+
+    def _replay_early_signals(self) -> None:
+        while self._early_signals:
+            os.kill(os.getpid(), self._early_signals.pop(0))
 
     def _on_pool_event(self, event: PoolEvent) -> None:
         """Relay the pool's life to systemd (a no-op without $NOTIFY_SOCKET)."""

@@ -171,3 +171,34 @@ def test_hup_reloads_new_code_with_zero_failed_requests(
         if method == "threaded":
             assert all(f"pid {server.pid}".encode() in b for b in bodies), "re-exec keeps the pid"
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("method", ["threaded", "prefork"])
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_signal_during_start_up_is_not_fatal(tmp_path: Path, method: str, signum: int) -> None:
+    """A supervisor's `svc -h` / `svc -t` right after start: handled once the pool runs, never a crash."""
+    marker = tmp_path / "importing"
+    (tmp_path / "slowstart.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(1.0)\n\n"
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'up']\n"
+    )
+    port = free_port()
+    with run_fcgiserve(["slowstart", "--method", method], tmp_path, port=port, wait=False) as server:
+        # The signal lands while the application imports (a Django project takes a second or more).
+        assert wait_for(marker.exists, timeout=20), server.log()
+        server.proc.send_signal(signum)
+        if signum == signal.SIGTERM:
+            assert server.proc.wait(20) == 0, server.log()
+            return
+        assert wait_for(lambda: _serves(port), timeout=20), server.log()
+        assert server.proc.poll() is None
+        assert server.stop() == 0
+
+
+def _serves(port: int) -> bool:
+    try:
+        return fcgi_request(("127.0.0.1", port), timeout=2).body == b"up"
+    except Exception:
+        return False
