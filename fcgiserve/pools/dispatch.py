@@ -445,7 +445,9 @@ class Dispatcher:
                     return
                 job = self._take_locked(fd)
                 if job is None:
-                    continue  # a stale or refused event: wait again
+                    # A sibling process took the connection (EAGAIN), or a stale event: re-arm and wait.
+                    self._update_listeners_locked()
+                    continue
                 self._idle -= 1
                 self._busy += 1
                 self._in_service[ident] = job[0] if isinstance(job, tuple) else job

@@ -523,3 +523,26 @@ def test_churn_of_short_lived_and_kept_alive_connections_keeps_the_books_straigh
         assert wait_until(lambda: d.open_connections == 0 and d.parked_connections == 0)
         assert d.busy_requests == 0
         assert wait_until(lambda: d.thread_count <= 1 and len(worker_threads()) == d.thread_count)
+
+
+def test_a_connection_taken_by_a_sibling_does_not_stop_accepting() -> None:
+    """Prefork children share one listener: each one's epoll wakes for every connection, one accept()
+    wins and the others get EAGAIN. The losers must re-arm the listener, or they never accept again."""
+    with tcp_listener() as listener:
+        first, second = LineFactory(), LineFactory()
+        one = Dispatcher([listener], first, min_spare=1, max_spare=1, max_threads=1)
+        two = Dispatcher([listener], second, min_spare=1, max_spare=1, max_threads=1)
+        with running(one), running(two):
+            address = listener.getsockname()
+            halfway = (0, 0)
+            for n in range(60):
+                if n == 30:
+                    halfway = (one.requests_served, two.requests_served)
+                client = LineClient(address)
+                assert client.request(f"ECHO {n}") == str(n)
+                client.close()
+            assert one.requests_served + two.requests_served == 60
+            # Both kept accepting to the end: each served a share of the last 30 (a loser that stopped
+            # re-arming after its first lost race would serve none of them).
+            late = (one.requests_served - halfway[0], two.requests_served - halfway[1])
+            assert min(late) > 0, late
