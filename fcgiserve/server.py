@@ -400,7 +400,8 @@ def handler_options(config: Config) -> HandlerOptions:
         params_timeout=config.params_timeout,
         write_timeout=config.write_timeout,
         allowed=allow.allowed if allow.active else None,
-        max_in_flight=max_reqs,
+        # Per process: a prefork child runs at most its threads' worth of requests at once.
+        max_in_flight=config.threads if prefork else max_reqs,
     )
 
 
