@@ -111,7 +111,7 @@ def _start_on_socket(
 def test_s_a3_unix_peer_refused_when_fcgi_web_server_addrs_is_set(tmp_path: Path, short_dir: Path) -> None:
     sock_path = short_dir / "s"
     with _start_on_socket(tmp_path, sock_path, env={"FCGI_WEB_SERVER_ADDRS": "127.0.0.1"}) as server:
-        assert wait_for(sock_path.exists, timeout=15), server.log()
+        assert wait_for(lambda: "serving on" in server.log(), timeout=15), server.log()  # bound and listening
         assert _refused_at_once(str(sock_path), socket.AF_UNIX)
 
 
@@ -121,7 +121,7 @@ def test_unix_socket_created_with_the_requested_mode_even_under_umask_0(
 ) -> None:
     sock_path = short_dir / "s"
     with _start_on_socket(tmp_path, sock_path, *mode_args, "--umask", "000") as server:
-        assert wait_for(sock_path.exists, timeout=15), server.log()
+        assert wait_for(lambda: "serving on" in server.log(), timeout=15), server.log()  # bound and listening
         mode = stat.S_IMODE(os.stat(sock_path).st_mode)
         assert mode == expected and not mode & 0o002, oct(mode)
         assert fcgi_request(str(sock_path), timeout=10).status == 200
