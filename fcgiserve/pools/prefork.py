@@ -48,6 +48,7 @@ log = logging.getLogger("fcgiserve.pools")
 TICK = 0.2  # scoreboard reading interval
 GROWING_TICK = 0.05  # while the pool grows or a generation boots
 KILL_DELAY = 1.0  # SIGUSR2 (stack dump) -> SIGKILL, graceful deadline -> SIGKILL, QUIT -> SIGKILL
+SPARE_IDLE_BEFORE_RETIRE = 2.0  # seconds a child above --maxspare stays idle before it retires
 MAX_CHILDREN_LOG_INTERVAL = 60.0  # seconds between two "reached max_children" warnings
 MAX_SPAWN_BATCH = 32
 CRASH_WINDOW = 10.0  # CRASH_LIMIT abnormal exits within CRASH_WINDOW seconds pause spawning
@@ -101,6 +102,7 @@ class _Child:
     stop_sent_at: float | None = None  # SIGTERM / SIGQUIT sent: any exit is expected
     dump_sent_at: float | None = None  # SIGUSR2 sent for the timeout; SIGKILL follows
     killed: bool = False  # SIGKILL sent by the master
+    idle_since: float | None = None  # seen idle on every tick since then (spare retirement waits for it)
 
 
 class PreforkPool:
@@ -489,18 +491,28 @@ class PreforkPool:
             return  # the first generation is still booting
         slots = {snap.index: snap for snap in snapshot}
         serving = []
+        settled: list[SlotSnapshot] = []  # idle long enough to retire as a spare
         for c in self._children.values():
             if c.generation != self._serving_generation or c.stop_sent_at is not None:
                 continue
             snap = slots.get(c.slot) or self._board.read(c.slot)  # a live child's slot is never skipped
             if snap.state in (SlotState.STARTING, SlotState.READY):
                 serving.append(snap)
+            if not snap.idle:
+                c.idle_since = None
+            elif c.idle_since is None:
+                c.idle_since = now
+            elif now - c.idle_since >= SPARE_IDLE_BEFORE_RETIRE:
+                settled.append(snap)
         idle = [snap for snap in serving if snap.idle]
         starting = sum(1 for snap in serving if snap.state is SlotState.STARTING)
         self._max_active = max(self._max_active, len(serving) - len(idle) - starting)
-        if len(idle) > self._max_spare and now - self._last_retire_at >= TICK:
+        # Retiring closes the child's parked kept-alive connections, which races with a web server about to
+        # reuse one (nginx does not retry a POST): so a spare retires only after staying idle a while, and a
+        # load that comes and goes does not churn children.
+        if len(idle) > self._max_spare and settled and now - self._last_retire_at >= TICK:
             self._last_retire_at = now
-            self._retire(min(idle, key=lambda snap: snap.started_at))
+            self._retire(min(settled, key=lambda snap: snap.started_at))
         if len(idle) >= self._min_spare:
             self._spawn_batch, self._at_max_children = 1, False
         elif len(idle) + starting < self._min_spare:
