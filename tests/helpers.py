@@ -231,14 +231,19 @@ def run_nginx(
         wait_for_port(port, proc=proc)
         yield Nginx(proc, port, tmp)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """TERM a server this test started (by its pid), KILL it if it lingers, release its pipes."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    if proc.stderr is not None:
+        proc.stderr.close()
 
 
 def http_get(

@@ -14,7 +14,7 @@ import pytest
 from fcgiserve.client import fcgi_request
 from fcgiserve.protocol import Role
 from fcgiserve.roles import Allow, Deny
-from tests.helpers import ROOT, free_port, http_get, run_fcgiserve, wait_for_port
+from tests.helpers import ROOT, free_port, http_get, run_fcgiserve, stop_process, wait_for_port
 
 APACHE = shutil.which("apache2") or "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
@@ -79,14 +79,7 @@ def run_apache(tmp_path: Path, fcgi_port: int) -> Iterator[str]:
             raise RuntimeError(f"apache2 did not start: {stderr}{log}") from None
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_process(proc)
 
 
 def test_authorizer_behind_apache_mod_authnz_fcgi(tmp_path: Path) -> None:
