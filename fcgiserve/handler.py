@@ -31,6 +31,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fcgiserve.handler_request import (
+    NOT_STORED,
+    ROLE_NAMES,
+    TOO_LARGE,
+    Request,
+    RequestOutput,
+    close_quietly,
+    content_length,
+    data_length,
+    describe_peer,
+)
 from fcgiserve.limits import debug_allowed, is_send_timeout, is_trusted_peer, recv_until, set_send_timeout
 from fcgiserve.operations import RequestOperations
 from fcgiserve.protocol import (
@@ -69,17 +80,6 @@ _RECV_SIZE = 256 * 1024  # one recv takes a whole nginx request, or a good slice
 _MUX_READ_TIMEOUT = 1.0  # a multiplexing connection's reader re-checks whether it may park this often
 _LINGER_SECONDS = 2.0  # after our FIN, how long a closing connection waits for the peer's (lingering close)
 _LINGER_MAX_BYTES = 256 * 1024
-
-_TOO_LARGE = (
-    b"Status: 413 Payload Too Large\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
-    b"Request body too large\n"
-)
-_NOT_STORED = (
-    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n\r\n"
-    b"Request body could not be stored\n"
-)
-
-_ROLE_NAMES = {Role.RESPONDER: "RESPONDER", Role.AUTHORIZER: "AUTHORIZER", Role.FILTER: "FILTER"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,76 +126,13 @@ class ConnectionFactory:
     def open(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
         allowed = self.options.allowed
         if allowed is not None and not allowed(peer):
-            log.warning("refused connection from %s: not in the allow-list", _describe(peer))
-            _close_quietly(sock)
+            log.warning("refused connection from %s: not in the allow-list", describe_peer(peer))
+            close_quietly(sock)
             return None
         sock.setblocking(True)
         if self.options.write_timeout:
             set_send_timeout(sock, self.options.write_timeout)
         return ServedConnection(self, sock, peer)
-
-
-class _Request:
-    """One request's server-side state; lives from BEGIN_REQUEST until its END_REQUEST is sent."""
-
-    __slots__ = (
-        "aborted",
-        "body",
-        "data",
-        "ended",
-        "keep_conn",
-        "length",
-        "output",
-        "params",
-        "received",
-        "refused",
-        "request_id",
-        "role",
-        "started",
-        "tail",
-        "threaded",
-    )
-
-    def __init__(self, request_id: int, role: Role, keep_conn: bool) -> None:
-        self.request_id = request_id
-        self.role = role
-        self.keep_conn = keep_conn
-        self.params: list[tuple[bytes, bytes]] | None = None
-        self.length: int | None = 0  # CONTENT_LENGTH as sent; None when unparsable
-        self.tail = b""  # the response's last STDOUT bytes, sent together with END_REQUEST
-        self.body: RequestBody | None = None
-        self.data: RequestBody | None = None
-        self.started = False
-        self.threaded = False  # runs in a thread of its own (multiplexed connection)
-        self.aborted = False
-        self.ended = False
-        self.received = 0  # STDIN + DATA bytes received: --max-body-size whatever CONTENT_LENGTH says
-        self.refused = b""  # the response that replaces the app's when its body was refused (_TOO_LARGE ...)
-        self.output = False  # some STDOUT went out (a 413 can no longer replace the response)
-
-
-class _RequestIO:
-    """The WSGI adapter's view of one request's output (the ``RequestIO`` interface of ``wsgi.py``)."""
-
-    __slots__ = ("_conn", "_request")
-
-    def __init__(self, conn: ServedConnection, request: _Request) -> None:
-        self._conn = conn
-        self._request = request
-
-    def write(self, data: bytes, last: bool = False) -> None:
-        if last:
-            # Held for an instant and sent with END_REQUEST in one system call (see RequestIO.write).
-            self._request.tail = data
-        else:
-            self._conn.write_stream(self._request, data, stderr=False)
-
-    def write_errors(self, data: bytes) -> None:
-        self._conn.write_stream(self._request, data, stderr=True)
-
-    @property
-    def aborted(self) -> bool:
-        return self._request.aborted
 
 
 class ServedConnection:
@@ -211,8 +148,8 @@ class ServedConnection:
         self._lock = threading.Lock()  # guards _proto and every socket write: records never interleave
         self._buffer = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buffer)
-        self._requests: dict[int, _Request] = {}
-        self._runnable: list[_Request] = []
+        self._requests: dict[int, Request] = {}
+        self._runnable: list[Request] = []
         self._multiplexed = False  # set for good once two requests were active at once
         self._closed = False
         self._broken = False  # a write failed or the peer broke the protocol
@@ -234,7 +171,7 @@ class ServedConnection:
         try:
             return self._serve()
         except Exception:  # the pool must never lose a worker to us
-            log.exception("internal error serving %s; closing the connection", _describe(self._peer))
+            log.exception("internal error serving %s; closing the connection", describe_peer(self._peer))
             self._abort_all()
             self.close()
             return False
@@ -304,7 +241,7 @@ class ServedConnection:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        _close_quietly(self._sock)
+        close_quietly(self._sock)
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -323,7 +260,7 @@ class ServedConnection:
                 return False
             return bool(self._requests)  # still busy: keep reading; idle: let the caller park
         except OSError as exc:
-            log.debug("connection from %s: read failed: %s", _describe(self._peer), exc)
+            log.debug("connection from %s: read failed: %s", describe_peer(self._peer), exc)
             n = 0
         if not n:
             self._eof = True
@@ -334,7 +271,7 @@ class ServedConnection:
                 events = self._proto.receive_data(data)
             except RemoteProtocolError as exc:
                 # Connection-fatal (the object is poisoned): say what the layer composed, then hang up.
-                log.warning("closing connection from %s: %s", _describe(self._peer), exc)
+                log.warning("closing connection from %s: %s", describe_peer(self._peer), exc)
                 self._send_locked(self._proto.data_to_send())
                 self._broken = fatal = True
                 events = []
@@ -363,7 +300,7 @@ class ServedConnection:
             if self._options.roles is not None and event.role not in self._options.roles:
                 self._refuse_role(event.request_id, event.role)
                 return
-            self._requests[event.request_id] = _Request(event.request_id, event.role, event.keep_conn)
+            self._requests[event.request_id] = Request(event.request_id, event.role, event.keep_conn)
             if len(self._requests) > 1:
                 self._multiplexed = True
         elif isinstance(event, ParamsComplete):
@@ -385,20 +322,22 @@ class ServedConnection:
         elif isinstance(event, RequestAborted):
             self._abort(event.request_id, "aborted by the web server")
         elif isinstance(event, RequestFailed):
-            log.warning("request %d from %s failed: %s", event.request_id, _describe(self._peer), event.error)
+            log.warning(
+                "request %d from %s failed: %s", event.request_id, describe_peer(self._peer), event.error
+            )
             self._abort(event.request_id, "broke the protocol")
         elif isinstance(event, RequestRejected):
             log.info(
                 "request %d from %s refused (%s): %s",
                 event.request_id,
-                _describe(self._peer),
+                describe_peer(self._peer),
                 event.protocol_status.name,
                 event.error or "aborted early",
             )
         elif isinstance(event, ConnectionClosed):
             self._abort_all()
 
-    def _feed(self, request: _Request, body: RequestBody, data: bytes) -> None:
+    def _feed(self, request: Request, body: RequestBody, data: bytes) -> None:
         """Feed STDIN or DATA, counting what arrives: its announced length may be absent or lie (S-G1)."""
         if request.refused:
             return
@@ -406,17 +345,17 @@ class ServedConnection:
         request.received += len(data)
         if limit and request.received > limit:
             why = f"received body exceeds --max-body-size {limit}"
-            self._refuse_body(request, _TOO_LARGE, why)
+            self._refuse_body(request, TOO_LARGE, why)
             return
         try:
             body.feed(data)
         except OSError as exc:  # spooling to disk failed: ENOSPC, EFBIG (RLIMIT_FSIZE), EIO
-            self._refuse_body(request, _NOT_STORED, f"cannot spool the body: {exc}")
+            self._refuse_body(request, NOT_STORED, f"cannot spool the body: {exc}")
 
-    def _refuse_body(self, request: _Request, answer: bytes, why: str) -> None:
+    def _refuse_body(self, request: Request, answer: bytes, why: str) -> None:
         """Stop taking a request's body; its application's next read raises, and ``_run`` answers."""
         log.warning(
-            "request %d from %s: %s; body reading stopped", request.request_id, _describe(self._peer), why
+            "request %d from %s: %s; body reading stopped", request.request_id, describe_peer(self._peer), why
         )
         request.refused = answer
         for stream in (request.body, request.data):
@@ -426,7 +365,7 @@ class ServedConnection:
     def _params_timed_out(self) -> None:
         log.warning(
             "closing connection from %s: no complete request within --params-timeout %gs",
-            _describe(self._peer),
+            describe_peer(self._peer),
             self._options.params_timeout,
         )
         self._params_deadline = None
@@ -441,13 +380,13 @@ class ServedConnection:
         threshold = self._options.wsgi.spool_threshold
         fill = None if self._multiplexed else self._fill
         if request.role is not Role.AUTHORIZER:
-            request.length = _content_length(params)
+            request.length = content_length(params)
             request.body = RequestBody(request.length, threshold, fill)
         else:
             # S-G2: an authorizer gets no body; its STDIN stream still ends with an empty record.
             request.body = RequestBody(0, threshold, fill)
         if request.role is Role.FILTER:
-            request.data = RequestBody(_data_length(params), threshold, fill)
+            request.data = RequestBody(data_length(params), threshold, fill)
         self._runnable.append(request)
 
     def _fill(self) -> bool:
@@ -492,17 +431,17 @@ class ServedConnection:
             )
             thread.start()
 
-    def _run_threaded(self, request: _Request) -> None:
+    def _run_threaded(self, request: Request) -> None:
         try:
             self._run(request)
         finally:
             self._factory.release()
 
-    def _overloaded(self, request: _Request) -> None:
+    def _overloaded(self, request: Request) -> None:
         log.warning(
             "request %d from %s refused: %s requests already in progress (FCGI_MAX_REQS)",
             request.request_id,
-            _describe(self._peer),
+            describe_peer(self._peer),
             self._options.max_in_flight,
         )
         with self._lock:
@@ -513,13 +452,16 @@ class ServedConnection:
 
     def _refuse_role(self, request_id: int, role: Role) -> None:
         log.info(
-            "request %d from %s refused: role %s is not served", request_id, _describe(self._peer), role.name
+            "request %d from %s refused: role %s is not served",
+            request_id,
+            describe_peer(self._peer),
+            role.name,
         )
         with self._lock:
             if not (self._broken or self._closed):
                 self._send_locked(self._proto.reject_request(request_id, ProtocolStatus.UNKNOWN_ROLE))
 
-    def _run(self, request: _Request) -> None:
+    def _run(self, request: Request) -> None:
         request.started = True
         assert request.params is not None and request.body is not None
         options = self._options
@@ -528,7 +470,7 @@ class ServedConnection:
         wsgi_options = options.wsgi
         if wsgi_options.debug and not (self._trusted and debug_allowed(True, request.params)):
             wsgi_options = self._factory.wsgi_no_debug
-        environ = build_environ(request.params, wsgi_options, _ROLE_NAMES[request.role])
+        environ = build_environ(request.params, wsgi_options, ROLE_NAMES[request.role])
         environ["fcgiserve.request_id"] = request.request_id
         if options.extra_environ:
             environ.update(options.extra_environ)
@@ -547,17 +489,18 @@ class ServedConnection:
                 log.warning(
                     "request %d from %s: CONTENT_LENGTH %d exceeds --max-body-size %d; answered 413",
                     request.request_id,
-                    _describe(self._peer),
+                    describe_peer(self._peer),
                     request.length,
                     limit,
                 )
-                app_status = self._answer(request, _TOO_LARGE)
+                app_status = self._answer(request, TOO_LARGE)
             else:
+                output = RequestOutput(self, request)
                 app_status = run_application(
                     self._factory.app,
                     environ,
                     request.body,
-                    _RequestIO(self, request) if record is None else record.wrap(_RequestIO(self, request)),
+                    output if record is None else record.wrap(output),
                     wsgi_options,
                     request.data,
                 )
@@ -575,14 +518,14 @@ class ServedConnection:
             if ops is not None and record is not None:
                 ops.finish(record)
 
-    def _answer(self, request: _Request, response: bytes) -> int:
-        """Send one of the canned responses (_TOO_LARGE, _NOT_STORED) in place of the application's."""
+    def _answer(self, request: Request, response: bytes) -> int:
+        """Send one of the canned responses (TOO_LARGE, NOT_STORED) in place of the application's."""
         self.write_stream(request, response, stderr=False)
         return 0
 
     # -- writing -----------------------------------------------------------------------------------------
 
-    def write_stream(self, request: _Request, data: bytes, *, stderr: bool) -> None:
+    def write_stream(self, request: Request, data: bytes, *, stderr: bool) -> None:
         """STDOUT/STDERR for one request, as whole records under the connection lock (checklist S-B5)."""
         if request.aborted or request.ended:
             raise ClientDisconnected("the web server aborted the request or closed the connection")
@@ -599,7 +542,7 @@ class ServedConnection:
             if not self._send_locked(out):
                 raise ClientDisconnected("the web server closed the connection")
 
-    def _end(self, request: _Request, app_status: int) -> None:
+    def _end(self, request: Request, app_status: int) -> None:
         with self._lock:
             if not request.ended:
                 request.ended = True
@@ -637,13 +580,13 @@ class ServedConnection:
             if is_send_timeout(exc):
                 log.warning(
                     "connection from %s: the web server read nothing for --write-timeout %gs; aborted",
-                    _describe(self._peer),
+                    describe_peer(self._peer),
                     self._options.write_timeout,
                 )
                 self._broken = True
                 return False
             # A web server that went away is an expected event: one concise line, no traceback (P16).
-            log.info("connection from %s: peer went away while we wrote (%s)", _describe(self._peer), exc)
+            log.info("connection from %s: peer went away while we wrote (%s)", describe_peer(self._peer), exc)
             self._broken = True
             return False
         return True
@@ -655,7 +598,7 @@ class ServedConnection:
         request = self._requests.get(request_id)
         if request is None:
             return
-        log.debug("request %d from %s %s", request_id, _describe(self._peer), why)
+        log.debug("request %d from %s %s", request_id, describe_peer(self._peer), why)
         request.aborted = True
         for body in (request.body, request.data):
             if body is not None:
@@ -669,37 +612,3 @@ class ServedConnection:
     def _abort_all(self) -> None:
         for request_id in list(self._requests):
             self._abort(request_id, "lost its connection")
-
-
-def _content_length(params: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in params:
-        if name == b"CONTENT_LENGTH":
-            try:
-                return int(value) if value else 0
-            except ValueError:
-                return None
-    return 0
-
-
-def _data_length(params: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in params:
-        if name == b"FCGI_DATA_LENGTH":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _describe(peer: Any) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peer) if peer else "unix socket"
-
-
-def _close_quietly(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass

@@ -50,6 +50,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "wsgi_input": {"*"},
     "wsgi": {"protocol", "handler", "pools", "listeners", "cli", "client", "contrib", "compat", "server"},
     "handler": {"pools", "cli", "listeners", "contrib", "compat", "server"},
+    "handler_request": {"pools", "cli", "listeners", "contrib", "compat", "server", "handler"},
     "pools": {"protocol", "handler", "cli", "client", "contrib", "compat", "server", *_WSGI},
     "listeners": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
     "signals": {"protocol", "handler", "pools", "cli", "server", *_WSGI},
