@@ -41,6 +41,8 @@ log = logging.getLogger("fcgiserve.pools")
 _WAKE, _EXTRA = range(2)
 
 _ARMED = select.EPOLLIN | select.EPOLLONESHOT  # one event, to one thread, then disarmed until re-armed
+# On a graceful stop, parked kept-alive connections are served (and closed after that response) this long.
+_DRAIN_SECONDS = 1.0
 
 # accept() failures that say the process or system is out of a resource: retrying at once would spin.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -148,6 +150,7 @@ class Dispatcher:
         self._stop_graceful = True
         self._stop_deadline = math.inf
         self._stopping = False  # no new work: connections are closed instead of parked
+        self._drain_deadline = math.inf  # parked connections are served until then while stopping
         self._workers_exit = False
         self._started = False
         self._finished = False  # serve_forever returned; the last worker out closes the epoll
@@ -296,12 +299,15 @@ class Dispatcher:
                     self._accept_retry_at = 0.0
                     self._update_listeners_locked()
             if self._stopping:
-                if not graceful or time.monotonic() >= deadline:
+                now = time.monotonic()
+                if not graceful or now >= deadline:
                     self._force_close_all()
                     return
                 with self._lock:
-                    if self._busy == 0:
-                        return
+                    done = self._busy == 0 and (not self._parked or now >= self._drain_deadline)
+                if done:
+                    self._close_parked()
+                    return
             self._maintain_threads()
 
     def _next_timeout(self) -> float | None:
@@ -313,7 +319,7 @@ class Dispatcher:
                 if self._parked:
                     when = min(when, next(iter(self._parked.values()))[1] + self._idle_timeout)
         if self._stopping:
-            when = min(when, self._stop_deadline)
+            when = min(when, self._stop_deadline, self._drain_deadline)
         if self._accept_retry_at:
             when = min(when, self._accept_retry_at)
         if when == math.inf:
@@ -369,9 +375,22 @@ class Dispatcher:
             thread.start()
 
     def _begin_stop(self) -> None:
+        """Stop accepting; parked connections drain: served once more and closed after that response.
+
+        Closing an idle kept-alive connection races with a web server that picks it for its next request at
+        that very moment (nginx then fails the request unless it may retry it: never a POST). Closing right
+        after a response leaves no such window, so parked connections stay served for a short drain period,
+        each closed after its next response, and only those still idle at its end are closed unannounced.
+        """
         with self._lock:
             self._stopping = True
             self._update_listeners_locked()  # listeners stay open: new connections wait in the backlog
+            self._drain_deadline = min(self._stop_deadline, time.monotonic() + _DRAIN_SECONDS)
+        if self.max_requests_reached:
+            self._close_parked()  # after max_requests not one request more: parked connections close now
+
+    def _close_parked(self) -> None:
+        with self._lock:
             parked = [conn for conn, _ in self._parked.values()]
             self._parked.clear()
         self._close_connections(parked)

@@ -58,6 +58,15 @@ def test_access_log_lines_and_usr1_reopen(tmp_path: Path, method: str) -> None:
                 break
         assert wait_for(lambda: len(_lines(log)) + len(_lines(rotated)) == sent, timeout=5), server.log()
         assert _lines(log), "no request reached the reopened file"
+        # Every prefork child reopens on its own: wait until ten requests in a row land in the new file.
+        streak = 0
+        for n in range(200):
+            if streak == 10:
+                break
+            assert fcgi_request(address, path=f"/settle/{n}").status == 200
+            in_new = wait_for(lambda n=n: any(m["uri"] == f"/settle/{n}" for m in _lines(log)), timeout=1)
+            streak = streak + 1 if in_new else 0
+        assert streak == 10, "a process kept writing to the rotated file"
         assert fcgi_request(address, path="/last").status == 200
         assert wait_for(lambda: _lines(log)[-1]["uri"] == "/last", timeout=5)
         assert all(m["uri"] != "/last" for m in _lines(rotated))

@@ -317,7 +317,7 @@ def test_graceful_stop_finishes_in_flight_requests_and_leaves_the_listener_open(
             slow.send("SLEEP 0.3")
             assert wait_until(lambda: factory.in_progress == 1)
             dispatcher.stop(graceful=True, timeout=5)
-            assert idle.read_line() == ""  # parked: closed at once
+            assert idle.read_line() == ""  # parked: closed at the end of the drain period
             late = LineClient(address)  # the listener is still open: this waits in the backlog
             late.send("ECHO late")
             assert slow.read_line() == "SLEPT"
@@ -546,3 +546,20 @@ def test_a_connection_taken_by_a_sibling_does_not_stop_accepting() -> None:
             # re-arming after its first lost race would serve none of them).
             late = (one.requests_served - halfway[0], two.requests_served - halfway[1])
             assert min(late) > 0, late
+
+
+def test_graceful_stop_serves_a_parked_connection_once_more_then_closes_it() -> None:
+    """A web server may pick an idle kept connection just as the pool stops: its request is answered, and
+    the connection closes right after the response, never under a request in flight."""
+    with tcp_listener() as listener:
+        dispatcher = Dispatcher([listener], LineFactory(), min_spare=1, max_spare=2, max_threads=2)
+        with running(dispatcher) as thread:
+            kept = LineClient(listener.getsockname())
+            assert kept.request("ECHO before") == "before"
+            assert wait_until(lambda: dispatcher.parked_connections == 1)
+            dispatcher.stop(graceful=True, timeout=5)
+            assert kept.request("ECHO during the drain") == "during the drain"
+            assert kept.read_line() == ""  # closed after that response
+            thread.join(3)
+            assert not thread.is_alive()
+            kept.close()
