@@ -239,14 +239,21 @@ class Dispatcher:
     def _accepting_locked(self) -> bool:
         if self._accept_paused or self._stop_requested or self._stopping or self._accept_retry_at:
             return False
-        if not self._accept_while_busy and self._busy:
-            return False
         return not (self._max_connections and self._open >= self._max_connections)
 
+    def _declining_locked(self) -> bool:
+        """accept_while_busy=False and a thread of ours is busy: new connections are a sibling's."""
+        return not self._accept_while_busy and self._busy > 0
+
     def _update_listeners_locked(self) -> None:
-        """Arm every disarmed listener when accepting is allowed; disarm the armed ones when it is not."""
+        """Arm every disarmed listener when accepting is allowed; disarm the armed ones when it is not.
+
+        Being busy (``accept_while_busy=False``) disarms lazily: an armed listener stays armed, and a
+        connection that arrives meanwhile is declined when its event comes (``_take_locked``) and left to an
+        idle sibling. That costs an ``epoll_ctl`` per new connection, not two per request.
+        """
         if self._accepting_locked():
-            if len(self._armed) == len(self._listeners):
+            if len(self._armed) == len(self._listeners) or self._declining_locked():
                 return  # the common case on the request path: nothing to do
             for fd in self._listeners.keys() - self._armed:
                 self._epoll.modify(fd, _ARMED)
@@ -509,8 +516,8 @@ class Dispatcher:
         listener = self._listeners.get(fd)
         if listener is not None:
             self._armed.discard(fd)  # EPOLLONESHOT disarmed it
-            if not self._accepting_locked():
-                return None  # paused or stopping meanwhile: the connection waits in the backlog
+            if not self._accepting_locked() or self._declining_locked():
+                return None  # paused, stopping, or busy: the connection waits for a sibling or for us
             return self._accept_locked(listener)  # the caller re-arms it at once, for a sibling
         parked = self._parked.pop(fd, None)
         return None if parked is None else parked[0]
