@@ -155,6 +155,7 @@ class ServedConnection:
         self._broken = False  # a write failed or the peer broke the protocol
         self._eof = False  # the peer closed its side
         self._orphaned = False  # the reader gave up while threaded requests still ran; the last one closes
+        self._input_open = False  # a request ended before the peer finished sending its streams
         # --params-timeout: when the request being received must have its PARAMS complete (None: no request
         # is being received). A new connection starts the clock: a peer that connects and sends nothing is
         # the cheapest way to hold a worker.
@@ -205,7 +206,14 @@ class ServedConnection:
             self.close()
             return False
         if self._proto.should_close:
-            self._close_lingering()
+            if self._input_open or self._proto.buffered_bytes:
+                self._close_lingering()
+            else:
+                # The peer sent everything it meant to (nginx's usual case): nothing unread can turn our close
+                # into a reset, so skip the lingering close's extra system calls and the wait for its FIN.
+                with self._lock:
+                    self._closed = True
+                close_quietly(self._sock)
             return False
         return True
 
@@ -555,6 +563,8 @@ class ServedConnection:
                         log.exception("request %d: could not end the request", request.request_id)
                         self._broken = True
             self._requests.pop(request.request_id, None)
+            if any(s is not None and not s.finished for s in (request.body, request.data)):
+                self._input_open = True  # the peer may still send: close with a lingering close
             last_out = request.threaded and not self._requests
             orphaned = self._orphaned
             finished = self._proto.should_close or self._broken

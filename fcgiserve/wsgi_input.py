@@ -147,6 +147,11 @@ class RequestBody:
         return self._received
 
     @property
+    def finished(self) -> bool:
+        """True once the stream's end arrived (``finish()``), whatever it carried."""
+        return self._finished
+
+    @property
     def complete(self) -> bool:
         """True when the stream ended and carried at least ``expected_length`` bytes."""
         return self._finished and (self._expected is None or self._received >= self._expected)
