@@ -274,7 +274,9 @@ def start_backends(backends: list[Backend]) -> tuple[list[Running], dict[str, st
     """Start every backend on a free loopback port at once, then wait until each accepts connections (30 s
     at most); return the running ones and, for the others, why they are not running."""
     WORK.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(APPS), "PYTHONDONTWRITEBYTECODE": "1"}
+    # The repository root too, so the working tree's fcgiserve runs whether or not it is installed.
+    path = os.pathsep.join([str(APPS), str(HERE.parent)])
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
     started: list[Running] = []
     failed: dict[str, str] = {}
     for backend in backends:

@@ -368,6 +368,7 @@ def pool_settings(config: Config) -> PoolSettings:
         graceful_timeout=config.graceful_timeout,
         threads_per_child=config.threads,
         idle_timeout=config.idle_timeout,
+        params_timeout=config.params_timeout,
         max_connections=config.max_connections,
     )
 

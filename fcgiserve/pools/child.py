@@ -127,6 +127,7 @@ class _Child:
             max_spare=threads,
             max_threads=threads,
             idle_timeout=settings.idle_timeout,
+            fresh_timeout=settings.params_timeout,
             max_connections=settings.max_connections,
             accept_while_busy=False,
             max_requests=max_requests,

@@ -1,20 +1,28 @@
 """The dispatcher: worker threads that wait for work themselves (leader/followers over one epoll).
 
-Every idle worker thread blocks in ``epoll_wait`` on one shared epoll instance that holds the listening
-sockets and every parked (idle, kept-alive) connection, each armed with ``EPOLLONESHOT``. The kernel hands
-each readiness event to exactly one waiting thread, and *that* thread serves it: it accepts (and re-arms the
-listener so that a sibling can accept the next connection at once) or takes the parked connection, calls
-``serve()``, and re-arms the connection when ``serve()`` says it is idle again. There is no hand-off between
-threads on the request path: one request on a kept-alive connection costs one ``epoll_ctl`` and the
-connection's own ``recv`` and ``send``, and an idle kept-alive connection costs no thread.
+One epoll instance holds the listening sockets and every parked (idle, kept-alive) connection, each armed
+with ``EPOLLONESHOT``. One idle thread, the *leader*, waits in ``epoll_wait``; the other idle threads, the
+*followers*, wait each on its own gate lock. The leader that gets an event serves it itself: it accepts
+(taking what else waits in the backlog too, parked in arrival order) or takes the parked connection, calls
+``serve()``, and re-arms the connection when ``serve()`` says it is idle again.
+
+Promotion is lazy: a leader that takes a job wakes nobody. Most jobs end within a couple of milliseconds,
+and the thread then goes straight back to the epoll as the leader, so on a busy server one thread serves
+request after request in arrival order with no hand-off between threads, no GIL contention, and one
+``epoll_ctl`` plus the connection's own ``recv`` and ``send`` per kept-alive request. Only when the pool has
+had no leader for ``promote_after`` while a job runs (an application waiting on a database, a slow body)
+does the control thread promote a follower, or start a thread, to watch the epoll: I/O-bound applications
+still get as many threads as they keep busy, each after at most about that delay. Measured on the reference
+machine, this halves the CPU per hello request against every idle thread waiting in the epoll (each event
+then woke a thread of its own, which fought the others for the GIL on every system call).
 
 Capacity is the rule that keeps connections from being refused: only an idle thread waits on the epoll, so
 when every thread is busy and no more may be started, nobody accepts and new connections wait in the
 kernel's listen backlog; parked connections that become readable wait for a thread the same way.
 
 The caller of ``serve_forever`` is the control thread: it runs the extra wakeup fds a pool adds (signals, a
-master pipe), idle timeouts, spare-thread upkeep and stopping, never a request. Both pools use this class;
-a prefork child is a Dispatcher with ``accept_while_busy=False``. Linux only (epoll).
+master pipe), idle timeouts, promotion, spare-thread upkeep and stopping, never a request. Both pools use
+this class; a prefork child is a Dispatcher with ``accept_while_busy=False``. Linux only (epoll).
 """
 
 from __future__ import annotations
@@ -43,6 +51,21 @@ _WAKE, _EXTRA = range(2)
 _ARMED = select.EPOLLIN | select.EPOLLONESHOT  # one event, to one thread, then disarmed until re-armed
 # On a graceful stop, parked kept-alive connections are served (and closed after that response) this long.
 _DRAIN_SECONDS = 1.0
+# Threads above max_spare exit only after the pool has not needed them for this long: retiring a thread the
+# moment it finishes would start and end threads on every swing of the load (tens of µs of CPU each time).
+SPARE_IDLE_SECONDS = 2.0
+# Lazy promotion: a leader that takes a job keeps the epoll to itself for this long before a follower is
+# woken to watch it. Most requests end sooner, and the leader goes straight back to the epoll: no thread
+# hand-off and no GIL contention per request. A job that runs longer (an application waiting on a database)
+# gets company within about this much time, so other connections never wait on it much longer.
+PROMOTE_AFTER_SECONDS = 0.002
+# A leader that accepts takes up to this many connections off the listen backlog at once (threaded pool):
+# one at a time, a connection waiting in the backlog would wait a whole turn of the epoll's ready list per
+# connection ahead of it, which under a burst of new connections is tens of milliseconds.
+_ACCEPT_BATCH = 16
+# The control thread checks for a leaderless pool on this tick while jobs run or ran lately; after this
+# long with no job it sleeps until the next job wakes it.
+_ACTIVE_WINDOW_SECONDS = 0.25
 
 # accept() failures that say the process or system is out of a resource: retrying at once would spin.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -92,7 +115,9 @@ class Dispatcher:
     ``thread_name`` prefixes worker thread names (``<thread_name>-<n>``); ``ready`` is an Event set
     while serving; ``busy_threads`` counts workers inside a job. ``max_spare`` is at least 1 (a thread
     that just finished keeps itself for the next connection), and at least one thread waits for work
-    whenever more may be started. Any observer already set on the factory when ``serve_forever`` starts
+    whenever more may be started. ``fresh_timeout`` closes a connection accepted ahead of time (a batch
+    off the backlog) that has sent nothing for that long (0: ``idle_timeout`` applies). Any observer
+    already set on the factory when ``serve_forever`` starts
     is chained behind the dispatcher's request counter and put back when it returns.
     """
 
@@ -110,6 +135,9 @@ class Dispatcher:
         max_requests: int = 0,
         graceful_timeout: float = 30.0,
         thread_name: str = "fcgiserve-worker",
+        spare_idle_time: float = SPARE_IDLE_SECONDS,
+        promote_after: float = PROMOTE_AFTER_SECONDS,
+        fresh_timeout: float = 0.0,
     ) -> None:
         if max_threads < 1:
             raise ValueError(f"max_threads must be at least 1, not {max_threads}")
@@ -128,6 +156,9 @@ class Dispatcher:
         self._accept_while_busy = accept_while_busy
         self._graceful_timeout = graceful_timeout
         self._thread_name = thread_name
+        self._spare_idle_time = spare_idle_time
+        self._promote_after = promote_after
+        self._fresh_timeout = fresh_timeout
         self._thread_serial = itertools.count(1)
         self._counter = _RequestCounter(max_requests, self._on_max_requests)
         self.max_requests_reached = False
@@ -136,11 +167,20 @@ class Dispatcher:
         # Shared by the workers and the control thread, guarded by _lock.
         self._lock = threading.Lock()
         self._epoll = select.epoll()
-        self._parked: dict[int, tuple[ServedConnection, float]] = {}  # fd -> (conn, parked at); oldest first
+        # fd -> (what waits, when it expires): kept-alive connections, and connections accepted ahead
+        self._parked: dict[int, tuple[ServedConnection, float]] = {}
         self._armed: set[int] = set()  # listener fds currently armed in the epoll
-        self._idle = 0  # threads waiting in epoll (a thread being started counts as idle)
+        # Idle threads: one leader waiting in the epoll, the others (followers) each blocked on its own gate
+        # lock until promoted; a thread being started counts as idle.
+        self._idle = 0
+        self._leader = False  # a thread waits in (or is on its way to) the epoll
+        self._followers: list[threading.Lock] = []  # their gates, held; releasing one promotes that thread
+        self._leaderless_since = 0.0  # when the last leader took a job
+        self._last_job_at = 0.0
+        self._control_asleep = False  # the control thread waits without a tick: a new job must wake it
         self._threads = 0
         self._busy = 0  # threads serving a connection
+        self._spares_needed_at = 0.0  # when idle threads last numbered max_spare or fewer
         self._open = 0  # accepted connections not yet finished: in service or parked
         self._in_service: dict[int, ServedConnection | socket.socket] = {}  # thread ident -> what it serves
         self._workers: set[threading.Thread] = set()
@@ -299,12 +339,13 @@ class Dispatcher:
                 )
             if stop_requested and not self._stopping:
                 self._begin_stop()
-            if self._parked and self._idle_timeout:
+            if self._parked and (self._idle_timeout or self._fresh_timeout):
                 self._expire_idle()
             if self._accept_retry_at and time.monotonic() >= self._accept_retry_at:
                 with self._lock:
                     self._accept_retry_at = 0.0
                     self._update_listeners_locked()
+            self._promote_if_stalled()
             if self._stopping:
                 now = time.monotonic()
                 if not graceful or now >= deadline:
@@ -317,21 +358,54 @@ class Dispatcher:
                     return
             self._maintain_threads()
 
+    def _promote_if_stalled(self) -> None:
+        """No thread has watched the epoll for promote_after while jobs run: give it a leader."""
+        with self._lock:
+            if self._leader or self._workers_exit:
+                return
+            if self._busy and time.monotonic() - self._leaderless_since < self._promote_after:
+                return
+            if not self._busy and not self._followers:
+                return  # a thread on its way in (counted idle) leads when it arrives
+            start = self._promote_locked()
+        if start:
+            self._start_threads(1, leader=True)
+
+    def _promote_locked(self) -> bool:
+        """Make a follower the leader; True when there is none and a new thread must start as the leader."""
+        self._leader = True
+        if self._followers:
+            self._followers.pop().release()  # the most recently idle thread: its stack is warm
+            return False
+        if self._threads < self._max_threads:
+            self._threads += 1
+            self._idle += 1
+            return True
+        self._leader = False  # every thread is busy and no more may start: the next one to finish leads
+        return False
+
     def _next_timeout(self) -> float | None:
+        now = time.monotonic()
         when = math.inf
-        if self._idle_timeout:
+        expiring = [limit for limit in (self._idle_timeout, self._fresh_timeout) if limit]
+        if expiring:
             # Workers park connections without waking this thread, so it looks again on a tick.
-            when = time.monotonic() + min(self._idle_timeout / 2, 1.0)
-            with self._lock:
-                if self._parked:
-                    when = min(when, next(iter(self._parked.values()))[1] + self._idle_timeout)
+            when = now + min(min(expiring) / 2, 1.0)
         if self._stopping:
             when = min(when, self._stop_deadline, self._drain_deadline)
         if self._accept_retry_at:
             when = min(when, self._accept_retry_at)
+        with self._lock:
+            if not self._leader and self._busy and (self._followers or self._threads < self._max_threads):
+                when = min(when, self._leaderless_since + self._promote_after)
+            elif now - self._last_job_at < _ACTIVE_WINDOW_SECONDS:
+                # Jobs come and go: tick, so that a long one is noticed without a wake-up per job.
+                when = min(when, now + self._promote_after)
+            # A job that starts while this thread sleeps longer than a tick must wake it (_work).
+            self._control_asleep = when > now + self._promote_after
         if when == math.inf:
             return None
-        return max(0.0, when - time.monotonic())
+        return max(0.0, when - now)
 
     def _drain_wake_socket(self) -> None:
         try:
@@ -341,13 +415,9 @@ class Dispatcher:
             pass
 
     def _expire_idle(self) -> None:
-        limit = time.monotonic() - self._idle_timeout
+        now = time.monotonic()
         with self._lock:
-            expired = []
-            for conn, parked_at in self._parked.values():
-                if parked_at > limit:
-                    break  # insertion order is parking order
-                expired.append(conn)
+            expired = [conn for conn, expires_at in self._parked.values() if expires_at <= now]
             for conn in expired:
                 del self._parked[conn.fileno()]
         self._close_connections(expired)
@@ -370,12 +440,19 @@ class Dispatcher:
                 return
             self._threads += count
             self._idle += count
-        self._start_threads(count)
+            # Nobody watches the epoll and nothing runs (start-up, or after spares exited): one leads.
+            leader = not self._leader and not self._busy
+            self._leader = self._leader or leader
+        self._start_threads(count, leader)
 
-    def _start_threads(self, count: int) -> None:
-        for _ in range(count):
+    def _start_threads(self, count: int, leader: bool = False) -> None:
+        """Start ``count`` threads (already counted idle); the first as the leader if ``leader``."""
+        for index in range(count):
             thread = threading.Thread(
-                target=self._work, name=f"{self._thread_name}-{next(self._thread_serial)}", daemon=True
+                target=self._work,
+                args=(leader and index == 0,),
+                name=f"{self._thread_name}-{next(self._thread_serial)}",
+                daemon=True,
             )
             with self._lock:
                 self._workers.add(thread)
@@ -423,6 +500,9 @@ class Dispatcher:
             self._update_listeners_locked()
             workers = list(self._workers)
             clean = self._busy == 0
+            for gate in self._followers:  # followers wake and retire
+                gate.release()
+            self._followers.clear()
         self._exit_w.send(b"\0")  # level-triggered: wakes every waiting worker, one after another
         deadline = time.monotonic() + (self._graceful_timeout if clean else _FORCED_JOIN_TIMEOUT)
         for thread in workers:
@@ -452,38 +532,71 @@ class Dispatcher:
 
     # -- worker threads ---------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, leader: bool) -> None:
+        """A worker: lead (wait in the epoll), follow (wait on its gate until promoted), or serve a job."""
         me = threading.current_thread()
         ident = threading.get_ident()
         poll = self._epoll.poll
-        exit_fd = self._exit_r.fileno()
-        while True:  # this thread is counted in _idle here
-            try:
-                events = poll(-1, 1)
-            except InterruptedError:
-                continue
-            except (OSError, ValueError):  # the epoll was closed under us: the dispatcher is gone
-                events = [(exit_fd, 0)]
-            fd = events[0][0] if events else exit_fd
+        spare_idle_time = self._spare_idle_time
+        gate = threading.Lock()
+        gate.acquire()
+        if not leader:
             with self._lock:
                 if self._workers_exit:
                     self._retire_locked(me)
                     return
-                job = self._take_locked(fd)
+                if not self._leader and not self._busy:
+                    self._leader = leader = True  # nobody watches the epoll and nothing runs: lead
+                else:
+                    self._followers.append(gate)
+        while True:  # this thread is counted in _idle here
+            if not leader:
+                promoted = gate.acquire(timeout=spare_idle_time)
+                with self._lock:
+                    if not promoted and gate not in self._followers:
+                        # Promoted (or released by _finish) between the timeout and this lock.
+                        promoted = gate.acquire(blocking=False)
+                    if self._workers_exit:
+                        if gate in self._followers:
+                            self._followers.remove(gate)
+                        self._retire_locked(me)
+                        return
+                    if not promoted:
+                        if self._surplus_spare_locked():
+                            self._followers.remove(gate)
+                            self._retire_locked(me)
+                            return
+                        continue
+                leader = True  # the promoter set _leader and took our gate off the list
+            try:
+                events = poll(spare_idle_time, 1)
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):  # the epoll was closed under us: the dispatcher is gone
+                with self._lock:
+                    self._retire_locked(me)
+                return
+            with self._lock:
+                if self._workers_exit:
+                    self._retire_locked(me)
+                    return
+                if not events:  # nothing for a while: exit if this thread is a spare nobody needed lately
+                    if self._followers and self._surplus_spare_locked():
+                        self._promote_locked()  # hand the epoll over before leaving
+                        self._retire_locked(me)
+                        return
+                    continue
+                job = self._take_locked(events[0][0])
                 if job is None:
                     # A sibling process took the connection (EAGAIN), or a stale event: re-arm and wait.
                     self._update_listeners_locked()
                     continue
-                self._idle -= 1
-                self._busy += 1
-                self._in_service[ident] = job[0] if isinstance(job, tuple) else job
-                self._update_listeners_locked()  # accept_while_busy=False: stop accepting now
-                more = min(self._min_spare - self._idle, self._max_threads - self._threads)
-                if more > 0 and not self._stopping:
-                    self._threads += more
-                    self._idle += more
-                else:
-                    more = 0
+                if not isinstance(job, list):
+                    more = self._begin_job_locked(job, ident)
+                    leader = False
+            if isinstance(job, list):
+                self._open_new(job)  # still the leader: back to the epoll, where they wait their turn
+                continue
             if more:
                 self._start_threads(more)
             keep = self._run_job(job, ident)
@@ -492,35 +605,102 @@ class Dispatcher:
                 self._busy -= 1
                 if keep is None:
                     self._open -= 1
-                elif self._stopping:
+                elif self._stopping or self.max_requests_reached:
                     self._open -= 1
                     _close_quietly(keep)
                 else:
                     self._park_locked(keep)
                 self._update_listeners_locked()
                 stopping = self._stopping
-                if self._workers_exit or self._idle >= self._max_spare:
-                    self._idle += 1  # counted idle for the moment _retire_locked takes it back
+                self._idle += 1
+                retire: bool = self._workers_exit
+                if not retire and not self._leader:
+                    self._leader = leader = True  # back to the epoll at once: no hand-off
+                elif not retire:
+                    retire = self._surplus_spare_locked()
+                    if not retire:
+                        self._followers.append(gate)
+                if retire:
                     self._retire_locked(me)
-                    retire = True
-                else:
-                    self._idle += 1
-                    retire = False
             if stopping:
                 self._wake()  # the control thread ends the stop once nothing is busy
             if retire:
                 return
 
-    def _take_locked(self, fd: int) -> tuple[socket.socket, Any] | ServedConnection | None:
-        """What the event on ``fd`` means for this thread: a new connection, a parked one, or nothing."""
+    def _begin_job_locked(self, job: ServedConnection | tuple[socket.socket, Any], ident: int) -> int:
+        """The leader turns to a job. Returns how many threads to start to keep min_spare idle."""
+        # Lead no more, and wake nobody: most jobs end within promote_after, and this thread then comes
+        # straight back to the epoll (the control thread promotes a follower otherwise).
+        self._leader = False
+        now = time.monotonic()
+        self._leaderless_since = self._last_job_at = now
+        if self._control_asleep:
+            self._control_asleep = False
+            self._wake()
+        self._idle -= 1
+        self._busy += 1
+        if self._idle <= self._max_spare:
+            self._spares_needed_at = now
+        self._in_service[ident] = job[0] if isinstance(job, tuple) else job
+        self._update_listeners_locked()  # accept_while_busy=False: stop accepting now
+        more = min(self._min_spare - self._idle, self._max_threads - self._threads)
+        if more <= 0 or self._stopping:
+            return 0
+        self._threads += more
+        self._idle += more
+        return more
+
+    def _take_locked(
+        self, fd: int
+    ) -> ServedConnection | tuple[socket.socket, Any] | list[tuple[socket.socket, Any]] | None:
+        """What the event on ``fd`` means for this thread: a parked connection to serve, a new connection to
+        open and serve (a prefork child), new connections to open and park (a list), or nothing."""
         listener = self._listeners.get(fd)
-        if listener is not None:
-            self._armed.discard(fd)  # EPOLLONESHOT disarmed it
-            if not self._accepting_locked() or self._declining_locked():
-                return None  # paused, stopping, or busy: the connection waits for a sibling or for us
-            return self._accept_locked(listener)  # the caller re-arms it at once, for a sibling
-        parked = self._parked.pop(fd, None)
-        return None if parked is None else parked[0]
+        if listener is None:
+            parked = self._parked.pop(fd, None)
+            if parked is not None and self.max_requests_reached:
+                self._open -= 1  # not one request more: the control thread is on its way to stop
+                _close_quietly(parked[0])
+                return None
+            return None if parked is None else parked[0]
+        self._armed.discard(fd)  # EPOLLONESHOT disarmed it; the caller re-arms it
+        if not self._accepting_locked() or self._declining_locked():
+            return None  # paused, stopping, or busy: the connection waits for a sibling or for us
+        if not self._accept_while_busy:
+            # A prefork child takes one connection and is busy with it at once (even a silent one), so the
+            # master sees it busy and its siblings, or a new child, take the next.
+            return self._accept_locked(listener)
+        # Take a burst at once, not one per turn of the epoll's ready list; no more than the threads could
+        # serve at once.
+        accepted = []
+        for _ in range(min(_ACCEPT_BATCH, self._max_threads - self._busy)):
+            if not self._accepting_locked():
+                break
+            new = self._accept_locked(listener)
+            if new is None:
+                break
+            accepted.append(new)
+        return accepted or None
+
+    def _open_new(self, accepted: list[tuple[socket.socket, Any]]) -> None:
+        """Open new connections (outside the lock) and park them until their first byte.
+
+        A new connection costs no thread until it speaks (a silent one is closed after fresh_timeout), and
+        the connections of a burst are served in arrival order once readable.
+        """
+        opened = [self._open_one(sock, peer) for sock, peer in accepted]
+        limit = self._fresh_timeout or self._idle_timeout
+        expires_at = time.monotonic() + limit if limit else math.inf
+        with self._lock:
+            for conn in opened:
+                if conn is None:
+                    self._open -= 1  # refused (allow-list) or failed: already closed
+                elif self._stopping:
+                    self._open -= 1
+                    _close_quietly(conn)
+                else:
+                    self._park_locked(conn, expires_at)
+            self._update_listeners_locked()
 
     def _accept_locked(self, listener: socket.socket) -> tuple[socket.socket, Any] | None:
         try:
@@ -542,10 +722,22 @@ class Dispatcher:
         self._open += 1
         return sock, peer
 
-    def _park_locked(self, conn: ServedConnection) -> None:
+    def _open_one(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
+        """The factory's connection for a new socket; None when refused or failed (the socket is closed)."""
+        try:
+            return self._factory.open(sock, peer)
+        except BaseException:  # even SystemExit from application code must not cost us a worker
+            log.exception("opening a connection from %r failed; closing it", peer)
+            _close_quietly(sock)
+            return None
+
+    def _park_locked(self, conn: ServedConnection, expires_at: float | None = None) -> None:
+        """Watch ``conn`` until it is readable, or until ``expires_at`` (default: after idle_timeout)."""
+        if expires_at is None:
+            expires_at = time.monotonic() + self._idle_timeout if self._idle_timeout else math.inf
         try:
             fd = conn.fileno()
-            self._parked[fd] = (conn, time.monotonic())
+            self._parked[fd] = (conn, expires_at)
             try:
                 self._epoll.modify(fd, _ARMED)
             except FileNotFoundError:  # first park of this connection
@@ -556,6 +748,12 @@ class Dispatcher:
             self._open -= 1
             _close_quietly(conn)
 
+    def _surplus_spare_locked(self) -> bool:
+        """More than max_spare threads idle (this one included), and none of them needed for a while."""
+        if self._idle <= self._max_spare:
+            return False
+        return time.monotonic() - self._spares_needed_at >= self._spare_idle_time
+
     def _retire_locked(self, me: threading.Thread) -> None:
         self._idle -= 1
         self._threads -= 1
@@ -564,17 +762,11 @@ class Dispatcher:
             self._release_locked()
 
     def _run_job(
-        self, job: tuple[socket.socket, Any] | ServedConnection, ident: int
+        self, job: ServedConnection | tuple[socket.socket, Any], ident: int
     ) -> ServedConnection | None:
-        """Serve one job; return the connection if it should be parked. Never raises."""
+        """Serve one connection (opening it first if new); return it if it should be parked. Never raises."""
         if isinstance(job, tuple):
-            sock, peer = job
-            try:
-                conn = self._factory.open(sock, peer)
-            except BaseException:  # even SystemExit from application code must not cost us a worker
-                log.exception("opening a connection from %r failed; closing it", peer)
-                _close_quietly(sock)
-                return None
+            conn = self._open_one(*job)
             if conn is None:
                 return None
             with self._lock:
@@ -583,7 +775,7 @@ class Dispatcher:
             conn = job
         try:
             keep = conn.serve()
-        except BaseException:
+        except BaseException:  # even SystemExit from application code must not cost us a worker
             log.exception("serving a connection failed; closing it")
             _close_quietly(conn)
             return None

@@ -77,6 +77,7 @@ class ThreadedPool:
             max_spare=settings.max_spare,
             max_threads=settings.max_children,
             idle_timeout=settings.idle_timeout,
+            fresh_timeout=settings.params_timeout,
             max_connections=settings.max_connections,
             max_requests=self._max_requests,
             graceful_timeout=settings.graceful_timeout,

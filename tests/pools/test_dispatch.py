@@ -111,7 +111,8 @@ def test_unix_socket_connections_are_served(tmp_path: Any) -> None:
 
 
 def test_min_spare_threads_start_and_idle_threads_above_max_spare_exit() -> None:
-    with tcp_listener() as listener, serving(listener, min_spare=2, max_spare=3, max_threads=10) as (d, f):
+    shape = {"min_spare": 2, "max_spare": 3, "max_threads": 10, "spare_idle_time": 0.3}
+    with tcp_listener() as listener, serving(listener, **shape) as (d, f):
         factory = f
         assert wait_until(lambda: len(worker_threads()) == 2)
         assert d.idle_threads == 2
@@ -129,6 +130,89 @@ def test_min_spare_threads_start_and_idle_threads_above_max_spare_exit() -> None
         assert d.thread_count == d.idle_threads == 3
         assert d.requests_served == 8
         for client in clients:
+            client.close()
+
+
+def test_spare_threads_stay_while_the_load_may_come_back() -> None:
+    """No thread churn: threads above max_spare wait spare_idle_time before exiting, and a new burst keeps
+    them (starting and ending threads on every swing of the load costs CPU on every request)."""
+    shape = {"min_spare": 1, "max_spare": 1, "max_threads": 6, "spare_idle_time": 1.5}
+    with tcp_listener() as listener, serving(listener, **shape) as (d, _):
+        for _burst in range(3):
+            clients = [LineClient(listener.getsockname()) for _ in range(5)]
+            for client in clients:
+                client.send("SLEEP 0.2")
+            assert [client.read_line() for client in clients] == ["SLEPT"] * 5
+            for client in clients:
+                client.close()
+            time.sleep(0.3)
+            assert d.thread_count == 6  # five busy plus the spare kept beside them, none exited yet
+        assert wait_until(lambda: d.thread_count == 1, timeout=6)
+        assert d.idle_threads == 1
+
+
+def test_short_requests_are_served_by_the_leader_without_a_hand_off() -> None:
+    """Lazy promotion: a leader that takes a job wakes nobody; when the job ends it leads again. So
+    requests that never overlap are all served by one thread, however many connections carry them."""
+    options = {"min_spare": 2, "max_spare": 4, "promote_after": 30.0}
+    with tcp_listener() as listener, serving(listener, **options) as (d, f):
+        clients = [LineClient(listener.getsockname()) for _ in range(4)]
+        for round_ in range(25):
+            for index, client in enumerate(clients):
+                assert client.request(f"ECHO {round_}-{index}") == f"{round_}-{index}"
+        assert len(f.served_by) == 100
+        assert len(set(f.served_by)) == 1, set(f.served_by)
+        assert d.idle_threads >= 2  # the followers were there all along, never needed
+        for client in clients:
+            client.close()
+
+
+def test_a_long_job_gets_a_follower_promoted_to_serve_the_others() -> None:
+    """A job that runs past promote_after (an application waiting on I/O) does not hold up the other
+    connections: the control thread promotes a follower, which serves them meanwhile."""
+    options = {"min_spare": 1, "max_spare": 4, "promote_after": 0.02}
+    with tcp_listener() as listener, serving(listener, **options) as (_, f):
+        slow = LineClient(listener.getsockname())
+        slow.send("SLEEP 1.5")
+        assert wait_until(lambda: f.in_progress == 1)
+        quick = [LineClient(listener.getsockname()) for _ in range(3)]
+        started = time.monotonic()
+        assert [c.request(f"ECHO {i}") for i, c in enumerate(quick)] == ["0", "1", "2"]
+        assert time.monotonic() - started < 1.0  # served while the slow job still runs
+        assert f.in_progress == 1
+        assert slow.read_line() == "SLEPT"
+        for client in [slow, *quick]:
+            client.close()
+
+
+def test_a_burst_of_new_connections_is_accepted_ahead_and_served_in_order() -> None:
+    with tcp_listener() as listener, serving(listener, min_spare=1, max_spare=2, max_threads=8) as (d, _):
+        d.pause_accepting()
+        clients = [LineClient(listener.getsockname()) for _ in range(12)]
+        for index, client in enumerate(clients):
+            client.send(f"ECHO {index}")
+        d.resume_accepting()
+        assert [client.read_line() for client in clients] == [str(i) for i in range(12)]
+        assert d.open_connections == 12
+        for client in clients:
+            client.close()
+        assert wait_until(lambda: d.open_connections == 0)
+
+
+def test_silent_new_connections_cost_no_thread_and_close_after_fresh_timeout() -> None:
+    """New connections are parked until their first byte: six silent ones hold none of the two threads,
+    a seventh that speaks is served at once, and the silent ones are closed after fresh_timeout."""
+    options = {"min_spare": 1, "max_spare": 2, "max_threads": 2, "fresh_timeout": 0.5}
+    with tcp_listener() as listener, serving(listener, **options) as (d, f):
+        silent = [LineClient(listener.getsockname()) for _ in range(6)]
+        assert wait_until(lambda: d.open_connections == 6)
+        talker = LineClient(listener.getsockname())
+        assert talker.request("ECHO still") == "still"
+        assert d.busy_threads == 0 and f.serve_calls == 1
+        assert wait_until(lambda: d.open_connections == 1, timeout=3)
+        for client in silent:
+            assert client.read_line() == ""  # closed by the server, nothing sent
+        for client in [*silent, talker]:
             client.close()
 
 
@@ -162,9 +246,9 @@ def test_connections_beyond_capacity_wait_in_the_backlog_and_are_never_refused()
         for client in clients:
             client.send("SLEEP 0.02")
             client.send("QUIT")
-        # While the single thread is busy the rest sit un-accepted in the kernel's queue.
+        # The rest wait, in the kernel's queue or accepted and parked (costing no thread), never refused.
         assert wait_until(lambda: factory.in_progress == 1)
-        assert d.open_connections == 1
+        assert len(worker_threads()) == 1
         for client in clients:
             assert client.read_line() == "SLEPT"
             assert client.read_line() == "BYE"
