@@ -75,10 +75,15 @@ class Backend:
 
 def _fcgiserve(method: str) -> Callable[[int], list[str]]:
     def argv(port: int) -> list[str]:
+        # The same interpreter as flup and gunicorn (the benchmark venv; fcgiserve from the working tree via
+        # PYTHONPATH), so memory compares like with like: a system Python's site-packages hooks (.pth
+        # files) can add megabytes to every process. Prefork with --preload: flup always imports the app
+        # before it forks, so its children share the app's pages; ours do too with --preload.
+        python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
         extra = ["--minspare", str(PROCESSES), "--maxspare", str(PROCESSES), "--maxchildren", str(PROCESSES)]
-        base = [sys.executable, "-m", "fcgiserve", "bench_app:application", "--method", method]
+        base = [python, "-m", "fcgiserve", "bench_app:application", "--method", method]
         base += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        return base + (extra if method == "prefork" else [])
+        return base + (["--preload", *extra] if method == "prefork" else [])
 
     return argv
 

@@ -10,10 +10,41 @@ Library use::
     server.stop()
 """
 
-from fcgiserve.config import Config, ConfigError
-from fcgiserve.roles import Allow, Deny, authorizer, filter_input
-from fcgiserve.server import Server, serve
-from fcgiserve.wsgi import BodyIncomplete, ClientDisconnected
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fcgiserve.config import Config, ConfigError
+    from fcgiserve.roles import Allow, Deny, authorizer, filter_input
+    from fcgiserve.server import Server, serve
+    from fcgiserve.wsgi import BodyIncomplete, ClientDisconnected
+
+# Imported on first use (PEP 562): a process imports only the modules it runs (a threaded server never
+# loads the prefork, SCGI or systemd code), which keeps the resident memory of every process small.
+_EXPORTS = {
+    "Allow": "fcgiserve.roles",
+    "BodyIncomplete": "fcgiserve.wsgi",
+    "ClientDisconnected": "fcgiserve.wsgi",
+    "Config": "fcgiserve.config",
+    "ConfigError": "fcgiserve.config",
+    "Deny": "fcgiserve.roles",
+    "Server": "fcgiserve.server",
+    "authorizer": "fcgiserve.roles",
+    "filter_input": "fcgiserve.roles",
+    "serve": "fcgiserve.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fcgiserve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Allow",

@@ -42,7 +42,14 @@ from fcgiserve.handler_request import (
     data_length,
     describe_peer,
 )
-from fcgiserve.limits import debug_allowed, is_send_timeout, is_trusted_peer, recv_until, set_send_timeout
+from fcgiserve.limits import (
+    debug_allowed,
+    is_send_timeout,
+    is_trusted_peer,
+    recv_until,
+    scratch_buffer,
+    set_send_timeout,
+)
 from fcgiserve.operations import RequestOperations
 from fcgiserve.protocol import (
     ConnectionClosed,
@@ -76,7 +83,6 @@ log = logging.getLogger("fcgiserve.handler")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-_RECV_SIZE = 256 * 1024  # one recv takes a whole nginx request, or a good slice of an upload
 _MUX_READ_TIMEOUT = 1.0  # a multiplexing connection's reader re-checks whether it may park this often
 _LINGER_SECONDS = 2.0  # after our FIN, how long a closing connection waits for the peer's (lingering close)
 _LINGER_MAX_BYTES = 256 * 1024
@@ -146,8 +152,6 @@ class ServedConnection:
         self._fd = sock.fileno()
         self._proto = ServerConnection(settings=self._options.settings, limits=self._options.limits)
         self._lock = threading.Lock()  # guards _proto and every socket write: records never interleave
-        self._buffer = bytearray(_RECV_SIZE)
-        self._view = memoryview(self._buffer)
         self._requests: dict[int, Request] = {}
         self._runnable: list[Request] = []
         self._multiplexed = False  # set for good once two requests were active at once
@@ -260,8 +264,9 @@ class ServedConnection:
         if timeout is not None:
             soon = time.monotonic() + timeout
             until = soon if deadline is None else min(deadline, soon)
+        buffer, view = scratch_buffer()  # only this thread reads this connection until we return
         try:
-            n = recv_until(self._sock, self._buffer, until)
+            n = recv_until(self._sock, buffer, until)
         except TimeoutError:
             if deadline is not None and time.monotonic() >= deadline:
                 self._params_timed_out()
@@ -272,7 +277,7 @@ class ServedConnection:
             n = 0
         if not n:
             self._eof = True
-        data = self._view[:n] if n else b""
+        data = view[:n] if n else b""
         fatal = False
         with self._lock:
             try:

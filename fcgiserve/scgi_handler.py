@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fcgiserve.handler import HandlerOptions
+from fcgiserve.limits import scratch_buffer
 from fcgiserve.operations import RequestOperations
 from fcgiserve.scgi import SCGIError, SCGILimits, SCGIRequest, SCGIRequestParser
 from fcgiserve.wsgi import ClientDisconnected, RequestBody, build_environ, run_application
@@ -29,7 +30,6 @@ log = logging.getLogger("fcgiserve.scgi")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-_RECV_SIZE = 64 * 1024
 _TOO_LARGE = b"Request body too large\n"
 _BAD_REQUEST = b"Bad SCGI request\n"
 
@@ -67,7 +67,6 @@ class SCGIConnection:
         self._closed = False
         self._body: RequestBody | None = None
         self._remaining = 0  # body bytes still to read from the socket
-        self._buffer = bytearray(_RECV_SIZE)
 
     def fileno(self) -> int:
         return self._fd
@@ -100,11 +99,12 @@ class SCGIConnection:
         timeout = self._factory.options.params_timeout
         self._sock.settimeout(timeout or None)  # the header must arrive in time; the body may take longer
         received = 0
+        buffer = scratch_buffer()[0]
         try:
             while True:
-                n = self._sock.recv_into(self._buffer)
+                n = self._sock.recv_into(buffer)
                 received += n
-                request = parser.receive_data(bytes(self._buffer[:n]))
+                request = parser.receive_data(bytes(buffer[:n]))
                 if request is not None:
                     return request
         except TimeoutError:
@@ -125,15 +125,16 @@ class SCGIConnection:
         body = self._body
         if body is None or self._remaining <= 0:
             return False
+        buffer = scratch_buffer()[0]
         try:
-            n = self._sock.recv_into(self._buffer, min(len(self._buffer), self._remaining))
+            n = self._sock.recv_into(buffer, min(len(buffer), self._remaining))
         except OSError:
             n = 0
         if not n:
             body.abort()  # the web server went away mid-body
             return False
         self._remaining -= n
-        body.feed(bytes(self._buffer[:n]))
+        body.feed(bytes(buffer[:n]))
         if self._remaining <= 0:
             body.finish()
         return True

@@ -70,6 +70,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "scgi_handler": {"protocol", "pools", "listeners", "cli", "client", "server"},
     # Socket-level limits and timeouts used by the handlers: stdlib only.
     "limits": {"*"},
+    "memory": {"*"},  # process memory upkeep used by the pools: stdlib only
 }
 
 

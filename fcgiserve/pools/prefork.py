@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fcgiserve.memory import release_free_memory
 from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolSettings, StopReason
 from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
 from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
@@ -179,6 +180,7 @@ class PreforkPool:
     def run(self, install_signals: bool = True) -> StopReason:
         """Serve until stopped. Raises ``PoolExit`` (non-zero status) when the children cannot boot."""
         self._open(install_signals)
+        release_free_memory(before_fork=True)  # every child inherits the trimmed heap, frozen
         try:
             try:
                 self._start_generation()

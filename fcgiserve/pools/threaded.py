@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from fcgiserve.memory import release_free_memory
 from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolSettings, StopReason
 from fcgiserve.pools.dispatch import Dispatcher
 from fcgiserve.signals import SignalQueue
@@ -132,6 +133,7 @@ class ThreadedPool:
             s.max_children,
             self._max_requests or "unlimited",
         )
+        release_free_memory()  # start-up is over: what it freed need not stay resident
         try:
             self._dispatcher.serve_forever()
         finally:
