@@ -14,7 +14,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fcgiserve.apploader import AppLoadError, load_app
 from fcgiserve.config import Config, ConfigError
@@ -30,14 +30,17 @@ from fcgiserve.listeners import (
 from fcgiserve.logs import reopen as reopen_logs
 from fcgiserve.operations import RequestOperations, SharedCounters
 from fcgiserve.pidfile import Pidfile, PidfileError
-from fcgiserve.pools.base import PoolEvent, PoolSettings, StopReason
-from fcgiserve.pools.prefork import PoolExit, PreforkPool, prefork_capacity
+from fcgiserve.pools.base import PoolEvent, PoolExit, PoolSettings, StopReason
 from fcgiserve.pools.threaded import ThreadedPool
 from fcgiserve.protocol import ConnectionSettings, ProtocolLimits
-from fcgiserve.scgi_handler import SCGIConnectionFactory
 from fcgiserve.sdnotify import ServiceNotifier, WatchdogPinger, watchdog_interval
 from fcgiserve.status_sources import build_operations, prefork_stats_provider, threaded_stats_provider
 from fcgiserve.wsgi import WSGIOptions
+
+if TYPE_CHECKING:
+    # Imported where used: a process loads only the pool and the protocol it runs (less resident memory).
+    from fcgiserve.pools.prefork import PreforkPool
+    from fcgiserve.scgi_handler import SCGIConnectionFactory
 
 __all__ = ["Server", "serve"]
 
@@ -235,6 +238,8 @@ class Server:
             # counters (operations.SharedCounters).
             ops = build_operations(config, self._counters)
             if config.method == "prefork":
+                from fcgiserve.pools.prefork import PreforkPool
+
                 prefork = PreforkPool(
                     socks,
                     _factory_maker(app, config.app, options, ops, config.protocol),
@@ -352,7 +357,12 @@ def _connection_factory(
 ) -> ConnectionFactory | SCGIConnectionFactory:
     """FastCGI or SCGI (--protocol): the same pools, options and WSGI adapter serve either."""
     factory: ConnectionFactory | SCGIConnectionFactory
-    factory = SCGIConnectionFactory(app, options) if protocol == "scgi" else ConnectionFactory(app, options)
+    if protocol == "scgi":
+        from fcgiserve.scgi_handler import SCGIConnectionFactory
+
+        factory = SCGIConnectionFactory(app, options)
+    else:
+        factory = ConnectionFactory(app, options)
     factory.operations = operations
     return factory
 
@@ -378,6 +388,8 @@ def handler_options(config: Config) -> HandlerOptions:
     prefork = config.method == "prefork"
     mpxs = config.effective_multiplexed
     if prefork:
+        from fcgiserve.pools.prefork import prefork_capacity
+
         max_conns, max_reqs = prefork_capacity(pool_settings(config))
     else:
         max_reqs = config.effective_maxchildren

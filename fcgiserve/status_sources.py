@@ -17,13 +17,15 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fcgiserve.config import Config
 from fcgiserve.listeners import AllowList, is_loopback_address
 from fcgiserve.operations import OperationsOptions, RequestOperations, RequestRecord, SharedCounters
-from fcgiserve.pools.prefork import PreforkPool
-from fcgiserve.pools.threaded import ThreadedPool
+
+if TYPE_CHECKING:  # annotations only: a threaded server never loads the prefork code
+    from fcgiserve.pools.prefork import PreforkPool
+    from fcgiserve.pools.threaded import ThreadedPool
 
 __all__ = ["build_operations", "listen_queue", "prefork_stats_provider", "threaded_stats_provider"]
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 __all__ = [
     "ConnectionFactory",
     "PoolEvent",
+    "PoolExit",
     "PoolSettings",
     "RequestObserver",
     "ServedConnection",
@@ -89,3 +90,13 @@ class PoolEvent(enum.Enum):
     RELOADING = "reloading"
     STOPPING = "stopping"
     MAX_CHILDREN_REACHED = "max_children_reached"
+
+
+class PoolExit(Exception):
+    """Leaves a prefork master's loop. ``status`` 0 is a requested stop; anything else a failure to report."""
+
+    def __init__(self, reason: StopReason, status: int = 0, message: str = "") -> None:
+        super().__init__(message or reason.value)
+        self.reason = reason
+        self.status = status
+        self.message = message

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fcgiserve.memory import release_free_memory
-from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolSettings, StopReason
+from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolExit, PoolSettings, StopReason
 from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
 from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
 from fcgiserve.signals import SignalQueue
@@ -68,16 +68,6 @@ _MASTER_SIGNALS = (
 )
 # Blocked around fork() so that no master handler runs in a child before it resets them.
 _FORK_BLOCKED = (*_MASTER_SIGNALS, signal.SIGUSR2)
-
-
-class PoolExit(Exception):
-    """Leaves the master loop. ``status`` 0 is a requested stop; anything else a failure to report."""
-
-    def __init__(self, reason: StopReason, status: int = 0, message: str = "") -> None:
-        super().__init__(message or reason.value)
-        self.reason = reason
-        self.status = status
-        self.message = message
 
 
 def prefork_capacity(settings: PoolSettings) -> tuple[int, int]:
