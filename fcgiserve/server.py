@@ -171,7 +171,7 @@ class Server:
             finally:
                 if watchdog is not None:
                     watchdog.stop()
-            if reason is StopReason.RELOAD and reexec_argv is not None:
+            if reason is StopReason.RELOAD and reexec_argv is not None and not self._stop_during_reload():
                 self._reexec(reexec_argv, start_dir)  # does not return
             self._notifier.stopping()
             return EXIT_OK
@@ -295,6 +295,19 @@ class Server:
         """
         for signum in _EARLY_SIGNALS:
             signal.signal(signum, self._record_early_signal)
+        # A re-executed process starts with them blocked (_stop_during_reload): what is pending arrives now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _EARLY_SIGNALS)
+
+    def _stop_during_reload(self) -> bool:
+        """Block the signals until the new process image handles them (the mask survives exec, so nothing
+        sent meanwhile is lost or fatal); True when a stop signal came after the pool let go of them: then
+        this process stops instead of reloading (a supervisor's HUP at once followed by TERM)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, _EARLY_SIGNALS)
+        stops = [s for s in self._early_signals if s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)]
+        if stops:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _EARLY_SIGNALS)
+            log.info("%s arrived during the reload: stopping instead", signal.Signals(stops[0]).name)
+        return bool(stops)
 
     def _record_early_signal(self, signum: int, frame: object) -> None:
         self._early_signals.append(signum)  # no logging in a signal handler

@@ -43,6 +43,10 @@ from fcgiserve.pools.base import ConnectionFactory, RequestObserver, ServedConne
 
 __all__ = ["Dispatcher"]
 
+# What a worker may take: a parked connection, a new one to open and serve, new ones to open and park.
+_NewConnection = tuple[socket.socket, Any]
+_Job = ServedConnection | _NewConnection | list[_NewConnection]
+
 log = logging.getLogger("fcgiserve.pools")
 
 # Tags carried in each control selector key's data.
@@ -154,6 +158,7 @@ class Dispatcher:
         self._idle_timeout = idle_timeout
         self._max_connections = max_connections
         self._accept_while_busy = accept_while_busy
+        self._accept_turn = False  # _accept_as_idle_locked alternates
         self._graceful_timeout = graceful_timeout
         self._thread_name = thread_name
         self._spare_idle_time = spare_idle_time
@@ -549,8 +554,12 @@ class Dispatcher:
                     self._leader = leader = True  # nobody watches the epoll and nothing runs: lead
                 else:
                     self._followers.append(gate)
-        while True:  # this thread is counted in _idle here
-            if not leader:
+        job: _Job | None = None
+        more = 0
+        while True:  # this thread is counted in _idle here, unless it carries a job over
+            if job is not None:
+                pass  # accepted as it became idle (a prefork child): serve it before anything else
+            elif not leader:
                 promoted = gate.acquire(timeout=spare_idle_time)
                 with self._lock:
                     if not promoted and gate not in self._followers:
@@ -568,38 +577,21 @@ class Dispatcher:
                             return
                         continue
                 leader = True  # the promoter set _leader and took our gate off the list
-            try:
-                events = poll(spare_idle_time, 1)
-            except InterruptedError:
                 continue
-            except (OSError, ValueError):  # the epoll was closed under us: the dispatcher is gone
-                with self._lock:
-                    self._retire_locked(me)
-                return
-            with self._lock:
-                if self._workers_exit:
-                    self._retire_locked(me)
-                    return
-                if not events:  # nothing for a while: exit if this thread is a spare nobody needed lately
-                    if self._followers and self._surplus_spare_locked():
-                        self._promote_locked()  # hand the epoll over before leaving
-                        self._retire_locked(me)
+            else:
+                job, more, leader = self._lead(me, ident, poll)
+                if job is None:
+                    if not leader:  # retired
                         return
                     continue
-                job = self._take_locked(events[0][0])
-                if job is None:
-                    # A sibling process took the connection (EAGAIN), or a stale event: re-arm and wait.
-                    self._update_listeners_locked()
-                    continue
-                if not isinstance(job, list):
-                    more = self._begin_job_locked(job, ident)
-                    leader = False
             if isinstance(job, list):
                 self._open_new(job)  # still the leader: back to the epoll, where they wait their turn
+                job = None
                 continue
             if more:
                 self._start_threads(more)
             keep = self._run_job(job, ident)
+            job = None
             with self._lock:
                 del self._in_service[ident]
                 self._busy -= 1
@@ -616,6 +608,11 @@ class Dispatcher:
                 retire: bool = self._workers_exit
                 if not retire and not self._leader:
                     self._leader = leader = True  # back to the epoll at once: no hand-off
+                    if not self._accept_while_busy and not self._busy:
+                        job = self._accept_as_idle_locked()
+                        if job is not None:
+                            more = self._begin_job_locked(job, ident)
+                            leader = False
                 elif not retire:
                     retire = self._surplus_spare_locked()
                     if not retire:
@@ -626,6 +623,52 @@ class Dispatcher:
                 self._wake()  # the control thread ends the stop once nothing is busy
             if retire:
                 return
+
+    def _lead(
+        self, me: threading.Thread, ident: int, poll: Callable[[float, int], list[tuple[int, int]]]
+    ) -> tuple[
+        ServedConnection | tuple[socket.socket, Any] | list[tuple[socket.socket, Any]] | None, int, bool
+    ]:
+        """Wait in the epoll as the leader: (job or None, threads to start, still counted a worker)."""
+        try:
+            events = poll(self._spare_idle_time, 1)
+        except InterruptedError:
+            return None, 0, True
+        except (OSError, ValueError):  # the epoll was closed under us: the dispatcher is gone
+            with self._lock:
+                self._retire_locked(me)
+            return None, 0, False
+        with self._lock:
+            if self._workers_exit:
+                self._retire_locked(me)
+                return None, 0, False
+            if not events:  # nothing for a while: exit if this thread is a spare nobody needed lately
+                if self._followers and self._surplus_spare_locked():
+                    self._promote_locked()  # hand the epoll over before leaving
+                    self._retire_locked(me)
+                    return None, 0, False
+                return None, 0, True
+            job = self._take_locked(events[0][0])
+            if job is None:
+                # A sibling process took the connection (EAGAIN), or a stale event: re-arm and wait.
+                self._update_listeners_locked()
+                return None, 0, True
+            if isinstance(job, list):
+                return job, 0, True
+            return job, self._begin_job_locked(job, ident), False
+
+    def _accept_as_idle_locked(self) -> tuple[socket.socket, Any] | None:
+        """A prefork child that has just become idle takes a connection waiting in the backlog first, every
+        other time: one accept per turn of the epoll's ready list left new connections waiting behind all
+        the parked ones (nginx opening connections beyond its keepalive cache)."""
+        self._accept_turn = not self._accept_turn
+        if not self._accept_turn or not self._accepting_locked():
+            return None
+        for listener in self._listeners.values():
+            accepted = self._accept_locked(listener)
+            if accepted is not None:
+                return accepted
+        return None
 
     def _begin_job_locked(self, job: ServedConnection | tuple[socket.socket, Any], ident: int) -> int:
         """The leader turns to a job. Returns how many threads to start to keep min_spare idle."""

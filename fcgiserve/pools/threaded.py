@@ -138,6 +138,9 @@ class ThreadedPool:
             self._dispatcher.serve_forever()
         finally:
             if self._signals is not None:
+                # Signals that came while the dispatcher finished (a TERM during a HUP's drain) still
+                # count: TERM then wins over the reload instead of being lost with the queue.
+                self._handle_signals()
                 self._signals.close()
                 self._signals = None
         with self._lock:

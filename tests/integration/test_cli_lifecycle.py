@@ -197,6 +197,22 @@ def test_signal_during_start_up_is_not_fatal(tmp_path: Path, method: str, signum
         assert server.stop() == 0
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.02])
+def test_term_right_after_hup_stops_instead_of_reloading(tmp_path: Path, delay: float) -> None:
+    """`svc -h` at once followed by `svc -d`: the TERM wins wherever it lands in the reload (while the pool
+    drains, between the drain and the re-exec, or in the new process image), never lost or fatal."""
+    port = free_port()
+    (tmp_path / "quick.py").write_text(
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'up']\n"
+    )
+    with run_fcgiserve(["quick"], tmp_path, port=port) as server:
+        assert _serves(port)
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(delay)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) == 0, server.log()
+
+
 def _serves(port: int) -> bool:
     try:
         return fcgi_request(("127.0.0.1", port), timeout=2).body == b"up"

@@ -208,7 +208,7 @@ def test_silent_new_connections_cost_no_thread_and_close_after_fresh_timeout() -
         assert wait_until(lambda: d.open_connections == 6)
         talker = LineClient(listener.getsockname())
         assert talker.request("ECHO still") == "still"
-        assert d.busy_threads == 0 and f.serve_calls == 1
+        assert wait_until(lambda: d.busy_threads == 0) and f.serve_calls == 1
         assert wait_until(lambda: d.open_connections == 1, timeout=3)
         for client in silent:
             assert client.read_line() == ""  # closed by the server, nothing sent
