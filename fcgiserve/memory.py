@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import sys
 
-__all__ = ["release_free_memory"]
+__all__ = ["release_free_memory", "trim_heap"]
 
 
 def release_free_memory(before_fork: bool = False) -> bool:
@@ -24,13 +24,22 @@ def release_free_memory(before_fork: bool = False) -> bool:
     gc.collect()
     if before_fork:
         gc.freeze()
+    return trim_heap()
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back (every thread's arena); True when the allocator gave any back.
+
+    The pools also call this once a burst of work is over: each thread that handled large bodies keeps
+    megabytes of freed buffers in its own arena, which a quiet server should not hold. No garbage
+    collection here, so a prefork child can call it without un-sharing its master's pages.
+    """
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes  # lazily: only Linux needs it, and only once
+        import ctypes  # lazily: only Linux needs it
 
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         return False
     return bool(trim(0))

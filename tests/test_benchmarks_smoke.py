@@ -96,3 +96,12 @@ def test_quick_plumbing_produces_a_row_for_every_backend(tmp_path: Path) -> None
         assert measured.get(name, 0) > 0, f"{name} served no request:\n{done.stderr[-3000:]}"
     for name, reason in data["unavailable"].items():
         assert reason in table, f"{name} is unavailable but the table does not say why"
+
+
+def test_hotpath_reports_one_recv_one_send_and_the_records_of_a_hello_request() -> None:
+    argv = [sys.executable, str(BENCH / "hotpath.py"), "--requests", "400"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| records in / out | 4 / 3 |" in done.stdout
+    assert "| server socket `recv_into` calls | 1.00 |" in done.stdout
+    assert "| server socket `sendall` calls | 1.00 |" in done.stdout

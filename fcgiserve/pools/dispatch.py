@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fcgiserve.memory import trim_heap
 from fcgiserve.pools.base import ConnectionFactory, RequestObserver, ServedConnection
 
 __all__ = ["Dispatcher"]
@@ -67,6 +68,8 @@ PROMOTE_AFTER_SECONDS = 0.002
 # one at a time, a connection waiting in the backlog would wait a whole turn of the epoll's ready list per
 # connection ahead of it, which under a burst of new connections is tens of milliseconds.
 _ACCEPT_BATCH = 16
+# This long after the last job, the control thread hands the C heap's free pages back (memory.trim_heap).
+_QUIET_TRIM_SECONDS = 1.0
 # The control thread checks for a leaderless pool on this tick while jobs run or ran lately; after this
 # long with no job it sleeps until the next job wakes it.
 _ACTIVE_WINDOW_SECONDS = 0.25
@@ -182,6 +185,7 @@ class Dispatcher:
         self._followers: list[threading.Lock] = []  # their gates, held; releasing one promotes that thread
         self._leaderless_since = 0.0  # when the last leader took a job
         self._last_job_at = 0.0
+        self._trimmed = True  # no job since the heap was last trimmed
         self._control_asleep = False  # the control thread waits without a tick: a new job must wake it
         self._threads = 0
         self._busy = 0  # threads serving a connection
@@ -351,6 +355,7 @@ class Dispatcher:
                     self._accept_retry_at = 0.0
                     self._update_listeners_locked()
             self._promote_if_stalled()
+            self._trim_when_quiet()
             if self._stopping:
                 now = time.monotonic()
                 if not graceful or now >= deadline:
@@ -362,6 +367,13 @@ class Dispatcher:
                     self._close_parked()
                     return
             self._maintain_threads()
+
+    def _trim_when_quiet(self) -> None:
+        """A second after the last job, give back what the burst left in the C heap (memory.trim_heap)."""
+        if self._trimmed or self._busy or time.monotonic() - self._last_job_at < _QUIET_TRIM_SECONDS:
+            return
+        self._trimmed = True
+        trim_heap()
 
     def _promote_if_stalled(self) -> None:
         """No thread has watched the epoll for promote_after while jobs run: give it a leader."""
@@ -400,6 +412,8 @@ class Dispatcher:
             when = min(when, self._stop_deadline, self._drain_deadline)
         if self._accept_retry_at:
             when = min(when, self._accept_retry_at)
+        if not self._trimmed:  # while a job runs, look again a second later
+            when = min(when, max(self._last_job_at, now if self._busy else 0.0) + _QUIET_TRIM_SECONDS)
         with self._lock:
             if not self._leader and self._busy and (self._followers or self._threads < self._max_threads):
                 when = min(when, self._leaderless_since + self._promote_after)
@@ -677,6 +691,7 @@ class Dispatcher:
         self._leader = False
         now = time.monotonic()
         self._leaderless_since = self._last_job_at = now
+        self._trimmed = False
         if self._control_asleep:
             self._control_asleep = False
             self._wake()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from fcgiserve.pools import dispatch
 from fcgiserve.pools.dispatch import Dispatcher
 from tests.pools.lineproto import (
     LineClient,
@@ -647,3 +648,20 @@ def test_graceful_stop_serves_a_parked_connection_once_more_then_closes_it() -> 
             thread.join(3)
             assert not thread.is_alive()
             kept.close()
+
+
+def test_the_heap_is_trimmed_once_a_burst_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second after the last job the control thread gives the C heap's free pages back, once per burst."""
+    trims: list[float] = []
+    monkeypatch.setattr(dispatch, "trim_heap", lambda: trims.append(time.monotonic()) or True)
+    with tcp_listener() as listener, serving(listener) as (_, _f):
+        client = LineClient(listener.getsockname())
+        assert client.request("ECHO one") == "one"
+        done = time.monotonic()
+        assert wait_until(lambda: len(trims) == 1, timeout=3)
+        assert trims[0] - done >= 0.9
+        time.sleep(1.2)
+        assert len(trims) == 1  # nothing ran since: nothing to give back
+        assert client.request("ECHO two") == "two"
+        assert wait_until(lambda: len(trims) == 2, timeout=3)
+        client.close()
