@@ -68,6 +68,8 @@ PROMOTE_AFTER_SECONDS = 0.002
 # one at a time, a connection waiting in the backlog would wait a whole turn of the epoll's ready list per
 # connection ahead of it, which under a burst of new connections is tens of milliseconds.
 _ACCEPT_BATCH = 16
+# A prefork child that finds the backlog empty when it becomes idle looks again at most this many times later.
+_ACCEPT_AS_IDLE_BACKOFF = 64
 # This long after the last job, the control thread hands the C heap's free pages back (memory.trim_heap).
 _QUIET_TRIM_SECONDS = 1.0
 # The control thread checks for a leaderless pool on this tick while jobs run or ran lately; after this
@@ -161,7 +163,8 @@ class Dispatcher:
         self._idle_timeout = idle_timeout
         self._max_connections = max_connections
         self._accept_while_busy = accept_while_busy
-        self._accept_turn = False  # _accept_as_idle_locked alternates
+        self._accept_skip = 0  # _accept_as_idle_locked: idle moments to let pass before it looks again
+        self._accept_backoff = 1
         self._graceful_timeout = graceful_timeout
         self._thread_name = thread_name
         self._spare_idle_time = spare_idle_time
@@ -674,14 +677,19 @@ class Dispatcher:
     def _accept_as_idle_locked(self) -> tuple[socket.socket, Any] | None:
         """A prefork child that has just become idle takes a connection waiting in the backlog first, every
         other time: one accept per turn of the epoll's ready list left new connections waiting behind all
-        the parked ones (nginx opening connections beyond its keepalive cache)."""
-        self._accept_turn = not self._accept_turn
-        if not self._accept_turn or not self._accepting_locked():
+        the parked ones (nginx opening connections beyond its keepalive cache). An empty backlog makes it
+        look less often (every 2nd, 4th ... 64th time), so kept-alive traffic alone pays next to nothing."""
+        if self._accept_skip:
+            self._accept_skip -= 1
+            return None
+        if not self._accepting_locked():
             return None
         for listener in self._listeners.values():
             accepted = self._accept_locked(listener)
             if accepted is not None:
+                self._accept_backoff = self._accept_skip = 1
                 return accepted
+        self._accept_backoff = self._accept_skip = min(2 * self._accept_backoff, _ACCEPT_AS_IDLE_BACKOFF)
         return None
 
     def _begin_job_locked(self, job: ServedConnection | tuple[socket.socket, Any], ident: int) -> int:
