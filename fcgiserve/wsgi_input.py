@@ -322,7 +322,8 @@ class RequestBody:
             data = bytes(self._mem)  # the usual case: the whole (small) body in one read, one copy
             self._mem.clear()
         else:
-            data = bytes(self._mem[:size])
+            with memoryview(self._mem) as view:
+                data = bytes(view[:size])  # one copy (slicing the bytearray first would make two)
             del self._mem[:size]  # O(1) for a bytearray prefix
         self._consumed += len(data)
         return data

@@ -180,6 +180,7 @@ class Dispatcher:
         self._epoll = select.epoll()
         # fd -> (what waits, when it expires): kept-alive connections, and connections accepted ahead
         self._parked: dict[int, tuple[ServedConnection, float]] = {}
+        self._silent: set[int] = set()  # parked new connections that have not sent a byte yet
         self._armed: set[int] = set()  # listener fds currently armed in the epoll
         # Idle threads: one leader waiting in the epoll, the others (followers) each blocked on its own gate
         # lock until promoted; a thread being started counts as idle.
@@ -440,8 +441,19 @@ class Dispatcher:
         now = time.monotonic()
         with self._lock:
             expired = [conn for conn, expires_at in self._parked.values() if expires_at <= now]
+            silent = 0
             for conn in expired:
-                del self._parked[conn.fileno()]
+                fd = conn.fileno()
+                del self._parked[fd]
+                if fd in self._silent:
+                    self._silent.discard(fd)
+                    silent += 1
+        if silent:
+            log.warning(
+                "closed %d new connection(s) that sent nothing within %gs (--params-timeout)",
+                silent,
+                self._fresh_timeout or self._idle_timeout,
+            )
         self._close_connections(expired)
 
     def _close_connections(self, conns: Sequence[ServedConnection]) -> None:
@@ -499,6 +511,7 @@ class Dispatcher:
         with self._lock:
             parked = [conn for conn, _ in self._parked.values()]
             self._parked.clear()
+            self._silent.clear()
         self._close_connections(parked)
 
     def _force_close_all(self) -> None:
@@ -509,6 +522,7 @@ class Dispatcher:
             in_service = list(self._in_service.values())
             parked = [conn for conn, _ in self._parked.values()]
             self._parked.clear()
+            self._silent.clear()
         self._close_connections(parked)
         # A worker may still be inside serve(): close() should shut the socket down so its read returns.
         for served in in_service:
@@ -532,6 +546,7 @@ class Dispatcher:
         with self._lock:
             parked = [conn for conn, _ in self._parked.values()]
             self._parked.clear()
+            self._silent.clear()
         self._close_connections(parked)
         for fd in self._listeners:
             try:
@@ -724,6 +739,7 @@ class Dispatcher:
         listener = self._listeners.get(fd)
         if listener is None:
             parked = self._parked.pop(fd, None)
+            self._silent.discard(fd)
             if parked is not None and self.max_requests_reached:
                 self._open -= 1  # not one request more: the control thread is on its way to stop
                 _close_quietly(parked[0])
@@ -766,6 +782,8 @@ class Dispatcher:
                     _close_quietly(conn)
                 else:
                     self._park_locked(conn, expires_at)
+                    if conn.fileno() in self._parked:
+                        self._silent.add(conn.fileno())
             self._update_listeners_locked()
 
     def _accept_locked(self, listener: socket.socket) -> tuple[socket.socket, Any] | None:
@@ -811,6 +829,7 @@ class Dispatcher:
         except (OSError, ValueError):
             log.exception("cannot watch a kept-alive connection; closing it")
             self._parked.pop(conn.fileno(), None)
+            self._silent.discard(conn.fileno())
             self._open -= 1
             _close_quietly(conn)
 

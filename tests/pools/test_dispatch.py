@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -200,11 +201,17 @@ def test_a_burst_of_new_connections_is_accepted_ahead_and_served_in_order() -> N
         assert wait_until(lambda: d.open_connections == 0)
 
 
-def test_silent_new_connections_cost_no_thread_and_close_after_fresh_timeout() -> None:
+def test_silent_new_connections_cost_no_thread_and_close_after_fresh_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """New connections are parked until their first byte: six silent ones hold none of the two threads,
     a seventh that speaks is served at once, and the silent ones are closed after fresh_timeout."""
     options = {"min_spare": 1, "max_spare": 2, "max_threads": 2, "fresh_timeout": 0.5}
-    with tcp_listener() as listener, serving(listener, **options) as (d, f):
+    with (
+        caplog.at_level(logging.WARNING, "fcgiserve.pools"),
+        tcp_listener() as listener,
+        serving(listener, **options) as (d, f),
+    ):
         silent = [LineClient(listener.getsockname()) for _ in range(6)]
         assert wait_until(lambda: d.open_connections == 6)
         talker = LineClient(listener.getsockname())
@@ -213,6 +220,9 @@ def test_silent_new_connections_cost_no_thread_and_close_after_fresh_timeout() -
         assert wait_until(lambda: d.open_connections == 1, timeout=3)
         for client in silent:
             assert client.read_line() == ""  # closed by the server, nothing sent
+        closed = re.findall(r"closed (\d+) new connection\(s\) that sent nothing within 0.5s", caplog.text)
+        assert sum(map(int, closed)) == 6
+        assert talker.request("ECHO kept") == "kept"  # the one that spoke is not among them
         for client in [*silent, talker]:
             client.close()
 
