@@ -658,9 +658,7 @@ class Dispatcher:
 
     def _lead(
         self, me: threading.Thread, ident: int, poll: Callable[[float, int], list[tuple[int, int]]]
-    ) -> tuple[
-        ServedConnection | tuple[socket.socket, Any] | list[tuple[socket.socket, Any]] | None, int, bool
-    ]:
+    ) -> tuple[_Job | None, int, bool]:
         """Wait in the epoll as the leader: (job or None, threads to start, still counted a worker)."""
         try:
             events = poll(self._spare_idle_time, 1)
@@ -689,7 +687,7 @@ class Dispatcher:
                 return job, 0, True
             return job, self._begin_job_locked(job, ident), False
 
-    def _accept_as_idle_locked(self) -> tuple[socket.socket, Any] | None:
+    def _accept_as_idle_locked(self) -> _NewConnection | None:
         """A prefork child that has just become idle takes a connection waiting in the backlog first, every
         other time: one accept per turn of the epoll's ready list left new connections waiting behind all
         the parked ones (nginx opening connections beyond its keepalive cache). An empty backlog makes it
@@ -707,7 +705,7 @@ class Dispatcher:
         self._accept_backoff = self._accept_skip = min(2 * self._accept_backoff, _ACCEPT_AS_IDLE_BACKOFF)
         return None
 
-    def _begin_job_locked(self, job: ServedConnection | tuple[socket.socket, Any], ident: int) -> int:
+    def _begin_job_locked(self, job: ServedConnection | _NewConnection, ident: int) -> int:
         """The leader turns to a job. Returns how many threads to start to keep min_spare idle."""
         # Lead no more, and wake nobody: most jobs end within promote_after, and this thread then comes
         # straight back to the epoll (the control thread promotes a follower otherwise).
@@ -731,9 +729,7 @@ class Dispatcher:
         self._idle += more
         return more
 
-    def _take_locked(
-        self, fd: int
-    ) -> ServedConnection | tuple[socket.socket, Any] | list[tuple[socket.socket, Any]] | None:
+    def _take_locked(self, fd: int) -> _Job | None:
         """What the event on ``fd`` means for this thread: a parked connection to serve, a new connection to
         open and serve (a prefork child), new connections to open and park (a list), or nothing."""
         listener = self._listeners.get(fd)
@@ -764,7 +760,7 @@ class Dispatcher:
             accepted.append(new)
         return accepted or None
 
-    def _open_new(self, accepted: list[tuple[socket.socket, Any]]) -> None:
+    def _open_new(self, accepted: list[_NewConnection]) -> None:
         """Open new connections (outside the lock) and park them until their first byte.
 
         A new connection costs no thread until it speaks (a silent one is closed after fresh_timeout), and
@@ -786,7 +782,7 @@ class Dispatcher:
                         self._silent.add(conn.fileno())
             self._update_listeners_locked()
 
-    def _accept_locked(self, listener: socket.socket) -> tuple[socket.socket, Any] | None:
+    def _accept_locked(self, listener: socket.socket) -> _NewConnection | None:
         try:
             sock, peer = listener.accept()
         except BlockingIOError:
@@ -846,9 +842,7 @@ class Dispatcher:
         if self._finished and self._threads == 0:
             self._release_locked()
 
-    def _run_job(
-        self, job: ServedConnection | tuple[socket.socket, Any], ident: int
-    ) -> ServedConnection | None:
+    def _run_job(self, job: ServedConnection | _NewConnection, ident: int) -> ServedConnection | None:
         """Serve one connection (opening it first if new); return it if it should be parked. Never raises."""
         if isinstance(job, tuple):
             conn = self._open_one(*job)
