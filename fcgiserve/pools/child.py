@@ -51,6 +51,9 @@ EXIT_CRASH = 1  # anything else escaped
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _CHILD_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _IGNORED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+# Blocked while the child boots (imports the application), delivered once their handlers exist: a log
+# reopen the master forwards in that window must not be lost (the child would write to the rotated file).
+_DEFERRED_SIGNALS = frozenset({signal.SIGUSR1, signal.SIGUSR2})
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +145,14 @@ class _Child:
         signal.set_wakeup_fd(-1)
         for signum in (*spec.blocked_signals, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
-        for signum in (*_IGNORED_SIGNALS, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(signum, signal.SIG_IGN)  # USR1/USR2 get handlers once the factory exists
+        signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)  # handled from _install_signals on
+        for signum in _IGNORED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGQUIT, _exit_now)  # its default action would dump core
         _die_with_parent()
         if os.getppid() != spec.master_pid:  # the master died before prctl took effect
             os._exit(0)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, spec.blocked_signals)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(spec.blocked_signals) - _DEFERRED_SIGNALS)
         random.seed()  # children must not share the master's random sequence
 
     def _install_signals(self) -> None:
@@ -156,6 +160,7 @@ class _Child:
         self._signals = SignalQueue()
         self._signals.install(_CHILD_SIGNALS)
         self._dispatcher.add_wakeup(self._signals.fileno(), self._on_signals)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED_SIGNALS)  # what came while booting, now
 
     def _on_signals(self) -> None:
         assert self._signals is not None and self._dispatcher is not None
