@@ -178,9 +178,9 @@ class Dispatcher:
         # Shared by the workers and the control thread, guarded by _lock.
         self._lock = threading.Lock()
         self._epoll = select.epoll()
-        # fd -> (what waits, when it expires): kept-alive connections, and connections accepted ahead
-        self._parked: dict[int, tuple[ServedConnection, float]] = {}
-        self._silent: set[int] = set()  # parked new connections that have not sent a byte yet
+        # fd -> (connection, when it expires, new: it has not sent a byte yet): kept-alive connections, and
+        # new ones waiting for their first byte
+        self._parked: dict[int, tuple[ServedConnection, float, bool]] = {}
         self._armed: set[int] = set()  # listener fds currently armed in the epoll
         # Idle threads: one leader waiting in the epoll, the others (followers) each blocked on its own gate
         # lock until promoted; a thread being started counts as idle.
@@ -440,21 +440,17 @@ class Dispatcher:
     def _expire_idle(self) -> None:
         now = time.monotonic()
         with self._lock:
-            expired = [conn for conn, expires_at in self._parked.values() if expires_at <= now]
-            silent = 0
-            for conn in expired:
-                fd = conn.fileno()
-                del self._parked[fd]
-                if fd in self._silent:
-                    self._silent.discard(fd)
-                    silent += 1
+            expired = [(conn, new) for conn, expires_at, new in self._parked.values() if expires_at <= now]
+            for conn, _new in expired:
+                del self._parked[conn.fileno()]
+        silent = sum(new for _conn, new in expired)
         if silent:
             log.warning(
                 "closed %d new connection(s) that sent nothing within %gs (--params-timeout)",
                 silent,
                 self._fresh_timeout or self._idle_timeout,
             )
-        self._close_connections(expired)
+        self._close_connections([conn for conn, _new in expired])
 
     def _close_connections(self, conns: Sequence[ServedConnection]) -> None:
         for conn in conns:
@@ -509,10 +505,13 @@ class Dispatcher:
 
     def _close_parked(self) -> None:
         with self._lock:
-            parked = [conn for conn, _ in self._parked.values()]
-            self._parked.clear()
-            self._silent.clear()
+            parked = self._unpark_all_locked()
         self._close_connections(parked)
+
+    def _unpark_all_locked(self) -> list[ServedConnection]:
+        parked = [entry[0] for entry in self._parked.values()]
+        self._parked.clear()
+        return parked
 
     def _force_close_all(self) -> None:
         """Close parked and in-service connections (an immediate stop, or a graceful one out of time)."""
@@ -520,9 +519,7 @@ class Dispatcher:
             self._stopping = True
             self._update_listeners_locked()
             in_service = list(self._in_service.values())
-            parked = [conn for conn, _ in self._parked.values()]
-            self._parked.clear()
-            self._silent.clear()
+            parked = self._unpark_all_locked()
         self._close_connections(parked)
         # A worker may still be inside serve(): close() should shut the socket down so its read returns.
         for served in in_service:
@@ -543,11 +540,7 @@ class Dispatcher:
         deadline = time.monotonic() + (self._graceful_timeout if clean else _FORCED_JOIN_TIMEOUT)
         for thread in workers:
             thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            parked = [conn for conn, _ in self._parked.values()]
-            self._parked.clear()
-            self._silent.clear()
-        self._close_connections(parked)
+        self._close_parked()
         for fd in self._listeners:
             try:
                 self._epoll.unregister(fd)
@@ -735,7 +728,6 @@ class Dispatcher:
         listener = self._listeners.get(fd)
         if listener is None:
             parked = self._parked.pop(fd, None)
-            self._silent.discard(fd)
             if parked is not None and self.max_requests_reached:
                 self._open -= 1  # not one request more: the control thread is on its way to stop
                 _close_quietly(parked[0])
@@ -777,9 +769,7 @@ class Dispatcher:
                     self._open -= 1
                     _close_quietly(conn)
                 else:
-                    self._park_locked(conn, expires_at)
-                    if conn.fileno() in self._parked:
-                        self._silent.add(conn.fileno())
+                    self._park_locked(conn, expires_at, new=True)
             self._update_listeners_locked()
 
     def _accept_locked(self, listener: socket.socket) -> _NewConnection | None:
@@ -811,13 +801,15 @@ class Dispatcher:
             _close_quietly(sock)
             return None
 
-    def _park_locked(self, conn: ServedConnection, expires_at: float | None = None) -> None:
+    def _park_locked(
+        self, conn: ServedConnection, expires_at: float | None = None, new: bool = False
+    ) -> None:
         """Watch ``conn`` until it is readable, or until ``expires_at`` (default: after idle_timeout)."""
         if expires_at is None:
             expires_at = time.monotonic() + self._idle_timeout if self._idle_timeout else math.inf
         try:
             fd = conn.fileno()
-            self._parked[fd] = (conn, expires_at)
+            self._parked[fd] = (conn, expires_at, new)
             try:
                 self._epoll.modify(fd, _ARMED)
             except FileNotFoundError:  # first park of this connection
@@ -825,7 +817,6 @@ class Dispatcher:
         except (OSError, ValueError):
             log.exception("cannot watch a kept-alive connection; closing it")
             self._parked.pop(conn.fileno(), None)
-            self._silent.discard(conn.fileno())
             self._open -= 1
             _close_quietly(conn)
 
