@@ -463,13 +463,9 @@ class Dispatcher:
     def _maintain_threads(self) -> None:
         """Keep min_spare threads waiting for work, within max_threads."""
         with self._lock:
-            count = (
-                0 if self._stopping else min(self._min_spare - self._idle, self._max_threads - self._threads)
-            )
-            if count <= 0:
+            count = self._reserve_spares_locked()
+            if not count:
                 return
-            self._threads += count
-            self._idle += count
             # Nobody watches the epoll and nothing runs (start-up, or after spares exited): one leads.
             leader = not self._leader and not self._busy
             self._leader = self._leader or leader
@@ -581,10 +577,8 @@ class Dispatcher:
                     self._followers.append(gate)
         job: _Job | None = None
         more = 0
-        while True:  # this thread is counted in _idle here, unless it carries a job over
-            if job is not None:
-                pass  # accepted as it became idle (a prefork child): serve it before anything else
-            elif not leader:
+        while True:  # this thread is counted in _idle here, unless it carries a job over (see the end)
+            if job is None and not leader:
                 promoted = gate.acquire(timeout=spare_idle_time)
                 with self._lock:
                     if not promoted and gate not in self._followers:
@@ -603,7 +597,7 @@ class Dispatcher:
                         continue
                 leader = True  # the promoter set _leader and took our gate off the list
                 continue
-            else:
+            if job is None:
                 job, more, leader = self._lead(me, ident, poll)
                 if job is None:
                     if not leader:  # retired
@@ -715,12 +709,16 @@ class Dispatcher:
             self._spares_needed_at = now
         self._in_service[ident] = job[0] if isinstance(job, tuple) else job
         self._update_listeners_locked()  # accept_while_busy=False: stop accepting now
-        more = min(self._min_spare - self._idle, self._max_threads - self._threads)
-        if more <= 0 or self._stopping:
+        return self._reserve_spares_locked()
+
+    def _reserve_spares_locked(self) -> int:
+        """How many threads to start so that min_spare wait (within max_threads); counted idle at once."""
+        count = min(self._min_spare - self._idle, self._max_threads - self._threads)
+        if count <= 0 or self._stopping:
             return 0
-        self._threads += more
-        self._idle += more
-        return more
+        self._threads += count
+        self._idle += count
+        return count
 
     def _take_locked(self, fd: int) -> _Job | None:
         """What the event on ``fd`` means for this thread: a parked connection to serve, a new connection to
