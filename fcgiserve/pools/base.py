@@ -67,7 +67,7 @@ class PoolSettings:
     graceful_timeout: float = 30.0
     threads_per_child: int = 4  # prefork only
     idle_timeout: float = 0.0  # parked kept-alive connection idle limit; 0 = off
-    params_timeout: float = 0.0  # a connection accepted ahead that stays silent this long is closed; 0 = off
+    params_timeout: float = 0.0  # a new connection that sends nothing this long is closed; 0 = idle_timeout
     max_connections: int = 0  # open connections per process; 0 = unlimited
 
 

@@ -13,8 +13,8 @@ request after request in arrival order with no hand-off between threads, no GIL 
 had no leader for ``promote_after`` while a job runs (an application waiting on a database, a slow body)
 does the control thread promote a follower, or start a thread, to watch the epoll: I/O-bound applications
 still get as many threads as they keep busy, each after at most about that delay. Measured on the reference
-machine, this halves the CPU per hello request against every idle thread waiting in the epoll (each event
-then woke a thread of its own, which fought the others for the GIL on every system call).
+machine, this takes about 40 % off the CPU per hello request, against every idle thread waiting in the epoll
+(each event then woke a thread of its own, which fought the others for the GIL on every system call).
 
 Capacity is the rule that keeps connections from being refused: only an idle thread waits on the epoll, so
 when every thread is busy and no more may be started, nobody accepts and new connections wait in the
@@ -124,10 +124,10 @@ class Dispatcher:
     ``thread_name`` prefixes worker thread names (``<thread_name>-<n>``); ``ready`` is an Event set
     while serving; ``busy_threads`` counts workers inside a job. ``max_spare`` is at least 1 (a thread
     that just finished keeps itself for the next connection), and at least one thread waits for work
-    whenever more may be started. ``fresh_timeout`` closes a connection accepted ahead of time (a batch
-    off the backlog) that has sent nothing for that long (0: ``idle_timeout`` applies). Any observer
-    already set on the factory when ``serve_forever`` starts
-    is chained behind the dispatcher's request counter and put back when it returns.
+    whenever more may be started. ``fresh_timeout`` closes a new connection (parked until its first byte)
+    that has sent nothing for that long (0: ``idle_timeout`` applies). Any observer already set on the
+    factory when ``serve_forever`` starts is chained behind the dispatcher's request counter and put back
+    when it returns.
     """
 
     def __init__(
@@ -446,7 +446,7 @@ class Dispatcher:
         silent = sum(new for _conn, new in expired)
         if silent:
             log.warning(
-                "closed %d new connection(s) that sent nothing within %gs (--params-timeout)",
+                "closed %d new connection(s) that sent nothing within %gs",
                 silent,
                 self._fresh_timeout or self._idle_timeout,
             )
