@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +19,7 @@ __all__ = [
     "PoolEvent",
     "PoolExit",
     "PoolSettings",
+    "RequestCounter",
     "RequestObserver",
     "ServedConnection",
     "StopReason",
@@ -100,3 +103,34 @@ class PoolExit(Exception):
         self.reason = reason
         self.status = status
         self.message = message
+
+
+class RequestCounter:
+    """The observer a pool installs on the factory: counts requests, then forwards to ``downstream``.
+
+    ``on_limit`` is called once, from the worker that finished request number ``limit`` (0: never).
+    """
+
+    def __init__(self, limit: int, on_limit: Callable[[], None]) -> None:
+        self.downstream: RequestObserver | None = None
+        self.busy = 0
+        self.served = 0
+        self._limit = limit
+        self._on_limit = on_limit
+        self._lock = threading.Lock()
+
+    def request_started(self, info: str) -> None:
+        with self._lock:
+            self.busy += 1
+        if self.downstream is not None:
+            self.downstream.request_started(info)
+
+    def request_finished(self) -> None:
+        with self._lock:
+            self.busy -= 1
+            self.served += 1
+            reached = self.served == self._limit
+        if self.downstream is not None:
+            self.downstream.request_finished()
+        if reached:
+            self._on_limit()

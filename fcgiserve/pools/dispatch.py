@@ -1,10 +1,10 @@
 """The dispatcher: worker threads that wait for work themselves (leader/followers over one epoll).
 
-One epoll instance holds the listening sockets and every parked (idle, kept-alive) connection, each armed
-with ``EPOLLONESHOT``. One idle thread, the *leader*, waits in ``epoll_wait``; the other idle threads, the
-*followers*, wait each on its own gate lock. The leader that gets an event serves it itself: it accepts
-(taking what else waits in the backlog too, parked in arrival order) or takes the parked connection, calls
-``serve()``, and re-arms the connection when ``serve()`` says it is idle again.
+One epoll (``watchlist.py``) holds the listening sockets and every parked (idle, kept-alive) connection,
+each armed with ``EPOLLONESHOT``. One idle thread, the *leader*, waits in ``epoll_wait``; the other idle
+threads, the *followers*, wait each on its own gate lock (``crew.py`` counts who waits where). The leader
+that gets an event serves it itself: it accepts (``admission.py`` says whether, and how many) or takes the
+parked connection, calls ``serve()``, and re-arms the connection when ``serve()`` says it is idle again.
 
 Promotion is lazy: a leader that takes a job wakes nobody. Most jobs end within a couple of milliseconds,
 and the thread then goes straight back to the epoll as the leader, so on a busy server one thread serves
@@ -12,9 +12,7 @@ request after request in arrival order with no hand-off between threads, no GIL 
 ``epoll_ctl`` plus the connection's own ``recv`` and ``send`` per kept-alive request. Only when the pool has
 had no leader for ``promote_after`` while a job runs (an application waiting on a database, a slow body)
 does the control thread promote a follower, or start a thread, to watch the epoll: I/O-bound applications
-still get as many threads as they keep busy, each after at most about that delay. Measured on the reference
-machine, this takes about 40 % off the CPU per hello request, against every idle thread waiting in the epoll
-(each event then woke a thread of its own, which fought the others for the GIL on every system call).
+still get as many threads as they keep busy, each after at most about that delay (docs/design.md).
 
 Capacity is the rule that keeps connections from being refused: only an idle thread waits on the epoll, so
 when every thread is busy and no more may be started, nobody accepts and new connections wait in the
@@ -27,11 +25,9 @@ this class; a prefork child is a Dispatcher with ``accept_while_busy=False``. Li
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import math
-import select
 import selectors
 import socket
 import threading
@@ -40,75 +36,36 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fcgiserve.memory import trim_heap
-from fcgiserve.pools.base import ConnectionFactory, RequestObserver, ServedConnection
+from fcgiserve.pools.admission import Admission
+from fcgiserve.pools.base import ConnectionFactory, RequestCounter, ServedConnection
+from fcgiserve.pools.crew import SPARE_IDLE_SECONDS, Crew, Role
+from fcgiserve.pools.watchlist import NewConnection, WatchList, close_quietly
 
 __all__ = ["Dispatcher"]
 
 # What a worker may take: a parked connection, a new one to open and serve, new ones to open and park.
-_NewConnection = tuple[socket.socket, Any]
-_Job = ServedConnection | _NewConnection | list[_NewConnection]
+_Job = ServedConnection | NewConnection | list[NewConnection]
 
 log = logging.getLogger("fcgiserve.pools")
 
 # Tags carried in each control selector key's data.
 _WAKE, _EXTRA = range(2)
 
-_ARMED = select.EPOLLIN | select.EPOLLONESHOT  # one event, to one thread, then disarmed until re-armed
 # On a graceful stop, parked kept-alive connections are served (and closed after that response) this long.
 _DRAIN_SECONDS = 1.0
-# Threads above max_spare exit only after the pool has not needed them for this long: retiring a thread the
-# moment it finishes would start and end threads on every swing of the load (tens of µs of CPU each time).
-SPARE_IDLE_SECONDS = 2.0
 # Lazy promotion: a leader that takes a job keeps the epoll to itself for this long before a follower is
 # woken to watch it. Most requests end sooner, and the leader goes straight back to the epoll: no thread
 # hand-off and no GIL contention per request. A job that runs longer (an application waiting on a database)
 # gets company within about this much time, so other connections never wait on it much longer.
-PROMOTE_AFTER_SECONDS = 0.002
-# A leader that accepts takes up to this many connections off the listen backlog at once (threaded pool):
-# one at a time, a connection waiting in the backlog would wait a whole turn of the epoll's ready list per
-# connection ahead of it, which under a burst of new connections is tens of milliseconds.
-_ACCEPT_BATCH = 16
-# A prefork child that finds the backlog empty when it becomes idle looks again at most this many times later.
-_ACCEPT_AS_IDLE_BACKOFF = 64
+_PROMOTE_AFTER_SECONDS = 0.002
 # This long after the last job, the control thread hands the C heap's free pages back (memory.trim_heap).
 _QUIET_TRIM_SECONDS = 1.0
 # The control thread checks for a leaderless pool on this tick while jobs run or ran lately; after this
 # long with no job it sleeps until the next job wakes it.
 _ACTIVE_WINDOW_SECONDS = 0.25
 
-# accept() failures that say the process or system is out of a resource: retrying at once would spin.
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_ACCEPT_RETRY_DELAY = 0.5
 # After a stop that timed out or was immediate, how long to wait for workers to notice their closed sockets.
 _FORCED_JOIN_TIMEOUT = 0.2
-
-
-class _RequestCounter:
-    """The observer the dispatcher installs on the factory: counts requests, then forwards."""
-
-    def __init__(self, limit: int, on_limit: Callable[[], None]) -> None:
-        self.downstream: RequestObserver | None = None
-        self.busy = 0
-        self.served = 0
-        self._limit = limit
-        self._on_limit = on_limit
-        self._lock = threading.Lock()
-
-    def request_started(self, info: str) -> None:
-        with self._lock:
-            self.busy += 1
-        if self.downstream is not None:
-            self.downstream.request_started(info)
-
-    def request_finished(self) -> None:
-        with self._lock:
-            self.busy -= 1
-            self.served += 1
-            reached = self.served == self._limit
-        if self.downstream is not None:
-            self.downstream.request_finished()
-        if reached:
-            self._on_limit()
 
 
 class Dispatcher:
@@ -145,7 +102,7 @@ class Dispatcher:
         graceful_timeout: float = 30.0,
         thread_name: str = "fcgiserve-worker",
         spare_idle_time: float = SPARE_IDLE_SECONDS,
-        promote_after: float = PROMOTE_AFTER_SECONDS,
+        promote_after: float = _PROMOTE_AFTER_SECONDS,
         fresh_timeout: float = 0.0,
     ) -> None:
         if max_threads < 1:
@@ -154,51 +111,33 @@ class Dispatcher:
             raise ValueError(f"need 0 <= min_spare <= max_spare, got {min_spare} and {max_spare}")
         if idle_timeout < 0 or max_connections < 0 or max_requests < 0 or graceful_timeout < 0:
             raise ValueError("idle_timeout, max_connections, max_requests and graceful_timeout must be >= 0")
-        self._listeners = {listener.fileno(): listener for listener in listeners}
         self._factory = factory
-        # One waiting thread is the minimum that keeps the pool reachable.
-        self._min_spare = max(1, min(min_spare, max_threads))
-        self._max_spare = max(self._min_spare, min(max_spare, max_threads))
-        self._max_threads = max_threads
         self._idle_timeout = idle_timeout
-        self._max_connections = max_connections
-        self._accept_while_busy = accept_while_busy
-        self._accept_skip = 0  # _accept_as_idle_locked: idle moments to let pass before it looks again
-        self._accept_backoff = 1
         self._graceful_timeout = graceful_timeout
         self._thread_name = thread_name
-        self._spare_idle_time = spare_idle_time
         self._promote_after = promote_after
         self._fresh_timeout = fresh_timeout
         self._thread_serial = itertools.count(1)
-        self._counter = _RequestCounter(max_requests, self._on_max_requests)
+        self._counter = RequestCounter(max_requests, self._on_max_requests)
         self.max_requests_reached = False
         self.ready = threading.Event()  # set while serve_forever is serving
 
         # Shared by the workers and the control thread, guarded by _lock.
         self._lock = threading.Lock()
-        self._epoll = select.epoll()
-        # fd -> (connection, when it expires, new: it has not sent a byte yet): kept-alive connections, and
-        # new ones waiting for their first byte
-        self._parked: dict[int, tuple[ServedConnection, float, bool]] = {}
-        self._armed: set[int] = set()  # listener fds currently armed in the epoll
-        # Idle threads: one leader waiting in the epoll, the others (followers) each blocked on its own gate
-        # lock until promoted; a thread being started counts as idle.
-        self._idle = 0
-        self._leader = False  # a thread waits in (or is on its way to) the epoll
-        self._followers: list[threading.Lock] = []  # their gates, held; releasing one promotes that thread
-        self._leaderless_since = 0.0  # when the last leader took a job
+        self._watch = WatchList(listeners)  # the epoll: listeners and parked connections
+        self._crew = Crew(min_spare, max_spare, max_threads, spare_idle_time)  # who waits where
+        self._admission = Admission(
+            self._watch,
+            self._crew,
+            max_connections=max_connections,
+            accept_while_busy=accept_while_busy,
+            wake=self._wake,
+        )
         self._last_job_at = 0.0
         self._trimmed = True  # no job since the heap was last trimmed
         self._control_asleep = False  # the control thread waits without a tick: a new job must wake it
-        self._threads = 0
-        self._busy = 0  # threads serving a connection
-        self._spares_needed_at = 0.0  # when idle threads last numbered max_spare or fewer
-        self._open = 0  # accepted connections not yet finished: in service or parked
         self._in_service: dict[int, ServedConnection | socket.socket] = {}  # thread ident -> what it serves
         self._workers: set[threading.Thread] = set()
-        self._accept_paused = False
-        self._accept_retry_at = 0.0
         self._stop_requested = False
         self._stop_graceful = True
         self._stop_deadline = math.inf
@@ -207,13 +146,6 @@ class Dispatcher:
         self._workers_exit = False
         self._started = False
         self._finished = False  # serve_forever returned; the last worker out closes the epoll
-
-        # Level-triggered "exit" pipe in the workers' epoll: once written, every waiting worker wakes.
-        self._exit_r, self._exit_w = socket.socketpair()
-        self._epoll.register(self._exit_r.fileno(), select.EPOLLIN)
-        for fd, listener in self._listeners.items():
-            listener.setblocking(False)
-            self._epoll.register(fd, 0)  # disarmed until _update_listeners_locked arms it
 
         # Owned by the control thread.
         self._control = selectors.DefaultSelector()
@@ -234,23 +166,23 @@ class Dispatcher:
 
     @property
     def idle_threads(self) -> int:
-        return self._idle
+        return self._crew.idle
 
     @property
     def busy_threads(self) -> int:
-        return self._busy
+        return self._crew.busy
 
     @property
     def thread_count(self) -> int:
-        return self._threads
+        return self._crew.threads
 
     @property
     def parked_connections(self) -> int:
-        return len(self._parked)
+        return len(self._watch.parked)
 
     @property
     def open_connections(self) -> int:
-        return self._open
+        return self._admission.open
 
     # -- control ----------------------------------------------------------------------------------------
 
@@ -261,21 +193,21 @@ class Dispatcher:
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
         """Ask serve_forever to stop; a later non-graceful stop or earlier deadline overrides."""
         with self._lock:
-            self._stop_requested = True
+            self._stop_requested = self._admission.closed = True
             self._stop_graceful = self._stop_graceful and graceful
             self._stop_deadline = min(self._stop_deadline, time.monotonic() + timeout)
-            self._update_listeners_locked()
+            self._admission.update()
         self._wake()
 
     def pause_accepting(self) -> None:
         with self._lock:
-            self._accept_paused = True
-            self._update_listeners_locked()
+            self._admission.paused = True
+            self._admission.update()
 
     def resume_accepting(self) -> None:
         with self._lock:
-            self._accept_paused = False
-            self._update_listeners_locked()
+            self._admission.paused = False
+            self._admission.update()
 
     def _on_max_requests(self) -> None:
         self.max_requests_reached = True
@@ -287,35 +219,6 @@ class Dispatcher:
         except OSError:  # full (a wakeup is pending anyway) or closed (serve_forever is over)
             pass
 
-    # -- listeners: armed only while accepting is allowed -------------------------------------------------
-
-    def _accepting_locked(self) -> bool:
-        if self._accept_paused or self._stop_requested or self._stopping or self._accept_retry_at:
-            return False
-        return not (self._max_connections and self._open >= self._max_connections)
-
-    def _declining_locked(self) -> bool:
-        """accept_while_busy=False and a thread of ours is busy: new connections are a sibling's."""
-        return not self._accept_while_busy and self._busy > 0
-
-    def _update_listeners_locked(self) -> None:
-        """Arm every disarmed listener when accepting is allowed; disarm the armed ones when it is not.
-
-        Being busy (``accept_while_busy=False``) disarms lazily: an armed listener stays armed, and a
-        connection that arrives meanwhile is declined when its event comes (``_take_locked``) and left to an
-        idle sibling. That costs an ``epoll_ctl`` per new connection, not two per request.
-        """
-        if self._accepting_locked():
-            if len(self._armed) == len(self._listeners) or self._declining_locked():
-                return  # the common case on the request path: nothing to do
-            for fd in self._listeners.keys() - self._armed:
-                self._epoll.modify(fd, _ARMED)
-                self._armed.add(fd)
-        elif self._armed:
-            for fd in self._armed:
-                self._epoll.modify(fd, 0)
-            self._armed.clear()
-
     # -- the control thread -----------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
@@ -326,7 +229,7 @@ class Dispatcher:
         self._factory.observer = self._counter
         try:
             with self._lock:
-                self._update_listeners_locked()
+                self._admission.update()
             self._maintain_threads()
             self.ready.set()
             self._run_control_loop()
@@ -352,12 +255,11 @@ class Dispatcher:
                 )
             if stop_requested and not self._stopping:
                 self._begin_stop()
-            if self._parked and (self._idle_timeout or self._fresh_timeout):
+            if self._watch.parked and (self._idle_timeout or self._fresh_timeout):
                 self._expire_idle()
-            if self._accept_retry_at and time.monotonic() >= self._accept_retry_at:
+            if self._admission.retry_at:
                 with self._lock:
-                    self._accept_retry_at = 0.0
-                    self._update_listeners_locked()
+                    self._admission.retry_if_due(time.monotonic())
             self._promote_if_stalled()
             self._trim_when_quiet()
             if self._stopping:
@@ -366,7 +268,7 @@ class Dispatcher:
                     self._force_close_all()
                     return
                 with self._lock:
-                    done = self._busy == 0 and (not self._parked or now >= self._drain_deadline)
+                    done = self._crew.busy == 0 and (not self._watch.parked or now >= self._drain_deadline)
                 if done:
                     self._close_parked()
                     return
@@ -374,36 +276,24 @@ class Dispatcher:
 
     def _trim_when_quiet(self) -> None:
         """A second after the last job, give back what the burst left in the C heap (memory.trim_heap)."""
-        if self._trimmed or self._busy or time.monotonic() - self._last_job_at < _QUIET_TRIM_SECONDS:
+        if self._trimmed or self._crew.busy or time.monotonic() - self._last_job_at < _QUIET_TRIM_SECONDS:
             return
         self._trimmed = True
         trim_heap()
 
     def _promote_if_stalled(self) -> None:
         """No thread has watched the epoll for promote_after while jobs run: give it a leader."""
+        crew = self._crew
         with self._lock:
-            if self._leader or self._workers_exit:
+            if crew.leader or self._workers_exit:
                 return
-            if self._busy and time.monotonic() - self._leaderless_since < self._promote_after:
+            if crew.busy and time.monotonic() - crew.leaderless_since < self._promote_after:
                 return
-            if not self._busy and not self._followers:
+            if not crew.busy and not crew.followers:
                 return  # a thread on its way in (counted idle) leads when it arrives
-            start = self._promote_locked()
+            start = crew.promote()
         if start:
             self._start_threads(1, leader=True)
-
-    def _promote_locked(self) -> bool:
-        """Make a follower the leader; True when there is none and a new thread must start as the leader."""
-        self._leader = True
-        if self._followers:
-            self._followers.pop().release()  # the most recently idle thread: its stack is warm
-            return False
-        if self._threads < self._max_threads:
-            self._threads += 1
-            self._idle += 1
-            return True
-        self._leader = False  # every thread is busy and no more may start: the next one to finish leads
-        return False
 
     def _next_timeout(self) -> float | None:
         now = time.monotonic()
@@ -414,13 +304,14 @@ class Dispatcher:
             when = now + min(min(expiring) / 2, 1.0)
         if self._stopping:
             when = min(when, self._stop_deadline, self._drain_deadline)
-        if self._accept_retry_at:
-            when = min(when, self._accept_retry_at)
+        if self._admission.retry_at:
+            when = min(when, self._admission.retry_at)
         if not self._trimmed:  # while a job runs, look again a second later
-            when = min(when, max(self._last_job_at, now if self._busy else 0.0) + _QUIET_TRIM_SECONDS)
+            when = min(when, max(self._last_job_at, now if self._crew.busy else 0.0) + _QUIET_TRIM_SECONDS)
         with self._lock:
-            if not self._leader and self._busy and (self._followers or self._threads < self._max_threads):
-                when = min(when, self._leaderless_since + self._promote_after)
+            crew = self._crew
+            if not crew.leader and crew.busy and crew.can_promote():
+                when = min(when, crew.leaderless_since + self._promote_after)
             elif now - self._last_job_at < _ACTIVE_WINDOW_SECONDS:
                 # Jobs come and go: tick, so that a long one is noticed without a wake-up per job.
                 when = min(when, now + self._promote_after)
@@ -440,9 +331,7 @@ class Dispatcher:
     def _expire_idle(self) -> None:
         now = time.monotonic()
         with self._lock:
-            expired = [(conn, new) for conn, expires_at, new in self._parked.values() if expires_at <= now]
-            for conn, _new in expired:
-                del self._parked[conn.fileno()]
+            expired = self._watch.unpark_expired(now)
         silent = sum(new for _conn, new in expired)
         if silent:
             log.warning(
@@ -454,11 +343,11 @@ class Dispatcher:
 
     def _close_connections(self, conns: Sequence[ServedConnection]) -> None:
         for conn in conns:
-            _close_quietly(conn)  # closing the fd also removes it from the epoll
+            close_quietly(conn)  # closing the fd also removes it from the epoll
         if conns:
             with self._lock:
-                self._open -= len(conns)
-                self._update_listeners_locked()
+                self._admission.open -= len(conns)
+                self._admission.update()
 
     def _maintain_threads(self) -> None:
         """Keep min_spare threads waiting for work, within max_threads."""
@@ -467,8 +356,7 @@ class Dispatcher:
             if not count:
                 return
             # Nobody watches the epoll and nothing runs (start-up, or after spares exited): one leads.
-            leader = not self._leader and not self._busy
-            self._leader = self._leader or leader
+            leader = self._crew.lead_if_unled()
         self._start_threads(count, leader)
 
     def _start_threads(self, count: int, leader: bool = False) -> None:
@@ -493,68 +381,55 @@ class Dispatcher:
         each closed after its next response, and only those still idle at its end are closed unannounced.
         """
         with self._lock:
-            self._stopping = True
-            self._update_listeners_locked()  # listeners stay open: new connections wait in the backlog
+            self._stopping = self._admission.closed = True
+            self._admission.update()  # listeners stay open: new connections wait in the backlog
             self._drain_deadline = min(self._stop_deadline, time.monotonic() + _DRAIN_SECONDS)
         if self.max_requests_reached:
             self._close_parked()  # after max_requests not one request more: parked connections close now
 
     def _close_parked(self) -> None:
         with self._lock:
-            parked = self._unpark_all_locked()
+            parked = self._watch.unpark_all()
         self._close_connections(parked)
-
-    def _unpark_all_locked(self) -> list[ServedConnection]:
-        parked = [entry[0] for entry in self._parked.values()]
-        self._parked.clear()
-        return parked
 
     def _force_close_all(self) -> None:
         """Close parked and in-service connections (an immediate stop, or a graceful one out of time)."""
         with self._lock:
-            self._stopping = True
-            self._update_listeners_locked()
+            self._stopping = self._admission.closed = True
+            self._admission.update()
             in_service = list(self._in_service.values())
-            parked = self._unpark_all_locked()
+            parked = self._watch.unpark_all()
         self._close_connections(parked)
         # A worker may still be inside serve(): close() should shut the socket down so its read returns.
         for served in in_service:
-            _close_quietly(served)
+            close_quietly(served)
 
     def _finish(self) -> None:
         """Stop the workers, close what is left, release the epoll (the listeners stay open)."""
         with self._lock:
-            self._stopping = True
+            self._stopping = self._admission.closed = True
             self._workers_exit = True
-            self._update_listeners_locked()
+            self._admission.update()
             workers = list(self._workers)
-            clean = self._busy == 0
-            for gate in self._followers:  # followers wake and retire
-                gate.release()
-            self._followers.clear()
-        self._exit_w.send(b"\0")  # level-triggered: wakes every waiting worker, one after another
+            clean = self._crew.busy == 0
+            self._crew.release_followers()  # they wake and retire
+        self._watch.wake_all()
         deadline = time.monotonic() + (self._graceful_timeout if clean else _FORCED_JOIN_TIMEOUT)
         for thread in workers:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._close_parked()
-        for fd in self._listeners:
-            try:
-                self._epoll.unregister(fd)
-            except OSError:
-                pass
+        self._watch.forget_listeners()
         self._control.close()
         self._wake_r.close()
         self._wake_w.close()
         with self._lock:
             self._finished = True
-            if self._threads == 0:
+            if self._crew.threads == 0:
                 self._release_locked()
             # else: a worker stuck in application code still holds the epoll; the last one out releases it.
 
     def _release_locked(self) -> None:
-        self._epoll.close()
-        self._exit_r.close()
-        self._exit_w.close()
+        self._watch.close()
 
     # -- worker threads ---------------------------------------------------------------------------------
 
@@ -562,40 +437,37 @@ class Dispatcher:
         """A worker: lead (wait in the epoll), follow (wait on its gate until promoted), or serve a job."""
         me = threading.current_thread()
         ident = threading.get_ident()
-        poll = self._epoll.poll
-        spare_idle_time = self._spare_idle_time
-        gate = threading.Lock()
+        crew = self._crew
+        poll = self._watch.poll
+        spare_idle_time = crew.spare_idle_time
+        gate = threading.Lock()  # held; the promoter releases it
         gate.acquire()
         if not leader:
             with self._lock:
                 if self._workers_exit:
                     self._retire_locked(me)
                     return
-                if not self._leader and not self._busy:
-                    self._leader = leader = True  # nobody watches the epoll and nothing runs: lead
-                else:
-                    self._followers.append(gate)
+                leader = crew.join(gate)
         job: _Job | None = None
         more = 0
-        while True:  # this thread is counted in _idle here, unless it carries a job over (see the end)
+        while True:  # this thread is counted idle here, unless it carries a job over (see the end)
             if job is None and not leader:
                 promoted = gate.acquire(timeout=spare_idle_time)
                 with self._lock:
-                    if not promoted and gate not in self._followers:
+                    if not promoted and gate not in crew.followers:
                         # Promoted (or released by _finish) between the timeout and this lock.
                         promoted = gate.acquire(blocking=False)
                     if self._workers_exit:
-                        if gate in self._followers:
-                            self._followers.remove(gate)
+                        crew.unfollow(gate)
                         self._retire_locked(me)
                         return
                     if not promoted:
-                        if self._surplus_spare_locked():
-                            self._followers.remove(gate)
+                        if crew.surplus_spare():
+                            crew.unfollow(gate)
                             self._retire_locked(me)
                             return
                         continue
-                leader = True  # the promoter set _leader and took our gate off the list
+                leader = True  # the promoter made us the leader and took our gate off the list
                 continue
             if job is None:
                 job, more, leader = self._lead(me, ident, poll)
@@ -613,29 +485,23 @@ class Dispatcher:
             job = None
             with self._lock:
                 del self._in_service[ident]
-                self._busy -= 1
+                crew.end_job()
                 if keep is None:
-                    self._open -= 1
+                    self._admission.open -= 1
                 elif self._stopping or self.max_requests_reached:
-                    self._open -= 1
-                    _close_quietly(keep)
+                    self._admission.open -= 1
+                    close_quietly(keep)
                 else:
                     self._park_locked(keep)
-                self._update_listeners_locked()
+                self._admission.update()
                 stopping = self._stopping
-                self._idle += 1
-                retire: bool = self._workers_exit
-                if not retire and not self._leader:
-                    self._leader = leader = True  # back to the epoll at once: no hand-off
-                    if not self._accept_while_busy and not self._busy:
-                        job = self._accept_as_idle_locked()
-                        if job is not None:
-                            more = self._begin_job_locked(job, ident)
-                            leader = False
-                elif not retire:
-                    retire = self._surplus_spare_locked()
-                    if not retire:
-                        self._followers.append(gate)
+                role = Role.RETIRE if self._workers_exit else crew.rejoin(gate)
+                retire, leader = role is Role.RETIRE, role is Role.LEAD
+                if leader and not self._admission.accept_while_busy and not crew.busy:
+                    job = self._admission.accept_as_idle()
+                    if job is not None:
+                        more = self._begin_job_locked(job, ident)
+                        leader = False
                 if retire:
                     self._retire_locked(me)
             if stopping:
@@ -648,7 +514,7 @@ class Dispatcher:
     ) -> tuple[_Job | None, int, bool]:
         """Wait in the epoll as the leader: (job or None, threads to start, still counted a worker)."""
         try:
-            events = poll(self._spare_idle_time, 1)
+            events = poll(self._crew.spare_idle_time, 1)
         except InterruptedError:
             return None, 0, True
         except (OSError, ValueError):  # the epoll was closed under us: the dispatcher is gone
@@ -660,97 +526,53 @@ class Dispatcher:
                 self._retire_locked(me)
                 return None, 0, False
             if not events:  # nothing for a while: exit if this thread is a spare nobody needed lately
-                if self._followers and self._surplus_spare_locked():
-                    self._promote_locked()  # hand the epoll over before leaving
+                if self._crew.followers and self._crew.surplus_spare():
+                    self._crew.promote()  # hand the epoll over before leaving
                     self._retire_locked(me)
                     return None, 0, False
                 return None, 0, True
             job = self._take_locked(events[0][0])
             if job is None:
                 # A sibling process took the connection (EAGAIN), or a stale event: re-arm and wait.
-                self._update_listeners_locked()
+                self._admission.update()
                 return None, 0, True
             if isinstance(job, list):
                 return job, 0, True
             return job, self._begin_job_locked(job, ident), False
 
-    def _accept_as_idle_locked(self) -> _NewConnection | None:
-        """A prefork child that has just become idle takes a connection waiting in the backlog first, every
-        other time: one accept per turn of the epoll's ready list left new connections waiting behind all
-        the parked ones (nginx opening connections beyond its keepalive cache). An empty backlog makes it
-        look less often (every 2nd, 4th ... 64th time), so kept-alive traffic alone pays next to nothing."""
-        if self._accept_skip:
-            self._accept_skip -= 1
-            return None
-        if not self._accepting_locked():
-            return None
-        for listener in self._listeners.values():
-            accepted = self._accept_locked(listener)
-            if accepted is not None:
-                self._accept_backoff = self._accept_skip = 1
-                return accepted
-        self._accept_backoff = self._accept_skip = min(2 * self._accept_backoff, _ACCEPT_AS_IDLE_BACKOFF)
-        return None
-
-    def _begin_job_locked(self, job: ServedConnection | _NewConnection, ident: int) -> int:
+    def _begin_job_locked(self, job: ServedConnection | NewConnection, ident: int) -> int:
         """The leader turns to a job. Returns how many threads to start to keep min_spare idle."""
         # Lead no more, and wake nobody: most jobs end within promote_after, and this thread then comes
         # straight back to the epoll (the control thread promotes a follower otherwise).
-        self._leader = False
         now = time.monotonic()
-        self._leaderless_since = self._last_job_at = now
+        self._crew.begin_job(now)
+        self._last_job_at = now
         self._trimmed = False
         if self._control_asleep:
             self._control_asleep = False
             self._wake()
-        self._idle -= 1
-        self._busy += 1
-        if self._idle <= self._max_spare:
-            self._spares_needed_at = now
         self._in_service[ident] = job[0] if isinstance(job, tuple) else job
-        self._update_listeners_locked()  # accept_while_busy=False: stop accepting now
+        self._admission.update()  # accept_while_busy=False: stop accepting now
         return self._reserve_spares_locked()
 
     def _reserve_spares_locked(self) -> int:
-        """How many threads to start so that min_spare wait (within max_threads); counted idle at once."""
-        count = min(self._min_spare - self._idle, self._max_threads - self._threads)
-        if count <= 0 or self._stopping:
-            return 0
-        self._threads += count
-        self._idle += count
-        return count
+        """How many threads to start so that min_spare wait (within max_threads); none while stopping."""
+        return 0 if self._stopping else self._crew.reserve_spares()
 
     def _take_locked(self, fd: int) -> _Job | None:
         """What the event on ``fd`` means for this thread: a parked connection to serve, a new connection to
         open and serve (a prefork child), new connections to open and park (a list), or nothing."""
-        listener = self._listeners.get(fd)
+        listener = self._watch.fired_listener(fd)
         if listener is None:
-            parked = self._parked.pop(fd, None)
+            parked = self._watch.unpark(fd)
             if parked is not None and self.max_requests_reached:
-                self._open -= 1  # not one request more: the control thread is on its way to stop
-                _close_quietly(parked[0])
+                self._admission.open -= 1  # not one request more: the control thread is on its way to stop
+                close_quietly(parked)
                 return None
-            return None if parked is None else parked[0]
-        self._armed.discard(fd)  # EPOLLONESHOT disarmed it; the caller re-arms it
-        if not self._accepting_locked() or self._declining_locked():
-            return None  # paused, stopping, or busy: the connection waits for a sibling or for us
-        if not self._accept_while_busy:
-            # A prefork child takes one connection and is busy with it at once (even a silent one), so the
-            # master sees it busy and its siblings, or a new child, take the next.
-            return self._accept_locked(listener)
-        # Take a burst at once, not one per turn of the epoll's ready list; no more than the threads could
-        # serve at once.
-        accepted = []
-        for _ in range(min(_ACCEPT_BATCH, self._max_threads - self._busy)):
-            if not self._accepting_locked():
-                break
-            new = self._accept_locked(listener)
-            if new is None:
-                break
-            accepted.append(new)
-        return accepted or None
+            return parked
+        return self._admission.take(listener)
 
-    def _open_new(self, accepted: list[_NewConnection]) -> None:
+    def _open_new(self, accepted: list[NewConnection]) -> None:
         """Open new connections (outside the lock) and park them until their first byte.
 
         A new connection costs no thread until it speaks (a silent one is closed after fresh_timeout), and
@@ -762,33 +584,13 @@ class Dispatcher:
         with self._lock:
             for conn in opened:
                 if conn is None:
-                    self._open -= 1  # refused (allow-list) or failed: already closed
+                    self._admission.open -= 1  # refused (allow-list) or failed: already closed
                 elif self._stopping:
-                    self._open -= 1
-                    _close_quietly(conn)
+                    self._admission.open -= 1
+                    close_quietly(conn)
                 else:
                     self._park_locked(conn, expires_at, new=True)
-            self._update_listeners_locked()
-
-    def _accept_locked(self, listener: socket.socket) -> _NewConnection | None:
-        try:
-            sock, peer = listener.accept()
-        except BlockingIOError:
-            return None  # another process or thread took it
-        except OSError as exc:
-            if exc.errno in _RESOURCE_ERRNOS:
-                log.warning("accept failed (%s); pausing accept for %.1fs", exc, _ACCEPT_RETRY_DELAY)
-                self._accept_retry_at = time.monotonic() + _ACCEPT_RETRY_DELAY
-                self._wake()
-            return None  # ECONNABORTED and friends: that peer gave up
-        if sock.family != socket.AF_UNIX:
-            try:
-                # Nagle + delayed ACK would hold small responses for ~40 ms.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        self._open += 1
-        return sock, peer
+            self._admission.update()
 
     def _open_one(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
         """The factory's connection for a new socket; None when refused or failed (the socket is closed)."""
@@ -796,7 +598,7 @@ class Dispatcher:
             return self._factory.open(sock, peer)
         except BaseException:  # even SystemExit from application code must not cost us a worker
             log.exception("opening a connection from %r failed; closing it", peer)
-            _close_quietly(sock)
+            close_quietly(sock)
             return None
 
     def _park_locked(
@@ -805,33 +607,17 @@ class Dispatcher:
         """Watch ``conn`` until it is readable, or until ``expires_at`` (default: after idle_timeout)."""
         if expires_at is None:
             expires_at = time.monotonic() + self._idle_timeout if self._idle_timeout else math.inf
-        try:
-            fd = conn.fileno()
-            self._parked[fd] = (conn, expires_at, new)
-            try:
-                self._epoll.modify(fd, _ARMED)
-            except FileNotFoundError:  # first park of this connection
-                self._epoll.register(fd, _ARMED)
-        except (OSError, ValueError):
-            log.exception("cannot watch a kept-alive connection; closing it")
-            self._parked.pop(conn.fileno(), None)
-            self._open -= 1
-            _close_quietly(conn)
-
-    def _surplus_spare_locked(self) -> bool:
-        """More than max_spare threads idle (this one included), and none of them needed for a while."""
-        if self._idle <= self._max_spare:
-            return False
-        return time.monotonic() - self._spares_needed_at >= self._spare_idle_time
+        if not self._watch.park(conn, expires_at, new):
+            self._admission.open -= 1
+            close_quietly(conn)
 
     def _retire_locked(self, me: threading.Thread) -> None:
-        self._idle -= 1
-        self._threads -= 1
+        self._crew.retire()
         self._workers.discard(me)
-        if self._finished and self._threads == 0:
+        if self._finished and self._crew.threads == 0:
             self._release_locked()
 
-    def _run_job(self, job: ServedConnection | _NewConnection, ident: int) -> ServedConnection | None:
+    def _run_job(self, job: ServedConnection | NewConnection, ident: int) -> ServedConnection | None:
         """Serve one connection (opening it first if new); return it if it should be parked. Never raises."""
         if isinstance(job, tuple):
             conn = self._open_one(*job)
@@ -845,13 +631,6 @@ class Dispatcher:
             keep = conn.serve()
         except BaseException:  # even SystemExit from application code must not cost us a worker
             log.exception("serving a connection failed; closing it")
-            _close_quietly(conn)
+            close_quietly(conn)
             return None
         return conn if keep else None
-
-
-def _close_quietly(closable: ServedConnection | socket.socket) -> None:
-    try:
-        closable.close()
-    except Exception:
-        log.exception("closing a connection failed")

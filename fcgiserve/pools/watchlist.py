@@ -1,0 +1,158 @@
+"""What the dispatcher's workers wait on: one epoll over the listening sockets and the parked connections.
+
+Every entry is armed with ``EPOLLONESHOT``: an event goes to one thread, and the entry stays disarmed until
+that thread re-arms it (a parked connection by being parked again, a listener by ``arm_listeners``). A
+level-triggered exit pipe in the same epoll wakes every waiting worker at shutdown.
+
+This class keeps no lock: the dispatcher calls every method but ``poll`` with its own lock held. It knows
+nothing of threads or of what a connection speaks; the dispatcher decides when to accept and when to park.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from fcgiserve.pools.base import ServedConnection
+
+__all__ = ["AcceptFailed", "NewConnection", "WatchList", "accept", "close_quietly"]
+
+log = logging.getLogger("fcgiserve.pools")
+
+NewConnection = tuple[socket.socket, Any]  # an accepted socket and its peer address, not yet opened
+
+_ARMED = select.EPOLLIN | select.EPOLLONESHOT  # one event, to one thread, then disarmed until re-armed
+# accept() failures that say the process or system is out of a resource: retrying at once would spin.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class AcceptFailed(Exception):
+    """accept() failed for want of a resource (file descriptors, memory): pause accepting for a while."""
+
+
+class WatchList:
+    """The epoll, the listeners armed in it, and the parked connections with their expiry times."""
+
+    def __init__(self, listeners: Sequence[socket.socket]) -> None:
+        self.listeners = {listener.fileno(): listener for listener in listeners}
+        # fd -> (connection, when it expires, new: it has not sent a byte yet): kept-alive connections, and
+        # new ones waiting for their first byte
+        self.parked: dict[int, tuple[ServedConnection, float, bool]] = {}
+        self._armed: set[int] = set()  # listener fds currently armed
+        self._epoll = select.epoll()
+        self.poll = self._epoll.poll  # (timeout, maxevents): called without the dispatcher's lock
+        self._exit_r, self._exit_w = socket.socketpair()
+        self._epoll.register(self._exit_r.fileno(), select.EPOLLIN)
+        for fd, listener in self.listeners.items():
+            listener.setblocking(False)
+            self._epoll.register(fd, 0)  # disarmed until arm_listeners
+
+    # -- listeners ----------------------------------------------------------------------------------------
+
+    def arm_listeners(self) -> None:
+        """Arm every disarmed listener (after an accept, a pause or a busy spell)."""
+        if len(self._armed) == len(self.listeners):
+            return  # the common case on the request path: nothing to do
+        for fd in self.listeners.keys() - self._armed:
+            self._epoll.modify(fd, _ARMED)
+            self._armed.add(fd)
+
+    def disarm_listeners(self) -> None:
+        if self._armed:
+            for fd in self._armed:
+                self._epoll.modify(fd, 0)
+            self._armed.clear()
+
+    def fired_listener(self, fd: int) -> socket.socket | None:
+        """The listener an event on ``fd`` came from (the event disarmed it), or None for another fd."""
+        listener = self.listeners.get(fd)
+        if listener is not None:
+            self._armed.discard(fd)
+        return listener
+
+    def forget_listeners(self) -> None:
+        """Take the listeners out of the epoll; they stay open (they belong to the dispatcher's caller)."""
+        for fd in self.listeners:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass
+        self._armed.clear()
+
+    # -- parked connections -------------------------------------------------------------------------------
+
+    def park(self, conn: ServedConnection, expires_at: float, new: bool = False) -> bool:
+        """Watch ``conn`` until it is readable; False (logged) when it cannot be watched."""
+        try:
+            fd = conn.fileno()
+            self.parked[fd] = (conn, expires_at, new)
+            try:
+                self._epoll.modify(fd, _ARMED)
+            except FileNotFoundError:  # first park of this connection
+                self._epoll.register(fd, _ARMED)
+        except (OSError, ValueError):
+            log.exception("cannot watch a kept-alive connection; closing it")
+            self.parked.pop(conn.fileno(), None)
+            return False
+        return True
+
+    def unpark(self, fd: int) -> ServedConnection | None:
+        """The parked connection an event on ``fd`` is for (no longer parked), or None."""
+        entry = self.parked.pop(fd, None)
+        return None if entry is None else entry[0]
+
+    def unpark_all(self) -> list[ServedConnection]:
+        parked = [entry[0] for entry in self.parked.values()]
+        self.parked.clear()
+        return parked
+
+    def unpark_expired(self, now: float) -> list[tuple[ServedConnection, bool]]:
+        """Unpark the connections whose time ran out: (connection, new) pairs."""
+        expired = [(conn, new) for conn, expires_at, new in self.parked.values() if expires_at <= now]
+        for conn, _new in expired:
+            del self.parked[conn.fileno()]
+        return expired
+
+    # -- shutdown -----------------------------------------------------------------------------------------
+
+    def wake_all(self) -> None:
+        """Wake every thread waiting in ``poll`` now and later (the exit pipe is level-triggered)."""
+        self._exit_w.send(b"\0")
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._exit_r.close()
+        self._exit_w.close()
+
+
+def accept(listener: socket.socket) -> NewConnection | None:
+    """Accept one connection, TCP_NODELAY set; None when there is none (or that peer gave up).
+
+    Raises AcceptFailed when the process or system is out of a resource.
+    """
+    try:
+        sock, peer = listener.accept()
+    except BlockingIOError:
+        return None  # another process or thread took it
+    except OSError as exc:
+        if exc.errno in _RESOURCE_ERRNOS:
+            raise AcceptFailed(str(exc)) from exc
+        return None  # ECONNABORTED and friends: that peer gave up
+    if sock.family != socket.AF_UNIX:
+        try:
+            # Nagle + delayed ACK would hold small responses for ~40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    return sock, peer
+
+
+def close_quietly(closable: ServedConnection | socket.socket) -> None:
+    try:
+        closable.close()
+    except Exception:
+        log.exception("closing a connection failed")
