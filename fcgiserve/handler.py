@@ -47,9 +47,9 @@ from fcgiserve.limits import (
     is_send_timeout,
     is_trusted_peer,
     recv_until,
-    scratch_buffer,
     set_send_timeout,
 )
+from fcgiserve.memory import scratch_buffer
 from fcgiserve.operations import RequestOperations
 from fcgiserve.protocol import (
     ConnectionClosed,

@@ -22,7 +22,6 @@ import mmap
 import select
 import socket
 import struct
-import threading
 import time
 from typing import Any
 
@@ -32,31 +31,11 @@ __all__ = [
     "is_trusted_peer",
     "recv_until",
     "remote_addr_is_loopback",
-    "scratch_buffer",
     "set_send_timeout",
 ]
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval {time_t tv_sec; suseconds_t tv_usec;} on Linux
 _POLL_IN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
-
-
-SCRATCH_SIZE = 256 * 1024  # one recv takes a whole nginx request, or a good slice of an upload
-_scratch = threading.local()
-
-
-def scratch_buffer() -> tuple[mmap.mmap, memoryview]:
-    """This thread's receive buffer (and a view of it), for data that is consumed before the next read.
-
-    One per thread, not one per connection: a zero-filled bytearray per kept-alive connection cost 256 KiB
-    of resident memory each, so a hundred idle connections held 25 MiB for nothing. Anonymous mmap pages
-    become resident only once a read writes into them, so a thread that reads small requests costs a page.
-    """
-    try:
-        return _scratch.buffer, _scratch.view
-    except AttributeError:
-        _scratch.buffer = mmap.mmap(-1, SCRATCH_SIZE)
-        _scratch.view = memoryview(_scratch.buffer)
-        return _scratch.buffer, _scratch.view
 
 
 def recv_until(sock: socket.socket, buffer: bytearray | mmap.mmap, deadline: float | None) -> int:

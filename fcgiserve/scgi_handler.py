@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fcgiserve.handler import HandlerOptions
-from fcgiserve.limits import scratch_buffer
+from fcgiserve.memory import scratch_buffer
 from fcgiserve.operations import RequestOperations
 from fcgiserve.scgi import SCGIError, SCGILimits, SCGIRequest, SCGIRequestParser
 from fcgiserve.wsgi import ClientDisconnected, RequestBody, build_environ, run_application

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fcgiserve.memory import trim_heap
+from fcgiserve.memory import release_scratch_buffer, trim_heap
 from fcgiserve.pools.admission import Admission
 from fcgiserve.pools.base import ConnectionFactory, RequestCounter, ServedConnection
 from fcgiserve.pools.crew import SPARE_IDLE_SECONDS, Crew, Role
@@ -453,6 +453,8 @@ class Dispatcher:
         while True:  # this thread is counted idle here, unless it carries a job over (see the end)
             if job is None and not leader:
                 promoted = gate.acquire(timeout=spare_idle_time)
+                if not promoted:
+                    release_scratch_buffer()  # idle a while: its read buffer's pages go back
                 with self._lock:
                     if not promoted and gate not in crew.followers:
                         # Promoted (or released by _finish) between the timeout and this lock.
@@ -521,6 +523,8 @@ class Dispatcher:
             with self._lock:
                 self._retire_locked(me)
             return None, 0, False
+        if not events:
+            release_scratch_buffer()  # idle a while: its read buffer's pages go back
         with self._lock:
             if self._workers_exit:
                 self._retire_locked(me)

@@ -179,27 +179,38 @@ class RecordReader:
         return len(self._pending)
 
     def feed(self, data: Buffer) -> list[tuple[int, int, bytes]]:
-        pending = self._pending
-        buf: bytes | memoryview
-        if pending:
-            # Partial record waiting: accumulate without re-parsing until it can complete (keeps a
-            # byte-at-a-time peer linear instead of quadratic).
-            pending += data
-            if len(pending) < self._need:
-                return []
-            self._pending = bytearray()  # parse the accumulated bytes in place; a new tail goes here
-            buf = memoryview(pending)
-        elif isinstance(data, bytes):
-            buf = data
-        else:
-            # A caller's buffer (the handler's receive buffer, reused for the next read): parse it in place
-            # and copy each record's content out, rather than copying the whole read first (an upload
-            # arrives in reads of up to 256 KiB: one copy and one large allocation fewer per read).
-            buf = memoryview(data).cast("B")
+        # A caller's buffer (the handler's receive buffer, reused for the next read) is parsed in place and
+        # each record's content copied out, rather than copying the whole read first: an upload arrives in
+        # reads of up to 256 KiB, and a copy that size is also a large allocation (see docs/performance.md).
+        buf = data if isinstance(data, bytes) else memoryview(data).cast("B")
         records: list[tuple[int, int, bytes]] = []
+        pos = 0
+        end = len(buf)
+        pending = self._pending
+        while pending:
+            # A record began in an earlier read: complete it with just the bytes it lacks, never the whole
+            # read (which keeps a byte-at-a-time peer linear, and the copy one record long at most).
+            take = self._need - len(pending)
+            if take > end - pos:
+                pending += buf[pos:]
+                return records
+            pending += buf[pos : pos + take]
+            pos += take
+            with memoryview(pending) as view:
+                used = self._parse(view, 0, records)
+            # Either the record it completed, or nothing: only its header was complete, and _need now
+            # covers the whole record.
+            del pending[:used]
+        pos = self._parse(buf, pos, records)
+        if pos < end:
+            pending += buf[pos:]
+        return records
+
+    def _parse(self, buf: bytes | memoryview, pos: int, records: list[tuple[int, int, bytes]]) -> int:
+        """Append the complete records in ``buf`` from ``pos``; return where the first incomplete one begins
+        (setting ``_need`` to its whole length, or to a header's when not even its header is there)."""
         append = records.append
         unpack = HEADER.unpack_from
-        pos = 0
         end = len(buf)
         while end - pos >= HEADER_LENGTH:
             version, record_type, request_id, length, padding = unpack(buf, pos)
@@ -212,12 +223,9 @@ class RecordReader:
             stop = start + length
             if stop + padding > end:
                 self._need = HEADER_LENGTH + length + padding
-                break
+                return pos
             content = buf[start:stop]
             append((record_type, request_id, content if isinstance(content, bytes) else bytes(content)))
             pos = stop + padding
-        else:
-            self._need = HEADER_LENGTH
-        if pos < end:
-            self._pending += buf[pos:]
-        return records
+        self._need = HEADER_LENGTH
+        return pos

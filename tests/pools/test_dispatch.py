@@ -675,3 +675,20 @@ def test_the_heap_is_trimmed_once_a_burst_is_over(monkeypatch: pytest.MonkeyPatc
         assert client.request("ECHO two") == "two"
         assert wait_until(lambda: len(trims) == 2, timeout=3)
         client.close()
+
+
+def test_a_worker_idle_for_spare_idle_time_gives_its_read_buffer_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a burst of uploads every worker it woke would keep 256 KiB resident; a worker that waited
+    spare_idle_time for work releases its own buffer (never another thread's: it may be reading into it)."""
+    released: list[str] = []
+    monkeypatch.setattr(
+        dispatch, "release_scratch_buffer", lambda: released.append(threading.current_thread().name)
+    )
+    with tcp_listener() as listener, serving(listener, spare_idle_time=0.2) as (_, factory):
+        client = LineClient(listener.getsockname())
+        assert client.request("ECHO one") == "one"
+        served_by = factory.served_by[-1]
+        assert wait_until(lambda: served_by in released, timeout=3)
+        client.close()

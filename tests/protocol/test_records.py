@@ -115,3 +115,30 @@ def test_reader_waits_for_the_whole_record_before_reparsing() -> None:
     for i in range(len(data) - 1):
         assert reader.feed(data[i : i + 1]) == []
     assert reader.feed(data[-1:]) == [(wire.STDIN, 1, b"y" * 1000)]
+
+
+def test_a_record_split_across_reads_takes_only_the_bytes_it_lacks() -> None:
+    """The tail of a record that began in an earlier read is completed from the next read, and the rest of
+    that read is parsed in place: the held bytes never grow past one record (an upload read is 256 KiB)."""
+    reader = RecordReader()
+    records = [wire.rec(wire.STDIN, 1, bytes([n]) * 5000, padding=n % 8) for n in range(40)]
+    stream = b"".join(records)
+    got = []
+    cut = 3  # the first read ends inside a header, later ones inside contents
+    got += reader.feed(memoryview(stream)[:cut])
+    assert reader.buffered == cut
+    for start in range(cut, len(stream), 65536):
+        got += reader.feed(bytearray(stream[start : start + 65536]))
+        assert reader.buffered < len(records[0])
+    assert got == [(wire.STDIN, 1, bytes([n]) * 5000) for n in range(40)]
+    assert reader.buffered == 0
+
+
+def test_a_header_completed_by_the_next_read_may_itself_need_more() -> None:
+    reader = RecordReader()
+    data = wire.rec(wire.STDOUT, 7, b"abcdef", padding=2)
+    assert reader.feed(data[:5]) == []
+    assert reader.feed(data[5:10]) == []  # header complete, content not yet
+    assert reader.buffered == 10
+    assert reader.feed(data[10:] + data[:2]) == [(wire.STDOUT, 7, b"abcdef")]
+    assert reader.buffered == 2
