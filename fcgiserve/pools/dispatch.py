@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import selectors
 import socket
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any
 from fcgiserve.memory import release_scratch_buffer, trim_heap
 from fcgiserve.pools.admission import Admission
 from fcgiserve.pools.base import ConnectionFactory, RequestCounter, ServedConnection
+from fcgiserve.pools.control import ControlWaiter
 from fcgiserve.pools.crew import SPARE_IDLE_SECONDS, Crew, Role
 from fcgiserve.pools.watchlist import NewConnection, WatchList, close_quietly
 
@@ -48,22 +48,15 @@ _Job = ServedConnection | NewConnection | list[NewConnection]
 
 log = logging.getLogger("fcgiserve.pools")
 
-# Tags carried in each control selector key's data.
-_WAKE, _EXTRA = range(2)
-
 # On a graceful stop, parked kept-alive connections are served (and closed after that response) this long.
 _DRAIN_SECONDS = 1.0
-# Lazy promotion: a leader that takes a job keeps the epoll to itself for this long before a follower is
-# woken to watch it. Most requests end sooner, and the leader goes straight back to the epoll: no thread
-# hand-off and no GIL contention per request. A job that runs longer (an application waiting on a database)
-# gets company within about this much time, so other connections never wait on it much longer.
+# Lazy promotion (module docstring): how long a job may leave the pool without a leader.
 _PROMOTE_AFTER_SECONDS = 0.002
 # This long after the last job, the control thread hands the C heap's free pages back (memory.trim_heap).
 _QUIET_TRIM_SECONDS = 1.0
 # The control thread checks for a leaderless pool on this tick while jobs run or ran lately; after this
 # long with no job it sleeps until the next job wakes it.
 _ACTIVE_WINDOW_SECONDS = 0.25
-
 # After a stop that timed out or was immediate, how long to wait for workers to notice their closed sockets.
 _FORCED_JOIN_TIMEOUT = 0.2
 
@@ -76,15 +69,12 @@ class Dispatcher:
     ``serve_forever`` or from the control thread. Listening sockets are set non-blocking and are
     never closed here: they belong to the caller, who may hand them to a new process on reload.
 
-    Extensions to the pools contract (keyword-only, optional): ``max_requests`` stops gracefully
-    (within ``graceful_timeout``) after that many requests and sets ``max_requests_reached``;
-    ``thread_name`` prefixes worker thread names (``<thread_name>-<n>``); ``ready`` is an Event set
-    while serving; ``busy_threads`` counts workers inside a job. ``max_spare`` is at least 1 (a thread
-    that just finished keeps itself for the next connection), and at least one thread waits for work
-    whenever more may be started. ``fresh_timeout`` closes a new connection (parked until its first byte)
-    that has sent nothing for that long (0: ``idle_timeout`` applies). Any observer already set on the
-    factory when ``serve_forever`` starts is chained behind the dispatcher's request counter and put back
-    when it returns.
+    Extensions to the pools contract (keyword-only, optional): ``max_requests`` stops gracefully (within
+    ``graceful_timeout``) after that many requests and sets ``max_requests_reached``; ``thread_name``
+    prefixes worker thread names (``<thread_name>-<n>``); ``ready`` is an Event set while serving;
+    ``fresh_timeout`` closes a new connection (parked until its first byte) that has sent nothing for that
+    long (0: ``idle_timeout`` applies). ``max_spare`` is at least 1 (crew.py). An observer already set on
+    the factory is chained behind the dispatcher's request counter while ``serve_forever`` runs.
     """
 
     def __init__(
@@ -122,6 +112,7 @@ class Dispatcher:
         self.max_requests_reached = False
         self.ready = threading.Event()  # set while serve_forever is serving
 
+        self._control = ControlWaiter()  # what the control thread waits on; wake() from any thread
         # Shared by the workers and the control thread, guarded by _lock.
         self._lock = threading.Lock()
         self._watch = WatchList(listeners)  # the epoll: listeners and parked connections
@@ -131,7 +122,7 @@ class Dispatcher:
             self._crew,
             max_connections=max_connections,
             accept_while_busy=accept_while_busy,
-            wake=self._wake,
+            wake=self._control.wake,
         )
         self._last_job_at = 0.0
         self._trimmed = True  # no job since the heap was last trimmed
@@ -146,13 +137,6 @@ class Dispatcher:
         self._workers_exit = False
         self._started = False
         self._finished = False  # serve_forever returned; the last worker out closes the epoll
-
-        # Owned by the control thread.
-        self._control = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._control.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
 
     # -- statistics (plain reads: a consistent-enough snapshot for a status page) ------------------------
 
@@ -188,7 +172,7 @@ class Dispatcher:
 
     def add_wakeup(self, fd: int, callback: Callable[[], None]) -> None:
         """Watch ``fd`` for readability and call ``callback`` in the control thread (it must drain fd)."""
-        self._control.register(fd, selectors.EVENT_READ, (_EXTRA, callback))
+        self._control.add(fd, callback)
 
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
         """Ask serve_forever to stop; a later non-graceful stop or earlier deadline overrides."""
@@ -197,7 +181,7 @@ class Dispatcher:
             self._stop_graceful = self._stop_graceful and graceful
             self._stop_deadline = min(self._stop_deadline, time.monotonic() + timeout)
             self._admission.update()
-        self._wake()
+        self._control.wake()
 
     def pause_accepting(self) -> None:
         with self._lock:
@@ -212,12 +196,6 @@ class Dispatcher:
     def _on_max_requests(self) -> None:
         self.max_requests_reached = True
         self.stop(graceful=True, timeout=self._graceful_timeout)
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (a wakeup is pending anyway) or closed (serve_forever is over)
-            pass
 
     # -- the control thread -----------------------------------------------------------------------------
 
@@ -239,14 +217,8 @@ class Dispatcher:
             self._factory.observer = self._counter.downstream
 
     def _run_control_loop(self) -> None:
-        select_ = self._control.select
         while True:
-            for key, _mask in select_(self._next_timeout()):
-                tag, callback = key.data
-                if tag == _WAKE:
-                    self._drain_wake_socket()
-                else:
-                    callback()
+            self._control.wait(self._next_timeout())
             with self._lock:
                 stop_requested, graceful, deadline = (
                     self._stop_requested,
@@ -320,13 +292,6 @@ class Dispatcher:
         if when == math.inf:
             return None
         return max(0.0, when - now)
-
-    def _drain_wake_socket(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _expire_idle(self) -> None:
         now = time.monotonic()
@@ -420,16 +385,11 @@ class Dispatcher:
         self._close_parked()
         self._watch.forget_listeners()
         self._control.close()
-        self._wake_r.close()
-        self._wake_w.close()
         with self._lock:
             self._finished = True
             if self._crew.threads == 0:
-                self._release_locked()
+                self._watch.close()
             # else: a worker stuck in application code still holds the epoll; the last one out releases it.
-
-    def _release_locked(self) -> None:
-        self._watch.close()
 
     # -- worker threads ---------------------------------------------------------------------------------
 
@@ -507,7 +467,7 @@ class Dispatcher:
                 if retire:
                     self._retire_locked(me)
             if stopping:
-                self._wake()  # the control thread ends the stop once nothing is busy
+                self._control.wake()  # the control thread ends the stop once nothing is busy
             if retire:
                 return
 
@@ -554,7 +514,7 @@ class Dispatcher:
         self._trimmed = False
         if self._control_asleep:
             self._control_asleep = False
-            self._wake()
+            self._control.wake()
         self._in_service[ident] = job[0] if isinstance(job, tuple) else job
         self._admission.update()  # accept_while_busy=False: stop accepting now
         return self._reserve_spares_locked()
@@ -619,7 +579,7 @@ class Dispatcher:
         self._crew.retire()
         self._workers.discard(me)
         if self._finished and self._crew.threads == 0:
-            self._release_locked()
+            self._watch.close()
 
     def _run_job(self, job: ServedConnection | NewConnection, ident: int) -> ServedConnection | None:
         """Serve one connection (opening it first if new); return it if it should be parked. Never raises."""
