@@ -17,14 +17,14 @@ import enum
 import threading
 import time
 
-__all__ = ["SPARE_IDLE_SECONDS", "Crew", "Role"]
+__all__ = ["SPARE_IDLE_SECONDS", "Crew", "ThreadRole"]
 
 # Threads above max_spare exit only after the pool has not needed them for this long: retiring a thread the
 # moment it finishes would start and end threads on every swing of the load (tens of µs of CPU each time).
 SPARE_IDLE_SECONDS = 2.0
 
 
-class Role(enum.Enum):
+class ThreadRole(enum.Enum):
     """What an idle thread does next."""
 
     LEAD = "lead"  # wait in the epoll
@@ -102,16 +102,16 @@ class Crew:
         self.followers.append(gate)
         return False
 
-    def rejoin(self, gate: threading.Lock) -> Role:
+    def rejoin(self, gate: threading.Lock) -> ThreadRole:
         """A thread back from a job leads at once when nobody does (no hand-off), else it follows on
         ``gate``, unless it is a surplus spare."""
         if not self.leader:
             self.leader = True
-            return Role.LEAD
+            return ThreadRole.LEAD
         if self.surplus_spare():
-            return Role.RETIRE
+            return ThreadRole.RETIRE
         self.followers.append(gate)
-        return Role.FOLLOW
+        return ThreadRole.FOLLOW
 
     def surplus_spare(self) -> bool:
         """More than max_spare threads idle (the caller included), and none of them needed for a while."""

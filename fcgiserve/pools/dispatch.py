@@ -38,7 +38,7 @@ from fcgiserve.memory import release_scratch_buffer, trim_heap
 from fcgiserve.pools.admission import Admission
 from fcgiserve.pools.base import ConnectionFactory, RequestCounter, ServedConnection
 from fcgiserve.pools.control import ControlWaiter
-from fcgiserve.pools.crew import SPARE_IDLE_SECONDS, Crew, Role
+from fcgiserve.pools.crew import SPARE_IDLE_SECONDS, Crew, ThreadRole
 from fcgiserve.pools.watchlist import NewConnection, WatchList, close_quietly
 
 __all__ = ["Dispatcher"]
@@ -457,8 +457,8 @@ class Dispatcher:
                     self._park_locked(keep)
                 self._admission.update()
                 stopping = self._stopping
-                role = Role.RETIRE if self._workers_exit else crew.rejoin(gate)
-                retire, leader = role is Role.RETIRE, role is Role.LEAD
+                role = ThreadRole.RETIRE if self._workers_exit else crew.rejoin(gate)
+                retire, leader = role is ThreadRole.RETIRE, role is ThreadRole.LEAD
                 if leader and not self._admission.accept_while_busy and not crew.busy:
                     job = self._admission.accept_as_idle()
                     if job is not None:

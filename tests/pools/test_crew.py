@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from fcgiserve.pools.crew import Crew, Role
+from fcgiserve.pools.crew import Crew, ThreadRole
 
 
 def _gate() -> threading.Lock:
@@ -52,7 +52,7 @@ def test_a_leader_that_takes_a_job_wakes_nobody_and_leads_again_after_it() -> No
     assert not crew.leader and crew.leaderless_since == 5.0
     assert crew.followers == followers and not followers[0].acquire(blocking=False)  # nobody was woken
     crew.end_job()
-    assert crew.rejoin(_gate()) is Role.LEAD
+    assert crew.rejoin(_gate()) is ThreadRole.LEAD
     assert crew.leader and (crew.idle, crew.busy) == (2, 0)
 
 
@@ -83,7 +83,7 @@ def test_a_thread_back_from_a_job_follows_when_another_leads() -> None:
     crew.promote()  # a new thread leads
     crew.end_job()
     gate = _gate()
-    assert crew.rejoin(gate) is Role.FOLLOW and crew.followers == [gate]
+    assert crew.rejoin(gate) is ThreadRole.FOLLOW and crew.followers == [gate]
     crew.unfollow(gate)
     assert crew.followers == []
 
@@ -94,11 +94,11 @@ def test_a_surplus_spare_retires_only_after_spare_idle_time_unneeded() -> None:
     crew.begin_job(now=time.monotonic())  # idle 0 <= max_spare: spares were needed just now
     crew.promote()
     crew.end_job()  # two idle threads, max_spare 1
-    assert crew.rejoin(_gate()) is Role.FOLLOW  # needed moments ago: stays
+    assert crew.rejoin(_gate()) is ThreadRole.FOLLOW  # needed moments ago: stays
     crew.followers.clear()
     time.sleep(0.25)
     assert crew.surplus_spare()
-    assert crew.rejoin(_gate()) is Role.RETIRE
+    assert crew.rejoin(_gate()) is ThreadRole.RETIRE
     crew.retire()
     assert (crew.threads, crew.idle) == (1, 1)
 
