@@ -4,8 +4,9 @@ Every entry is armed with ``EPOLLONESHOT``: an event goes to one thread, and the
 that thread re-arms it (a parked connection by being parked again, a listener by ``arm_listeners``). A
 level-triggered exit pipe in the same epoll wakes every waiting worker at shutdown.
 
-This class keeps no lock: the dispatcher calls every method but ``poll`` with its own lock held. It knows
-nothing of threads or of what a connection speaks; the dispatcher decides when to accept and when to park.
+This class keeps no lock: the dispatcher holds its own around every call that reads or changes the tables
+(``poll`` and ``wake_all`` need none). It knows nothing of threads or of what a connection speaks; the
+dispatcher decides when to accept and when to park.
 """
 
 from __future__ import annotations
