@@ -47,11 +47,13 @@ from fcgiserve.limits import (
     is_send_timeout,
     is_trusted_peer,
     recv_until,
+    send_gathered,
     set_send_timeout,
 )
 from fcgiserve.memory import scratch_buffer
 from fcgiserve.operations import RequestOperations
 from fcgiserve.protocol import (
+    Buffer,
     ConnectionClosed,
     ConnectionSettings,
     Data,
@@ -86,6 +88,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _MUX_READ_TIMEOUT = 1.0  # a multiplexing connection's reader re-checks whether it may park this often
 _LINGER_SECONDS = 2.0  # after our FIN, how long a closing connection waits for the peer's (lingering close)
 _LINGER_MAX_BYTES = 256 * 1024
+# STDOUT chunks this large are written as record headers around the chunk itself (one sendmsg), not copied
+# into one string with them first; below it, the copy costs less than gathering.
+_GATHER_FROM = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,10 +552,14 @@ class ServedConnection:
         with self._lock:
             if self._broken or self._closed:
                 raise ClientDisconnected("the web server closed the connection")
+            out: bytes | list[Buffer]
             if stderr:
                 out = self._proto.send_stderr(request.request_id, data)
-            else:
+            elif len(data) < _GATHER_FROM:
                 out = self._proto.send_stdout(request.request_id, data)
+                request.output = True
+            else:
+                out = self._proto.send_stdout_parts(request.request_id, data)
                 request.output = True
             if not self._send_locked(out):
                 raise ClientDisconnected("the web server closed the connection")
@@ -562,8 +571,13 @@ class ServedConnection:
                 if not (self._broken or self._closed):
                     try:
                         rid, tail = request.request_id, request.tail
-                        out = self._proto.send_stdout(rid, tail) if tail else b""
-                        self._send_locked(out + self._proto.end_request(rid, app_status))
+                        if len(tail) < _GATHER_FROM:
+                            out = self._proto.send_stdout(rid, tail) if tail else b""
+                            self._send_locked(out + self._proto.end_request(rid, app_status))
+                        else:
+                            parts = self._proto.send_stdout_parts(rid, tail)
+                            parts.append(self._proto.end_request(rid, app_status))
+                            self._send_locked(parts)
                     except Exception:
                         log.exception("request %d: could not end the request", request.request_id)
                         self._broken = True
@@ -584,13 +598,16 @@ class ServedConnection:
             except OSError:
                 pass
 
-    def _send_locked(self, data: bytes) -> bool:
+    def _send_locked(self, data: bytes | list[Buffer]) -> bool:
         if not data:
             return True
         if self._broken or self._closed:
             return False
         try:
-            self._sock.sendall(data)
+            if isinstance(data, bytes):
+                self._sock.sendall(data)
+            else:
+                send_gathered(self._sock, data)
         except OSError as exc:
             if is_send_timeout(exc):
                 log.warning(

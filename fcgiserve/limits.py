@@ -9,6 +9,8 @@ peer (docs/security.md lists every limit and what a peer sees when it trips):
   case, nginx writes a whole request at once — costs no extra system call.
 * ``set_send_timeout``: ``SO_SNDTIMEO`` on the blocking socket, so a web server that stops reading makes a
   write fail with ``EAGAIN`` after that long without progress, instead of holding a worker forever.
+* ``send_gathered``: ``sendall`` for a list of buffers (``sendmsg``), so large output leaves as the
+  application produced it, framed by record headers, without being copied into one string first.
 * ``debug_allowed``: ``--debug`` tracebacks go only to a trusted FastCGI peer (loopback, a unix socket or an
   allow-listed address) *and* an HTTP client on loopback (``REMOTE_ADDR``), so a debug server that is
   reachable by mistake does not publish its source and settings.
@@ -23,6 +25,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "is_trusted_peer",
     "recv_until",
     "remote_addr_is_loopback",
+    "send_gathered",
     "set_send_timeout",
 ]
 
@@ -68,6 +72,24 @@ def set_send_timeout(sock: socket.socket, seconds: float) -> None:
     if whole == 0 and micro == 0:
         micro = 1  # a zero timeval would mean "never"
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(whole, micro))
+
+
+# Buffers per sendmsg call: well under IOV_MAX (1024 on Linux), which a single call may not exceed.
+_GATHER_BATCH = 512
+
+
+def send_gathered(sock: socket.socket, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+    """Send ``parts`` in order, as ``sendall`` would send their concatenation (same errors, e.g. the
+    ``SO_SNDTIMEO`` expiry), with ``sendmsg`` calls that may each send only part of what they were given."""
+    pending = [memoryview(part).cast("B") for part in parts if len(part)]
+    first = 0
+    while first < len(pending):
+        sent = sock.sendmsg(pending[first : first + _GATHER_BATCH])
+        while sent and sent >= len(pending[first]):  # whole buffers that went out
+            sent -= len(pending[first])
+            first += 1
+        if sent:  # the kernel took part of a buffer: the rest goes next
+            pending[first] = pending[first][sent:]
 
 
 def is_send_timeout(exc: OSError) -> bool:

@@ -39,7 +39,7 @@ from .events import (
     StdoutEnd,
     UnknownType,
 )
-from .records import RecordReader, decode_pairs, encode_pairs, encode_record
+from .records import Buffer, RecordReader, decode_pairs, encode_pairs, encode_record, encode_record_parts
 from .state import RequestInput, RequestState
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "FCGI_MPXS_CONNS",
     "FCGI_VERSION_1",
     "MAX_CONTENT_LENGTH",
+    "Buffer",
     "ClientConnection",
     "ClientEvent",
     "ConnectionClosed",
@@ -84,4 +85,5 @@ __all__ = [
     "decode_pairs",
     "encode_pairs",
     "encode_record",
+    "encode_record_parts",
 ]

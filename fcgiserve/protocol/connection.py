@@ -46,6 +46,7 @@ from .records import (
     encode_end_request,
     encode_pairs,
     encode_record,
+    encode_record_parts,
 )
 from .state import TRANSITIONS, UNANNOUNCED, RequestInput, RequestState
 
@@ -449,6 +450,15 @@ class ServerConnection:
             pad = -length & 7
             return b"".join((HEADER.pack(1, 6, request_id, length, pad), data, _PADDING[pad]))
         return encode_record(RecordType.STDOUT, request_id, data)
+
+    def send_stdout_parts(self, request_id: int, data: Buffer) -> list[Buffer]:
+        """``send_stdout`` without copying ``data``: the records as buffers to write in order (headers, views
+        of ``data``, padding), for a gathering write. ``b""`` gives ``[]``."""
+        request = self._owned(request_id, _SEND_OUTPUT)
+        if not data:
+            return []
+        request.output_started = True
+        return encode_record_parts(RecordType.STDOUT, request_id, data)
 
     def send_stderr(self, request_id: int, data: Buffer) -> bytes:
         """STDERR records carrying ``data``; ``end_request`` then also closes STDERR (S-F4)."""

@@ -24,6 +24,7 @@ __all__ = [
     "encode_end_request",
     "encode_pairs",
     "encode_record",
+    "encode_record_parts",
 ]
 
 # S-B1: version, type, requestId, contentLength, paddingLength, reserved (skipped with "x").
@@ -46,21 +47,26 @@ def encode_record(record_type: int, request_id: int, content: Buffer = b"") -> b
     Content longer than 65535 bytes is split into several records; empty content gives one empty record
     (which ends a stream, S-F1).
     """
+    return b"".join(encode_record_parts(record_type, request_id, content))
+
+
+def encode_record_parts(record_type: int, request_id: int, content: Buffer = b"") -> list[Buffer]:
+    """The records of ``encode_record`` as buffers to write in order: headers, ``content`` itself (or views
+    of it, one per record) and padding. Nothing of ``content`` is copied: for large output, written with
+    one gathering system call (``sendmsg``)."""
     if not 0 <= request_id <= MAX_REQUEST_ID:
         raise LocalProtocolError(f"request id {request_id} is outside 0..65535")
     length = len(content)
     if length <= MAX_CONTENT_LENGTH:
         pad = -length & 7
-        return b"".join(
-            (HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, pad), content, _PADDING[pad])
-        )
+        return [HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, pad), content, _PADDING[pad]]
     view = memoryview(content)
     parts: list[Buffer] = []
     for start in range(0, length, MAX_CONTENT_LENGTH):
         chunk = view[start : start + MAX_CONTENT_LENGTH]
         pad = -len(chunk) & 7
         parts += (HEADER.pack(FCGI_VERSION_1, record_type, request_id, len(chunk), pad), chunk, _PADDING[pad])
-    return b"".join(parts)
+    return parts
 
 
 def encode_end_request(

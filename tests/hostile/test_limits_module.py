@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
 
-from fcgiserve.limits import is_send_timeout, recv_until, set_send_timeout
+from fcgiserve.limits import is_send_timeout, recv_until, send_gathered, set_send_timeout
 
 
 def test_recv_until_returns_what_is_there_without_waiting() -> None:
@@ -45,3 +46,41 @@ def test_send_timeout_fails_a_write_the_peer_never_reads() -> None:
         assert is_send_timeout(info.value)
         assert 0.15 < time.monotonic() - started < 5.0
         assert not is_send_timeout(BrokenPipeError(32, "Broken pipe"))
+
+
+def _drain(sock: socket.socket, into: bytearray) -> threading.Thread:
+    """Read ``sock`` to EOF into ``into``, slowly (small reads), in a thread."""
+
+    def run() -> None:
+        while chunk := sock.recv(3000):
+            into.extend(chunk)
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_send_gathered_sends_every_part_in_order_through_partial_writes() -> None:
+    """A slow reader and a small send buffer make sendmsg take part of a buffer at a time; more parts
+    than one call may carry (IOV_MAX) go out in batches; empty parts are skipped."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        parts: list[bytes | bytearray | memoryview] = [bytes([n % 251]) * (n % 7) for n in range(3000)]
+        parts += [b"", memoryview(b"tail-" * 20000)[5:], bytearray(b"!")]
+        received = bytearray()
+        reader = _drain(b, received)
+        send_gathered(a, parts)
+        a.shutdown(socket.SHUT_WR)
+        reader.join(10)
+        assert received == b"".join(parts)
+
+
+def test_send_gathered_fails_like_sendall_when_the_peer_stops_reading() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        set_send_timeout(a, 0.2)
+        with pytest.raises(OSError) as info:
+            send_gathered(a, [b"head", memoryview(b"x" * (64 << 20))])
+        assert is_send_timeout(info.value)

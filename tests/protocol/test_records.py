@@ -11,6 +11,7 @@ from fcgiserve.protocol import (
     RecordType,
     RemoteProtocolError,
     encode_record,
+    encode_record_parts,
 )
 from fcgiserve.protocol.records import MAX_RECORD_LENGTH
 
@@ -142,3 +143,16 @@ def test_a_header_completed_by_the_next_read_may_itself_need_more() -> None:
     assert reader.buffered == 10
     assert reader.feed(data[10:] + data[:2]) == [(wire.STDOUT, 7, b"abcdef")]
     assert reader.buffered == 2
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 200_000])
+def test_s_b2_record_parts_are_the_records_without_a_copy_of_the_content(size: int) -> None:
+    """The gathering form writes the same bytes as ``encode_record``; the content is referenced, not copied
+    (the handler sends large output with one ``sendmsg`` of these parts)."""
+    payload = bytearray(bytes(range(256)) * (size // 256) + bytes(size % 256))
+    parts = encode_record_parts(wire.STDOUT, 9, payload)
+    assert b"".join(parts) == encode_record(wire.STDOUT, 9, payload)
+    payload[:1] = b"!" if size else b""  # a view of the caller's buffer sees the change; a copy would not
+    assert b"".join(parts)[8:9] == (b"!" if size else b"")
+    with pytest.raises(LocalProtocolError, match="outside"):
+        encode_record_parts(wire.STDOUT, 70000, b"x")

@@ -252,6 +252,16 @@ def test_s_f4_stdout_accepts_bytearray_and_memoryview() -> None:
     )
 
 
+def test_s_f4_stdout_parts_are_stdout_as_buffers_to_gather() -> None:
+    conn = started(1)
+    payload = b"p" * 70000
+    assert conn.send_stdout_parts(1, b"") == []
+    assert b"".join(conn.send_stdout_parts(1, payload)) == started(1).send_stdout(1, payload)
+    assert conn.end_request(1) == wire.rec(wire.STDOUT, 1, b"") + wire.end_request(1)
+    with pytest.raises(LocalProtocolError):
+        conn.send_stdout_parts(1, b"after the end")
+
+
 def test_s_f5_a_responder_may_write_before_stdin_ends() -> None:
     conn = ServerConnection()
     conn.receive_data(wire.begin(1) + wire.params(1, PARAMS) + wire.stdin(1, b"partial"))
