@@ -386,3 +386,27 @@ def test_filter_role_reads_the_data_stream(serve: Callable[..., tuple[str, int]]
         data=b"hello world",
     )
     assert response.body == b"HELLO WORLD"
+
+
+@pytest.mark.parametrize("shape", ["one chunk", "write() then chunks", "many small chunks"])
+def test_large_output_arrives_whole_and_in_order(serve: Callable[..., tuple[str, int]], shape: str) -> None:
+    """Chunks of 16 KiB and more leave as record headers around the chunk itself (one sendmsg); the header
+    block comes first either way, and END_REQUEST last."""
+    body = bytes(range(256)) * 1200  # 307,200 bytes: several records per chunk
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        write = start_response("200 OK", [("Content-Length", str(len(body)))])
+        if shape == "one chunk":
+            return [body]
+        if shape == "write() then chunks":
+            write(body[:100_000])
+            return [body[100_000:200_000], body[200_000:]]
+        return [body[i : i + 1000] for i in range(0, len(body), 1000)]
+
+    conn = Conn(serve(app))
+    for rid in (1, 2):
+        conn.request(rid, keep_conn=True)
+        assert conn.wait_end(rid).protocol_status == ProtocolStatus.REQUEST_COMPLETE
+        head, _, received = bytes(conn.stdout[rid]).partition(b"\r\n\r\n")
+        assert head.startswith(b"Status: 200 OK\r\n") and received == body
+    conn.close()
