@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the working tree, installed or not
 
-from bench_backends import APPS, free_port
+from bench_backends import APPS, HERE, free_port
 from bench_measure import process_tree
 
 from fcgiserve.protocol import ClientConnection, EndRequest
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     server_argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     if args.method == "prefork":
         server_argv += ["--minspare", "1", "--maxspare", "1", "--maxchildren", "1"]
-    env = {**os.environ, "PYTHONPATH": str(APPS)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APPS), str(HERE.parent)])}
     server = subprocess.Popen(server_argv, cwd=APPS, env=env)
     strace: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory() as tmp:
