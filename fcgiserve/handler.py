@@ -555,11 +555,8 @@ class ServedConnection:
             out: bytes | list[Buffer]
             if stderr:
                 out = self._proto.send_stderr(request.request_id, data)
-            elif len(data) < _GATHER_FROM:
-                out = self._proto.send_stdout(request.request_id, data)
-                request.output = True
             else:
-                out = self._proto.send_stdout_parts(request.request_id, data)
+                out = self._stdout_locked(request.request_id, data)
                 request.output = True
             if not self._send_locked(out):
                 raise ClientDisconnected("the web server closed the connection")
@@ -570,14 +567,14 @@ class ServedConnection:
                 request.ended = True
                 if not (self._broken or self._closed):
                     try:
-                        rid, tail = request.request_id, request.tail
-                        if len(tail) < _GATHER_FROM:
-                            out = self._proto.send_stdout(rid, tail) if tail else b""
-                            self._send_locked(out + self._proto.end_request(rid, app_status))
+                        rid = request.request_id
+                        out = self._stdout_locked(rid, request.tail)
+                        end = self._proto.end_request(rid, app_status)
+                        if isinstance(out, bytes):
+                            self._send_locked(out + end)
                         else:
-                            parts = self._proto.send_stdout_parts(rid, tail)
-                            parts.append(self._proto.end_request(rid, app_status))
-                            self._send_locked(parts)
+                            out.append(end)
+                            self._send_locked(out)
                     except Exception:
                         log.exception("request %d: could not end the request", request.request_id)
                         self._broken = True
@@ -597,6 +594,12 @@ class ServedConnection:
                 self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _stdout_locked(self, request_id: int, data: bytes) -> bytes | list[Buffer]:
+        """STDOUT records for ``data``: one string when small, else buffers to gather around ``data``."""
+        if len(data) < _GATHER_FROM:
+            return self._proto.send_stdout(request_id, data)
+        return self._proto.send_stdout_parts(request_id, data)
 
     def _send_locked(self, data: bytes | list[Buffer]) -> bool:
         if not data:
