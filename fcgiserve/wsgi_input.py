@@ -29,6 +29,11 @@ from typing import IO
 
 __all__ = ["BodyIncomplete", "ClientDisconnected", "RequestAborted", "RequestBody"]
 
+# What holding one chunk costs beyond its bytes (the bytes object's header, the queue's slot, the allocator's
+# rounding), counted against the spool threshold: a peer that sends its body in 1-byte records must not make
+# the threshold's worth of bytes cost fifty times that in memory.
+_CHUNK_COST = 64
+
 
 class ClientDisconnected(OSError):
     """The web server or the client went away: raised by ``RequestIO.write`` and by writes of the response.
@@ -119,7 +124,7 @@ class RequestBody:
                 return
             if self._spilled:
                 self._file_write += _pwrite_all(self._fd(), data, self._file_write)
-            elif self._buffered + size > self._threshold:
+            elif self._buffered + size + _CHUNK_COST * (len(self._chunks) + 1) > self._threshold:
                 self._spill(data)
             else:
                 # Kept as is: a bytes chunk cannot change under us (a caller's bytearray is copied).

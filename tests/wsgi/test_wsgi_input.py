@@ -463,3 +463,20 @@ def test_reads_between_feeds_give_the_stream_in_order(
         assert out == data
     finally:
         body.close()
+
+
+def test_a_body_in_tiny_pieces_costs_no_more_than_the_threshold_in_memory() -> None:
+    """Each piece held costs more than its bytes; a peer that sends its body in 2-byte records makes the body
+    spill early rather than hold the threshold's worth of bytes as thousands of objects."""
+    threshold = 64 * 1024
+    body = make(None, threshold)
+    tracemalloc.start()
+    try:
+        for _ in range(100_000):
+            body.feed(bytes(2))  # a new object each time, like record contents
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * threshold, peak
+    body.finish()
+    assert body.read() == bytes(200_000)
