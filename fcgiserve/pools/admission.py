@@ -47,9 +47,9 @@ class Admission:
         wake: Callable[[], None],
     ) -> None:
         self.open = 0  # accepted connections not yet finished: in service or parked
-        self.paused = False
-        self.closed = False  # the dispatcher is stopping: never again
         self.retry_at = 0.0  # accept() ran out of a resource: paused until then
+        self._paused = False
+        self._closed = False  # the dispatcher is stopping: never again
         self._watch = watch
         self._crew = crew
         self._max_connections = max_connections
@@ -58,8 +58,18 @@ class Admission:
         self._skip = 0  # accept_as_idle: idle moments to let pass before it looks again
         self._backoff = 1
 
+    def pause(self, paused: bool) -> None:
+        """Pause accepting (a prefork master's request) or resume it."""
+        self._paused = paused
+        self.update()
+
+    def close(self) -> None:
+        """Accept no more, for good (the dispatcher is stopping); the listeners stay open."""
+        self._closed = True
+        self.update()
+
     def allowed(self) -> bool:
-        if self.paused or self.closed or self.retry_at:
+        if self._paused or self._closed or self.retry_at:
             return False
         return not (self._max_connections and self.open >= self._max_connections)
 

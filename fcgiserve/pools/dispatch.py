@@ -177,21 +177,19 @@ class Dispatcher:
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
         """Ask serve_forever to stop; a later non-graceful stop or earlier deadline overrides."""
         with self._lock:
-            self._stop_requested = self._admission.closed = True
+            self._stop_requested = True
             self._stop_graceful = self._stop_graceful and graceful
             self._stop_deadline = min(self._stop_deadline, time.monotonic() + timeout)
-            self._admission.update()
+            self._admission.close()
         self._control.wake()
 
     def pause_accepting(self) -> None:
         with self._lock:
-            self._admission.paused = True
-            self._admission.update()
+            self._admission.pause(True)
 
     def resume_accepting(self) -> None:
         with self._lock:
-            self._admission.paused = False
-            self._admission.update()
+            self._admission.pause(False)
 
     def _on_max_requests(self) -> None:
         self.max_requests_reached = True
@@ -346,8 +344,8 @@ class Dispatcher:
         each closed after its next response, and only those still idle at its end are closed unannounced.
         """
         with self._lock:
-            self._stopping = self._admission.closed = True
-            self._admission.update()  # listeners stay open: new connections wait in the backlog
+            self._stopping = True
+            self._admission.close()  # listeners stay open: new connections wait in the backlog
             self._drain_deadline = min(self._stop_deadline, time.monotonic() + _DRAIN_SECONDS)
         if self.max_requests_reached:
             self._close_parked()  # after max_requests not one request more: parked connections close now
@@ -360,8 +358,8 @@ class Dispatcher:
     def _force_close_all(self) -> None:
         """Close parked and in-service connections (an immediate stop, or a graceful one out of time)."""
         with self._lock:
-            self._stopping = self._admission.closed = True
-            self._admission.update()
+            self._stopping = True
+            self._admission.close()
             in_service = list(self._in_service.values())
             parked = self._watch.unpark_all()
         self._close_connections(parked)
@@ -372,9 +370,8 @@ class Dispatcher:
     def _finish(self) -> None:
         """Stop the workers, close what is left, release the epoll (the listeners stay open)."""
         with self._lock:
-            self._stopping = self._admission.closed = True
-            self._workers_exit = True
-            self._admission.update()
+            self._stopping = self._workers_exit = True
+            self._admission.close()
             workers = list(self._workers)
             clean = self._crew.busy == 0
             self._crew.release_followers()  # they wake and retire
