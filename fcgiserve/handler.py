@@ -120,6 +120,9 @@ class ConnectionFactory:
         self.observer: Any = None  # RequestObserver, set by the pool
         # Access log, status/ping pages, slow requests (operations.py); set by the wiring when one is on.
         self.operations: RequestOperations | None = None
+        # Set by a pool that can watch a connection while one of its requests runs inline (pools/base.py,
+        # ConnectionFactory.watch): True when it does; a worker it lends may then read the connection.
+        self.watch: Callable[[Any], bool] | None = None
         # Requests of multiplexed connections run in threads of their own, outside the pool's accounting:
         # this bound keeps them within FCGI_MAX_REQS, and beyond it they are answered OVERLOADED (S-F6).
         self._in_flight = threading.BoundedSemaphore(options.max_in_flight) if options.max_in_flight else None
@@ -168,8 +171,9 @@ class ServedConnection:
         # --params-timeout: when the request being received must have its PARAMS complete (None: no request
         # is being received). A new connection starts the clock: a peer that connects and sends nothing is
         # the cheapest way to hold a worker.
+        # Public: the pool parks a connection holding half a request until then (ServedConnection.deadline).
         timeout = self._options.params_timeout
-        self._params_deadline: float | None = time.monotonic() + timeout if timeout else None
+        self.deadline: float | None = time.monotonic() + timeout if timeout else None
         self._trusted = self._options.wsgi.debug and is_trusted_peer(peer, self._options.allowed is not None)
 
     def fileno(self) -> int:
@@ -189,17 +193,24 @@ class ServedConnection:
     def _serve(self) -> bool:
         if self._closed:
             return False
-        if not self._read_and_dispatch(timeout=None):
+        # The pool saw the connection readable (or a prefork child has just accepted it): read what is there,
+        # never wait for more. A request that is not complete yet waits in the pool's epoll, not in a worker.
+        if not self._read_and_dispatch(timeout=0.0):
             return self._finish_or_park()
         while True:
-            self._run_runnable()
+            if self._run_runnable():
+                return True  # its request ran while the pool watched the connection: the pool has it
             if self._closed:
                 return False
-            if not self._requests and self._params_deadline is None:
-                return self._finish_or_park()
-            # A request is half received (read on until --params-timeout), or requests are in progress:
-            # threaded ones need CPU, not this thread.
-            if not self._read_and_dispatch(timeout=_MUX_READ_TIMEOUT if self._multiplexed else None):
+            if not self._requests:
+                if self.deadline is None:
+                    return self._finish_or_park()
+                # Half a request: take what has arrived meanwhile, then park until the rest comes (deadline).
+                if not self._read_and_dispatch(timeout=0.0):
+                    return self._finish_or_park()
+                continue
+            # Requests run in threads of their own: read on for them, and park once they are done.
+            if not self._read_and_dispatch(timeout=_MUX_READ_TIMEOUT):
                 return self._finish_or_park()
 
     def _finish_or_park(self) -> bool:
@@ -260,23 +271,61 @@ class ServedConnection:
             pass
         close_quietly(self._sock)
 
+    def detach(self) -> socket.socket | None:
+        """Give up a clean connection's socket without closing it, or return None and change nothing.
+
+        Clean: between requests (none known to the protocol object or to us), nothing buffered, not closed,
+        broken or at EOF. Bytes the peer sent since are still in the kernel's socket buffer and travel
+        with the fd, so the caller may hand the socket to any process (pools/handoff.py).
+        """
+        with self._lock:
+            proto = self._proto
+            if (
+                self._closed
+                or self._broken
+                or self._eof
+                or self._requests
+                or self._runnable
+                or proto.active_requests
+                or proto.buffered_bytes
+                or proto.should_close
+            ):
+                return None
+            self._closed = True
+        return self._sock
+
+    def expire(self) -> None:
+        """The pool parked this connection with half a request and its ``deadline`` passed: close it."""
+        if self._closed:
+            return
+        self._params_timed_out()
+        self.close()
+
     # -- reading -----------------------------------------------------------------------------------------
 
     def _read_and_dispatch(self, timeout: float | None) -> bool:
-        """Read once and dispatch the events. False when the connection is over (EOF, error, timeout idle)."""
-        deadline = self._params_deadline
-        until = deadline
-        if timeout is not None:
-            soon = time.monotonic() + timeout
-            until = soon if deadline is None else min(deadline, soon)
+        """Read once and dispatch the events. False when the connection is over (EOF, error, --params-timeout)
+        or when nothing arrived within ``timeout`` (0: do not wait) and no request of ours is in progress.
+        None blocks until bytes arrive (an inline request pulling its body)."""
         buffer, view = scratch_buffer()  # only this thread reads this connection until we return
+        deadline = self.deadline
         try:
-            n = recv_until(self._sock, buffer, until)
-        except TimeoutError:
+            if timeout == 0.0:
+                # The pool's case: one non-blocking recv, the same single system call as a blocking one.
+                n = self._sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
+            else:
+                until = deadline
+                if timeout is not None:
+                    soon = time.monotonic() + timeout
+                    until = soon if deadline is None else min(deadline, soon)
+                n = recv_until(self._sock, buffer, until)
+        except (TimeoutError, BlockingIOError):
             if deadline is not None and time.monotonic() >= deadline:
                 self._params_timed_out()
                 return False
-            return bool(self._requests)  # still busy: keep reading; idle: let the caller park
+            return bool(
+                self._requests
+            )  # still busy: keep reading; idle or half a request: let the caller park
         except OSError as exc:
             log.debug("connection from %s: read failed: %s", describe_peer(self._peer), exc)
             n = 0
@@ -306,10 +355,10 @@ class ServedConnection:
         # runs (checked after the events, which may have started one): a request is on its way and must be
         # complete by the deadline. A running request's body may arrive as slowly as the web server sends it.
         if (held or self._proto.active_requests) and not self._requests and not fatal:
-            if self._params_deadline is None and self._options.params_timeout:
-                self._params_deadline = time.monotonic() + self._options.params_timeout
+            if self.deadline is None and self._options.params_timeout:
+                self.deadline = time.monotonic() + self._options.params_timeout
         else:
-            self._params_deadline = None
+            self.deadline = None
         return n > 0 and not self._broken
 
     def _dispatch(self, event: object) -> None:
@@ -386,7 +435,7 @@ class ServedConnection:
             describe_peer(self._peer),
             self._options.params_timeout,
         )
-        self._params_deadline = None
+        self.deadline = None
         self._broken = True
         self._abort_all()
 
@@ -420,15 +469,43 @@ class ServedConnection:
 
     # -- running applications ----------------------------------------------------------------------------
 
-    def _run_runnable(self) -> None:
+    def _run_runnable(self) -> bool:
+        """Run what became runnable; True when a request ran inline while the pool watched the connection
+        (then the pool has it: this thread must not touch the connection again)."""
         if not self._runnable:
-            return
+            return False
         if self._multiplexed or len(self._runnable) > 1 or len(self._requests) > 1:
             self._multiplexed = True
             self._start_threads()
-            return
+            return False
         request = self._runnable.pop()
+        watched = self._watch_while_running(request)
         self._run(request)
+        return watched
+
+    def _watch_while_running(self, request: Request) -> bool:
+        """Ask the pool to watch the connection while ``request`` runs inline (multiplexing only).
+
+        Its input is complete, so its application never reads the socket: if the peer sends another request
+        meanwhile, a worker the pool lends becomes this connection's reader (``serve()`` in a second thread)
+        and runs the new request in a thread of its own; no request waits behind a slow one. For a client
+        that never multiplexes this is the pool's one ``epoll_ctl`` per request, done before the application
+        runs instead of after. The request then ends like a threaded one (``_end``): if the reader gave up
+        meanwhile, it closes the connection; if the connection must close, it shuts the socket down, which
+        wakes whoever watches it.
+        """
+        watch = self._factory.watch
+        if watch is None or not request.keep_conn or not self._proto.settings.mpxs_conns:
+            return False
+        body = request.body
+        data = request.data
+        if body is None or not body.finished or (data is not None and not data.finished):
+            return False  # its application may read the socket (RequestBody.fill): this thread stays reader
+        request.threaded = True  # before the pool may lend the connection to a reader
+        if watch(self):
+            return True
+        request.threaded = False
+        return False
 
     def _start_threads(self) -> None:
         runnable, self._runnable = self._runnable, []

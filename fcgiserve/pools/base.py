@@ -38,6 +38,11 @@ class RequestObserver(Protocol):
 class ServedConnection(Protocol):
     """One accepted connection, served by whichever worker thread holds it."""
 
+    # When ``serve()`` returned True with half a request received (its PARAMS not complete): the monotonic
+    # time by which the rest must arrive (--params-timeout). The pool parks the connection until then instead
+    # of its idle timeout, and calls ``expire()`` when it passes. None: the idle timeout applies.
+    deadline: float | None
+
     def fileno(self) -> int: ...
 
     def serve(self) -> bool:
@@ -51,9 +56,21 @@ class ServedConnection(Protocol):
     def close(self) -> None:
         """Called by the pool for parked connections at shutdown or idle timeout."""
 
+    def expire(self) -> None:
+        """Called by the pool when a connection parked with a ``deadline`` reached it: log and close."""
+
+    def detach(self) -> socket.socket | None:
+        """Between requests with nothing buffered: give the socket up unclosed (the caller owns it; this
+        connection is closed as far as it is concerned) and return it. Otherwise None, changing nothing."""
+
 
 class ConnectionFactory(Protocol):
     observer: RequestObserver | None
+    # Set by the pool while it serves: the connection calls it from inside ``serve()`` right before running
+    # a request whose input is complete, to have the pool watch the connection meanwhile (True: it does).
+    # Then ``serve()`` returns True when that request ends, and the pool already holds the connection; a
+    # worker it lends may call ``serve()`` (as the connection's reader) while the request still runs.
+    watch: Callable[[Any], bool] | None
 
     def open(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
         """Wrap an accepted socket; None means refused (the factory has closed the socket)."""
@@ -68,7 +85,7 @@ class PoolSettings:
     max_requests_jitter: int = 0
     timeout: float = 0.0  # prefork: busy-on-one-request limit; 0 = off
     graceful_timeout: float = 30.0
-    threads_per_child: int = 4  # prefork only
+    threads_per_child: int = 1  # prefork only: application threads per child
     idle_timeout: float = 0.0  # parked kept-alive connection idle limit; 0 = off
     params_timeout: float = 0.0  # a new connection that sends nothing this long is closed; 0 = idle_timeout
     max_connections: int = 0  # open connections per process; 0 = unlimited

@@ -1,7 +1,7 @@
 """A tiny line protocol standing in for the FastCGI handler in pool tests.
 
-Each line is one request: ``SLEEP 0.5`` (answers ``SLEPT``), ``ECHO x`` (answers ``x``), ``QUIT``
-(answers ``BYE`` and closes). ``serve()`` answers every complete line it has, returns True when its
+Each line is one request: ``SLEEP 0.5`` (answers ``SLEPT``), ``ECHO x`` (answers ``x``), ``PID``
+(answers the serving process's pid), ``QUIT`` (answers ``BYE`` and closes). ``serve()`` answers every complete line it has, returns True when its
 buffer is empty and the peer is still there (park me), False on QUIT or EOF. It calls the observer
 hooks like the real handler and records what the tests want to see (concurrency, peers, threads).
 """
@@ -9,6 +9,7 @@ hooks like the real handler and records what the tests want to see (concurrency,
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ class LineConnection:
         self._buffer = b""
         self._closed = False
         self._lock = threading.Lock()
+        self.deadline: float | None = None  # a line protocol has no half-received request to time
 
     def fileno(self) -> int:
         return self._fd
@@ -71,6 +73,8 @@ class LineConnection:
                 reply = "SLEPT"
             elif command == "ECHO":
                 reply = arg
+            elif command == "PID":
+                reply = str(os.getpid())
             elif command == "CRASH":
                 raise RuntimeError("the test asked for it")
             else:
@@ -89,6 +93,18 @@ class LineConnection:
             return False
         return True
 
+    def expire(self) -> None:
+        self.close()
+
+    def detach(self) -> socket.socket | None:
+        """Clean (no partial line held, not closed): give the socket up unclosed."""
+        with self._lock:
+            if self._closed or self._buffer:
+                return None
+            self._closed = True
+        self._factory.detached += 1
+        return self._sock
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -106,6 +122,7 @@ class LineFactory:
 
     def __init__(self, refuse: Callable[[Any], bool] | None = None) -> None:
         self.observer: RequestObserver | None = None
+        self.watch: Callable[[Any], bool] | None = None  # set by the dispatcher; never called here
         self._refuse = refuse
         self._lock = threading.Lock()
         self.opened: list[LineConnection] = []
@@ -117,6 +134,7 @@ class LineFactory:
         self.served_by: list[str] = []
         self.serve_calls = 0
         self.closed = 0
+        self.detached = 0
 
     def open(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
         with self._lock:
