@@ -295,8 +295,11 @@ OPTIONS: tuple[Option, ...] = (
          "for prefork. Unset means 50 threads or 8 processes (raised to --maxspare if that is larger, so "
          "old runfcgi settings keep working).", runfcgi=("maxchildren",), metavar="N",
          default_text="50 (threaded) / 8 (prefork)"),
-    _opt("threads", 4, _int(1), _PROC, "prefork: threads per child. A few threads let a child hold several "
-         "kept-alive connections, so an idle connection does not cost a whole process.", metavar="N"),
+    _opt("threads", 1, _int(1), _PROC, "prefork: application threads per child. 1 (the default) runs one "
+         "request at a time per process (wsgi.multithread False), for applications or extensions that are "
+         "not thread-safe: --maxchildren is then the number of requests that run at once. Idle kept-alive "
+         "connections still cost no process (a busy child hands them to an idle sibling). More threads let a "
+         "child run several requests at once (wsgi.multithread True).", metavar="N"),
     _opt("maxrequests", 0, _int(0), _PROC, "Recycle a worker after this many requests (bounds slow leaks). "
          "0 means never.", runfcgi=("maxrequests",), metavar="N", default_text="0 (never)"),
     _opt("maxrequests_jitter", 0, _int(0), _PROC, "Add up to this many requests, at random, to each "

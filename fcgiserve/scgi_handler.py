@@ -41,6 +41,7 @@ class SCGIConnectionFactory:
         self.app = app
         self.options = options
         self.observer: Any = None  # RequestObserver, set by the pool
+        self.watch: Any = None  # set by the pool; an SCGI connection carries one request, never asks it
         self.operations: RequestOperations | None = None  # set by the wiring (operations.py)
         self.limits = SCGILimits(
             max_header_bytes=options.limits.max_params_bytes, max_headers=options.limits.max_params_count
@@ -67,6 +68,7 @@ class SCGIConnection:
         self._closed = False
         self._body: RequestBody | None = None
         self._remaining = 0  # body bytes still to read from the socket
+        self.deadline: float | None = None  # serve() reads a whole request: never parked with half of one
 
     def fileno(self) -> int:
         return self._fd
@@ -80,6 +82,17 @@ class SCGIConnection:
         except OSError:
             pass
         _close_quietly(self._sock)
+
+    def expire(self) -> None:
+        self.close()
+
+    def detach(self) -> socket.socket | None:
+        """The pool holds an SCGI connection unserved only while it waits for its first byte (serve() always
+        finishes it), so it is clean then: give the socket up unclosed."""
+        if self._closed:
+            return None
+        self._closed = True
+        return self._sock
 
     def serve(self) -> bool:
         try:

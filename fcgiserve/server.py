@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -31,6 +32,7 @@ from fcgiserve.logs import reopen as reopen_logs
 from fcgiserve.operations import RequestOperations, SharedCounters
 from fcgiserve.pidfile import Pidfile, PidfileError
 from fcgiserve.pools.base import PoolEvent, PoolExit, PoolSettings, StopReason
+from fcgiserve.pools.handoff import adopt_kept, keep_across_exec
 from fcgiserve.pools.threaded import ThreadedPool
 from fcgiserve.protocol import ConnectionSettings, ProtocolLimits
 from fcgiserve.sdnotify import ServiceNotifier, WatchdogPinger, watchdog_interval
@@ -86,6 +88,9 @@ class Server:
         self._listeners: list[Listener] = []
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+        self._kept: list[
+            socket.socket
+        ] = []  # kept-alive connections a threaded reload keeps for the next pool
         self._stop_requested: bool | None = None  # graceful flag, if stop() came before the pool existed
         self.exit_status: int | None = None
         self._early_signals: list[int] = []  # signals that arrived before the pool could handle them
@@ -164,7 +169,7 @@ class Server:
             self._warn_if_exposed()
             watchdog = self._start_watchdog()
             try:
-                reason = self._serve(app)
+                reason = self._serve(app, keep_on_reload=reexec_argv is not None)
             except StartupError as exc:
                 log.error("%s", exc)
                 return exc.status
@@ -173,6 +178,7 @@ class Server:
                     watchdog.stop()
             if reason is StopReason.RELOAD and reexec_argv is not None and not self._stop_during_reload():
                 self._reexec(reexec_argv, start_dir)  # does not return
+            self._close_kept()
             self._notifier.stopping()
             return EXIT_OK
         finally:
@@ -226,8 +232,12 @@ class Server:
                     listener.description,
                 )
 
-    def _serve(self, app: WSGIApp | None) -> StopReason:
+    def _serve(self, app: WSGIApp | None, keep_on_reload: bool = False) -> StopReason:
+        """Run pools until a stop. ``keep_on_reload``: the caller re-executes on RELOAD, so the threaded pool
+        keeps its clean kept-alive connections for the new image (``self._kept``)."""
         config = self.config
+        # Kept-alive connections a previous image of this process kept across exec (threaded reload).
+        adopted = adopt_kept(os.environ)
         settings = pool_settings(config)
         socks = [listener.sock for listener in self._listeners]
         options = handler_options(config)
@@ -253,7 +263,16 @@ class Server:
             else:
                 assert app is not None
                 factory = _connection_factory(config.protocol, app, options, ops)
-                pool = ThreadedPool(socks, factory, settings, reopen_logs, on_event=self._on_pool_event)
+                pool = ThreadedPool(
+                    socks,
+                    factory,
+                    settings,
+                    reopen_logs,
+                    on_event=self._on_pool_event,
+                    keep_on_reload=keep_on_reload or self._thread is not None,
+                    adopted=adopted,
+                )
+                adopted = []
                 if ops is not None:
                     ops.stats_provider = threaded_stats_provider(pool, ops, socks)
             self._pool = pool
@@ -273,8 +292,12 @@ class Server:
             except PoolExit as exc:  # the first prefork generation could not start; already logged
                 self._ready.set()
                 raise StartupError(exc.message or "the pool could not start", exc.status) from None
+            if isinstance(pool, ThreadedPool):
+                self._kept = pool.kept
             if reason is StopReason.RELOAD and self._thread is not None:
                 log.info("reload requested in library mode: restarting the pool with the same application")
+                adopted = [(sock, _peer_of(sock)) for sock in self._kept]
+                self._kept = []
                 continue
             log.info("fcgiserve stopped (%s)", reason.value)
             self.stop_reason = reason
@@ -339,14 +362,27 @@ class Server:
         # The ping proves the serving loop still runs: none while no pool exists (start-up, re-exec).
         return WatchdogPinger(self._notifier, interval, lambda: self._pool is not None).start()
 
+    def _close_kept(self) -> None:
+        """A stop after all (TERM during a reload's drain): nobody serves the kept connections."""
+        for sock in self._kept:
+            sock.close()
+        self._kept = []
+
     def _reexec(self, argv: list[str], start_dir: str) -> None:
-        env = {**os.environ, **export_for_reexec(self._listeners)}
+        env = {**os.environ, **export_for_reexec(self._listeners), **keep_across_exec(self._kept)}
         self._notifier.reloading()  # no-op when HUP already said so; max_requests recycling says it here
         log.info("reloading: re-executing %s in place (pid %d)", " ".join(argv), os.getpid())
         os.chdir(start_dir)
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def _peer_of(sock: socket.socket) -> Any:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return ""  # gone meanwhile: serving it reads EOF and closes it
 
 
 def _factory_maker(

@@ -5,16 +5,22 @@ run in the child before ``_detach_from_master`` has reset them. Until the factor
 child has nothing in flight, so TERM keeps its default action and QUIT exits at once, while the
 other signals are ignored; afterwards a SignalQueue feeds them to the dispatcher's selector thread:
 
-  TERM  graceful stop: stop accepting, finish in-flight requests within graceful_timeout, exit 0
+  TERM  graceful stop (the pool stops for real): stop accepting, finish in-flight requests within
+        graceful_timeout, drain and close the kept-alive connections, exit 0
+  HUP   retire (a sibling serves on: recycling, spare retirement, an old generation after a reload):
+        stop accepting, hand every clean kept-alive connection to the master's hand-off channel
+        (handoff.py), each in-flight one right after its response, exit 0. --maxrequests does the same.
   QUIT  exit now                        USR1  reopen logs (on_reopen_logs)
   USR2  log the stacks of the threads busy on a request (the master's timeout; SIGKILL follows)
-  INT, HUP, TTIN, TTOU  ignored: the terminal's Ctrl-C and reloads are the master's business
+  INT, TTIN, TTOU  ignored: the terminal's Ctrl-C is the master's business
 
-A child is a Dispatcher with ``threads_per_child`` threads and ``accept_while_busy=False``: it
-accepts only while none of its threads is serving, so a new connection goes to an idle sibling, yet
-a request arriving on one of its parked kept-alive connections still gets one of its threads. Idle
-kept-alive connections therefore never pin a whole process. The slot shows the child busy from the
-moment a thread enters ``serve()`` (see ``_TrackedFactory``), which is when it stops accepting.
+A child is a Dispatcher with ``threads_per_child`` threads (1 by default: one request at a time) and
+``accept_while_busy=False``: it accepts (from the listeners and from the hand-off channel) only while
+none of its threads is serving, so a new connection goes to an idle sibling. A request arriving on one
+of its parked kept-alive connections while all its threads are busy is handed to an idle sibling by the
+dispatcher's busy watcher (the control thread, which never runs application code). Idle kept-alive
+connections therefore never pin a whole process. The slot shows the child busy from the moment a
+thread enters ``serve()`` (see ``_TrackedFactory``), which is when it stops accepting.
 
 Children never outlive the master: PR_SET_PDEATHSIG (Linux) kills a child when the master dies,
 and everywhere a lifeline pipe, whose write end only the master holds, becomes readable (EOF) in
@@ -38,6 +44,7 @@ from typing import Any, NoReturn
 
 from fcgiserve.pools.base import ConnectionFactory, PoolSettings, RequestObserver, ServedConnection
 from fcgiserve.pools.dispatch import Dispatcher
+from fcgiserve.pools.handoff import HandoffChannel
 from fcgiserve.pools.scoreboard import Scoreboard, SlotWriter
 from fcgiserve.signals import SignalQueue
 
@@ -49,11 +56,12 @@ EXIT_BOOT_FAILURE = 3  # make_factory() raised: the master stops instead of fork
 EXIT_CRASH = 1  # anything else escaped
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_CHILD_SIGNALS = (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-_IGNORED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+_CHILD_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
 # Blocked while the child boots (imports the application), delivered once their handlers exist: a log
 # reopen the master forwards in that window must not be lost (the child would write to the rotated file).
-_DEFERRED_SIGNALS = frozenset({signal.SIGUSR1, signal.SIGUSR2})
+# A retirement (HUP) that comes while booting is deferred the same way.
+_DEFERRED_SIGNALS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,7 @@ class ChildSpec:
     """Everything a child needs, built by the master before the fork."""
 
     listeners: Sequence[socket.socket]
+    channel: HandoffChannel  # the master's hand-off channel (both ends, inherited)
     make_factory: Callable[[], ConnectionFactory]
     settings: PoolSettings
     board: Scoreboard
@@ -123,8 +132,9 @@ class _Child:
         if settings.max_requests:
             max_requests = settings.max_requests + random.randint(0, max(0, settings.max_requests_jitter))
             self._writer.retire_after = max_requests
+        channel = self._spec.channel
         return Dispatcher(
-            self._spec.listeners,
+            [*self._spec.listeners, channel.take_end],  # connections handed over by siblings are accepted too
             _TrackedFactory(factory, self._writer),
             min_spare=1,
             max_spare=threads,
@@ -135,6 +145,8 @@ class _Child:
             accept_while_busy=False,
             max_requests=max_requests,
             graceful_timeout=settings.graceful_timeout,
+            hand_off=channel.give,
+            watch_while_busy=True,
         )
 
     def _detach_from_master(self) -> None:
@@ -168,6 +180,11 @@ class _Child:
             if signum == signal.SIGTERM:
                 self._writer.mark_stopping()
                 self._dispatcher.stop(graceful=True, timeout=self._spec.settings.graceful_timeout)
+            elif signum == signal.SIGHUP:
+                self._writer.mark_stopping()
+                self._dispatcher.stop(
+                    graceful=True, timeout=self._spec.settings.graceful_timeout, retire=True
+                )
             elif signum == signal.SIGQUIT:
                 _exit_now(signum, None)
             elif signum == signal.SIGUSR1:
@@ -218,6 +235,8 @@ class _TrackedFactory:
     def __init__(self, inner: ConnectionFactory, writer: SlotWriter) -> None:
         self._inner = inner
         self._writer = writer
+        # Not passed on: a child's connection runs its request as the worker's only job (no multiplexing).
+        self.watch: Callable[[Any], bool] | None = None
 
     @property
     def observer(self) -> RequestObserver | None:
@@ -226,6 +245,14 @@ class _TrackedFactory:
     @observer.setter
     def observer(self, observer: RequestObserver | None) -> None:
         self._inner.observer = observer  # the connections report through the inner factory
+
+    @property
+    def watch(self) -> Callable[[ServedConnection], bool] | None:
+        return self._inner.watch
+
+    @watch.setter
+    def watch(self, watch: Callable[[ServedConnection], bool] | None) -> None:
+        self._inner.watch = watch
 
     def open(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
         self._writer.serving_started()  # open() runs in the worker thread that goes on to serve()
@@ -242,6 +269,16 @@ class _TrackedConnection:
         self._writer = writer
         self.fileno = inner.fileno
         self.close = inner.close
+        self.expire = inner.expire
+        self.detach = inner.detach
+
+    @property
+    def deadline(self) -> float | None:
+        return self._inner.deadline
+
+    @deadline.setter
+    def deadline(self, deadline: float | None) -> None:
+        self._inner.deadline = deadline
 
     def serve(self) -> bool:
         self._writer.serving_started()

@@ -57,6 +57,10 @@ _QUIET_TRIM_SECONDS = 1.0
 # The control thread checks for a leaderless pool on this tick while jobs run or ran lately; after this
 # long with no job it sleeps until the next job wakes it.
 _ACTIVE_WINDOW_SECONDS = 0.25
+# The busy watcher (_hand_off_readable) looks at the parked connections this often while a request runs,
+# taking at most this many readable ones per look.
+_WATCH_INTERVAL_SECONDS = 0.002
+_WATCH_BATCH = 16
 # After a stop that timed out or was immediate, how long to wait for workers to notice their closed sockets.
 _FORCED_JOIN_TIMEOUT = 0.2
 
@@ -94,6 +98,8 @@ class Dispatcher:
         spare_idle_time: float = SPARE_IDLE_SECONDS,
         promote_after: float = _PROMOTE_AFTER_SECONDS,
         fresh_timeout: float = 0.0,
+        hand_off: Callable[[socket.socket], None] | None = None,
+        watch_while_busy: bool = False,
     ) -> None:
         if max_threads < 1:
             raise ValueError(f"max_threads must be at least 1, not {max_threads}")
@@ -107,6 +113,9 @@ class Dispatcher:
         self._thread_name = thread_name
         self._promote_after = promote_after
         self._fresh_timeout = fresh_timeout
+        self._hand_off = hand_off
+        self._watch_while_busy = watch_while_busy and hand_off is not None
+        self._watch_next = 0.0  # the busy watcher looks at the epoll again from then on
         self._thread_serial = itertools.count(1)
         self._counter = RequestCounter(max_requests, self._on_max_requests)
         self.max_requests_reached = False
@@ -128,10 +137,14 @@ class Dispatcher:
         self._trimmed = True  # no job since the heap was last trimmed
         self._control_asleep = False  # the control thread waits without a tick: a new job must wake it
         self._in_service: dict[int, ServedConnection | socket.socket] = {}  # thread ident -> what it serves
+        # thread ident -> the watch-list entry of its connection, parked while its request runs
+        self._armed_by: dict[int, tuple[ServedConnection, float, bool]] = {}
+        self._next_deadline = math.inf  # the earliest deadline of a connection parked with half a request
         self._workers: set[threading.Thread] = set()
         self._stop_requested = False
         self._stop_graceful = True
         self._stop_deadline = math.inf
+        self._stop_retire = True  # every stop asked so far hands connections off instead of closing them
         self._stopping = False  # no new work: connections are closed instead of parked
         self._drain_deadline = math.inf  # parked connections are served until then while stopping
         self._workers_exit = False
@@ -174,9 +187,16 @@ class Dispatcher:
         """Watch ``fd`` for readability and call ``callback`` in the control thread (it must drain fd)."""
         self._control.add(fd, callback)
 
-    def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
-        """Ask serve_forever to stop; a later non-graceful stop or earlier deadline overrides."""
+    def stop(self, graceful: bool = True, timeout: float = 30.0, retire: bool = False) -> None:
+        """Ask serve_forever to stop; a later non-graceful stop or earlier deadline overrides.
+
+        ``retire`` (with a ``hand_off`` sink): somebody serves on after us, so kept-alive connections are not
+        closed but handed to the sink, each as soon as it is clean (between requests). A stop without
+        ``retire`` before the stop began makes it a real stop (drain and close).
+        """
         with self._lock:
+            if not self._stopping:
+                self._stop_retire = self._stop_retire and retire
             self._stop_requested = True
             self._stop_graceful = self._stop_graceful and graceful
             self._stop_deadline = min(self._stop_deadline, time.monotonic() + timeout)
@@ -193,7 +213,14 @@ class Dispatcher:
 
     def _on_max_requests(self) -> None:
         self.max_requests_reached = True
-        self.stop(graceful=True, timeout=self._graceful_timeout)
+        self.stop(graceful=True, timeout=self._graceful_timeout, retire=self._hand_off is not None)
+
+    def adopt(self, sock: socket.socket, peer: Any) -> None:
+        """Take a kept-alive connection handed over by another process (or a previous image of this one) and
+        park it like a new connection. Before ``serve_forever`` or from any thread while it serves."""
+        with self._lock:
+            self._admission.open += 1
+        self._open_new([(sock, peer)])
 
     # -- the control thread -----------------------------------------------------------------------------
 
@@ -203,6 +230,7 @@ class Dispatcher:
         self._started = True
         self._counter.downstream = self._factory.observer
         self._factory.observer = self._counter
+        self._factory.watch = self._watch_running
         try:
             with self._lock:
                 self._admission.update()
@@ -213,6 +241,7 @@ class Dispatcher:
             self.ready.clear()
             self._finish()
             self._factory.observer = self._counter.downstream
+            self._factory.watch = None
 
     def _run_control_loop(self) -> None:
         while True:
@@ -225,12 +254,16 @@ class Dispatcher:
                 )
             if stop_requested and not self._stopping:
                 self._begin_stop()
-            if self._watch.parked and (self._idle_timeout or self._fresh_timeout):
+            if self._watch.parked and (
+                self._idle_timeout or self._fresh_timeout or self._next_deadline <= time.monotonic()
+            ):
                 self._expire_idle()
             if self._admission.retry_at:
                 with self._lock:
                     self._admission.retry_if_due(time.monotonic())
             self._promote_if_stalled()
+            if self._watch_while_busy:
+                self._hand_off_readable()
             self._trim_when_quiet()
             if self._stopping:
                 now = time.monotonic()
@@ -265,6 +298,49 @@ class Dispatcher:
         if start:
             self._start_threads(1, leader=True)
 
+    def _hand_off_readable(self) -> None:
+        """The busy watcher: every thread is busy and none may start (a prefork child's one thread), so a
+        parked connection that became readable goes to an idle sibling (the hand-off sink) instead of
+        waiting for our current request. Only after promote_after, so short requests cost nothing here."""
+        crew = self._crew
+        now = time.monotonic()
+        with self._lock:
+            if crew.leader or not crew.busy or crew.can_promote() or self._stopping:
+                return
+            if now < max(crew.leaderless_since + self._promote_after, self._watch_next):
+                return
+            self._watch_next = now + _WATCH_INTERVAL_SECONDS
+            try:
+                events = self._watch.poll(0, _WATCH_BATCH)
+            except (OSError, ValueError):
+                return
+            for fd, _mask in events:
+                if self._watch.fired_listener(fd) is not None:
+                    continue  # new connections are a sibling's anyway; update() re-arms it when idle
+                conn = self._watch.unpark(fd)
+                if conn is not None and not self._give_away_locked(conn):
+                    self._park_locked(conn)  # half a request in our hands: it stays with this process
+
+    def _handing_off_locked(self) -> bool:
+        """A retiring stop was asked for (it may not have begun yet): clean connections go to the sink."""
+        return self._hand_off is not None and self._stop_requested and self._stop_retire
+
+    def _give_away_locked(self, conn: ServedConnection) -> bool:
+        """Hand a clean connection (not parked, not in service) to the sink; False when it is not clean."""
+        assert self._hand_off is not None
+        fd = conn.fileno()
+        self._watch.forget(fd)  # before the fd leaves: our epoll must not report its events any more
+        sock = conn.detach()
+        if sock is None:
+            return False
+        self._admission.open -= 1
+        try:
+            self._hand_off(sock)
+        except BaseException:
+            log.exception("handing a kept-alive connection over failed; closing it")
+            close_quietly(sock)
+        return True
+
     def _next_timeout(self) -> float | None:
         now = time.monotonic()
         when = math.inf
@@ -272,6 +348,7 @@ class Dispatcher:
         if expiring:
             # Workers park connections without waking this thread, so it looks again on a tick.
             when = now + min(min(expiring) / 2, 1.0)
+        when = min(when, self._next_deadline)
         if self._stopping:
             when = min(when, self._stop_deadline, self._drain_deadline)
         if self._admission.retry_at:
@@ -282,6 +359,8 @@ class Dispatcher:
             crew = self._crew
             if not crew.leader and crew.busy and crew.can_promote():
                 when = min(when, crew.leaderless_since + self._promote_after)
+            elif not crew.leader and crew.busy and self._watch_while_busy and not self._stopping:
+                when = min(when, max(crew.leaderless_since + self._promote_after, self._watch_next))
             elif now - self._last_job_at < _ACTIVE_WINDOW_SECONDS:
                 # Jobs come and go: tick, so that a long one is noticed without a wake-up per job.
                 when = min(when, now + self._promote_after)
@@ -295,6 +374,14 @@ class Dispatcher:
         now = time.monotonic()
         with self._lock:
             expired = self._watch.unpark_expired(now)
+            self._next_deadline = min(
+                (
+                    expires_at
+                    for conn, expires_at, new in self._watch.parked.values()
+                    if conn.deadline is not None
+                ),
+                default=math.inf,
+            )
         silent = sum(new for _conn, new in expired)
         if silent:
             log.warning(
@@ -302,6 +389,9 @@ class Dispatcher:
                 silent,
                 self._fresh_timeout or self._idle_timeout,
             )
+        for conn, new in expired:
+            if not new and conn.deadline is not None:
+                conn.expire()  # half a request past its deadline: the connection says so, and closes
         self._close_connections([conn for conn, _new in expired])
 
     def _close_connections(self, conns: Sequence[ServedConnection]) -> None:
@@ -346,6 +436,14 @@ class Dispatcher:
         with self._lock:
             self._stopping = True
             self._admission.close()  # listeners stay open: new connections wait in the backlog
+            if self._stop_retire and self._hand_off is not None:
+                # Somebody serves on after us: clean connections go to them now, the others once clean.
+                self._drain_deadline = self._stop_deadline
+                for conn in self._watch.unpark_all():
+                    if not self._give_away_locked(conn):
+                        self._park_locked(conn)
+                self._admission.update()
+                return
             self._drain_deadline = min(self._stop_deadline, time.monotonic() + _DRAIN_SECONDS)
         if self.max_requests_reached:
             self._close_parked()  # after max_requests not one request more: parked connections close now
@@ -353,6 +451,11 @@ class Dispatcher:
     def _close_parked(self) -> None:
         with self._lock:
             parked = self._watch.unpark_all()
+            # A connection whose request runs inline while we watch it is not idle: its worker decides.
+            for entry in self._armed_by.values():
+                if entry[0] in parked:
+                    parked.remove(entry[0])
+                    self._watch.parked[entry[0].fileno()] = entry  # still armed in the epoll
         self._close_connections(parked)
 
     def _force_close_all(self) -> None:
@@ -445,9 +548,14 @@ class Dispatcher:
             with self._lock:
                 del self._in_service[ident]
                 crew.end_job()
-                if keep is None:
+                watched = self._armed_by.pop(ident, None)
+                if watched is not None:
+                    self._release_watched_locked(watched, keep is not None)
+                elif keep is None:
                     self._admission.open -= 1
-                elif self._stopping or self.max_requests_reached:
+                elif (handing_off := self._handing_off_locked()) and self._give_away_locked(keep):
+                    pass  # handed over right after its response: its next request is served elsewhere
+                elif (self._stopping or self.max_requests_reached) and not handing_off:
                     self._admission.open -= 1
                     close_quietly(keep)
                 else:
@@ -527,6 +635,9 @@ class Dispatcher:
         if listener is None:
             parked = self._watch.unpark(fd)
             if parked is not None and self.max_requests_reached:
+                if self._handing_off_locked():
+                    # The stop is on its way; this one goes to whoever serves on (or is served until clean).
+                    return None if self._give_away_locked(parked) else parked
                 self._admission.open -= 1  # not one request more: the control thread is on its way to stop
                 close_quietly(parked)
                 return None
@@ -567,10 +678,58 @@ class Dispatcher:
     ) -> None:
         """Watch ``conn`` until it is readable, or until ``expires_at`` (default: after idle_timeout)."""
         if expires_at is None:
-            expires_at = time.monotonic() + self._idle_timeout if self._idle_timeout else math.inf
+            deadline = conn.deadline
+            if deadline is not None:
+                # Half a request: it waits here, costing no worker, until the rest arrives or the deadline.
+                expires_at = deadline
+                if deadline < self._next_deadline:
+                    self._next_deadline = deadline
+                    self._control.wake()
+            else:
+                expires_at = time.monotonic() + self._idle_timeout if self._idle_timeout else math.inf
         if not self._watch.park(conn, expires_at, new):
             self._admission.open -= 1
             close_quietly(conn)
+
+    def _watch_running(self, conn: ServedConnection) -> bool:
+        """``ConnectionFactory.watch``: park ``conn`` while its worker runs one of its requests inline.
+
+        Called from inside ``serve()``. The one ``epoll_ctl`` of a kept-alive request happens here, before
+        the application runs, instead of after; if the peer sends more meanwhile (a multiplexing client), an
+        idle worker takes the connection and becomes its reader. No expiry while the request runs.
+        """
+        ident = threading.get_ident()
+        with self._lock:
+            if self._stopping or self._in_service.get(ident) is not conn:
+                return False  # stopping: the connection is closed or handed off after its response
+            if not self._watch.park(conn, math.inf):
+                return False
+            self._armed_by[ident] = self._watch.parked[conn.fileno()]
+        return True
+
+    def _release_watched_locked(self, entry: tuple[ServedConnection, float, bool], open_: bool) -> None:
+        """A job whose connection was parked while its request ran (``_watch_running``) has ended.
+
+        The pool has held the connection since: if a worker took it meanwhile, that job decides its fate.
+        If it is still parked, it now idles (idle expiry), or is closed or handed off when the pool stops.
+        """
+        conn = entry[0]
+        fd = conn.fileno()
+        current = self._watch.parked.get(fd)
+        if current is None or current[0] is not conn:
+            return  # taken by a worker as its reader (or by the busy watcher): no longer ours to settle
+        if not open_ or self._stopping or self.max_requests_reached:
+            self._watch.unpark(fd)
+            if open_ and self._handing_off_locked() and self._give_away_locked(conn):
+                return
+            if open_ and self._handing_off_locked():
+                self._park_locked(conn)  # not clean: served on until it is (the retire path)
+                return
+            self._admission.open -= 1
+            close_quietly(conn)
+        elif current is entry:
+            expires_at = time.monotonic() + self._idle_timeout if self._idle_timeout else math.inf
+            self._watch.parked[fd] = (conn, expires_at, False)  # still armed: no system call
 
     def _retire_locked(self, me: threading.Thread) -> None:
         self._crew.retire()

@@ -9,10 +9,15 @@ Sizing follows php-fpm's ``pm = dynamic``: idle children are kept between min_sp
 max_children at most. When fewer than min_spare are idle (children still booting count as idle),
 the master forks the deficit at once, then twice as many on each following tick while the pool
 stays short (32 per tick at most): a burst of slow requests finds capacity within a few ticks. One
-idle child above max_spare retires per tick (SIGTERM, the idle one that started first).
+idle child above max_spare retires per tick (SIGHUP, the idle one that started first).
+
+Connections outlive children: a child that retires (a spare above max_spare, the old generation after a
+reload, a child at max_requests) gets SIGHUP, not SIGTERM, and hands its kept-alive connections to the
+hand-off channel (handoff.py), whose both ends the master holds for its whole life; an idle child takes
+them. Only a real stop (TERM to the master) has children drain and close them.
 
 Generations: SIGHUP starts a new generation (make_factory() runs fresh in each new child); only when
-one of its children is READY does the old generation get SIGTERM, so no request fails. If the new
+one of its children is READY does the old generation retire (SIGHUP), so no request fails. If the new
 generation fails to boot, the old one keeps serving. A child that dies before it is READY at the
 very start stops the master (``PoolExit`` with status 3) instead of forking forever; later crashes
 are replaced, with an exponential pause when they come too fast.
@@ -39,6 +44,7 @@ from typing import Any
 from fcgiserve.memory import release_free_memory
 from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolExit, PoolSettings, StopReason
 from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
+from fcgiserve.pools.handoff import HandoffChannel
 from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
 from fcgiserve.signals import SignalQueue
 
@@ -132,6 +138,7 @@ class PreforkPool:
         self._selector: selectors.BaseSelector | None = None
         self._signals: SignalQueue | None = None
         self._lifeline: tuple[int, int] | None = None
+        self._channel: HandoffChannel | None = None
         self._serving_generation = 0  # 0 until the first generation is READY
         self._booting_generation: int | None = None
         self._last_generation = 0
@@ -196,6 +203,7 @@ class PreforkPool:
         self._master_pid = os.getpid()
         self._board = Scoreboard(slots=3 * s.max_children, lanes=max(1, s.threads_per_child))
         self._lifeline = os.pipe()
+        self._channel = HandoffChannel()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         if install_signals:
@@ -225,6 +233,9 @@ class PreforkPool:
             for fd in self._lifeline:
                 os.close(fd)
             self._lifeline = None
+        if self._channel is not None and os.getpid() == self._master_pid:
+            self._channel.close()  # after the children: connections still in flight have nobody to serve them
+            self._channel = None
         self._wake_r.close()
         self._wake_w.close()
         if self._board is not None and os.getpid() == self._master_pid:
@@ -328,7 +339,7 @@ class PreforkPool:
             return
         old = [c for c in self._children.values() if c.generation != booting and c.stop_sent_at is None]
         for child in old:
-            self._signal(child, signal.SIGTERM)
+            self._signal(child, signal.SIGHUP)  # retire: its kept-alive connections go to the new generation
         self._serving_generation, self._booting_generation = booting, None
         self._spawn_batch = 1
         if old:
@@ -341,7 +352,7 @@ class PreforkPool:
         self._booting_generation = None
         for child in list(self._children.values()):
             if child.generation == booting and child.stop_sent_at is None:
-                self._signal(child, signal.SIGTERM)
+                self._signal(child, signal.SIGHUP)  # what it may have accepted goes to the serving generation
         log.error("reload to generation %s abandoned (%s); the serving generation carries on", booting, why)
         if self._serving_generation:
             self._emit(PoolEvent.READY)  # the reload is over: the old generation serves on
@@ -349,7 +360,7 @@ class PreforkPool:
     # -- children ---------------------------------------------------------------------------------------
 
     def _spawn_child(self, generation: int) -> bool:
-        assert self._board is not None and self._lifeline is not None
+        assert self._board is not None and self._lifeline is not None and self._channel is not None
         now = time.monotonic()
         slot = self._board.allocate(generation, now)
         if slot is None:
@@ -357,6 +368,7 @@ class PreforkPool:
             return False
         spec = ChildSpec(
             listeners=self._listeners,
+            channel=self._channel,
             make_factory=self._make_factory,
             settings=self._settings,
             board=self._board,
@@ -384,7 +396,7 @@ class PreforkPool:
         return True
 
     def _signal(self, child: _Child, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGQUIT) and child.stop_sent_at is None:
+        if signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT) and child.stop_sent_at is None:
             child.stop_sent_at = time.monotonic()
         elif signum == signal.SIGKILL:
             child.killed = True
@@ -499,9 +511,8 @@ class PreforkPool:
         idle = [snap for snap in serving if snap.idle]
         starting = sum(1 for snap in serving if snap.state is SlotState.STARTING)
         self._max_active = max(self._max_active, len(serving) - len(idle) - starting)
-        # Retiring closes the child's parked kept-alive connections, which races with a web server about to
-        # reuse one (nginx does not retry a POST): so a spare retires only after staying idle a while, and a
-        # load that comes and goes does not churn children.
+        # A retiring spare hands its parked kept-alive connections to a sibling; it retires only after staying
+        # idle a while, so a load that comes and goes does not churn children.
         if len(idle) > self._max_spare and settled and now - self._last_retire_at >= TICK:
             self._last_retire_at = now
             self._retire(min(settled, key=lambda snap: snap.started_at))
@@ -545,7 +556,7 @@ class PreforkPool:
         for child in self._children.values():
             if child.slot == snap.index:
                 log.debug("retiring idle worker %d (more than max_spare=%d idle)", child.pid, self._max_spare)
-                self._signal(child, signal.SIGTERM)
+                self._signal(child, signal.SIGHUP)  # its kept-alive connections go to a sibling
                 return
 
     # -- stopping ---------------------------------------------------------------------------------------

@@ -7,6 +7,13 @@ new process image inherits the sockets and serves those connections. ``max_reque
 process the same way: after that many requests (plus a random jitter) the pool drains and returns
 RELOAD.
 
+Kept-alive connections outlive a reload when the caller will serve on (``keep_on_reload``: the CLI
+re-executes, a library server restarts its pool): instead of closing them, the dispatcher hands each
+clean one to ``kept`` (in-flight requests finish first, their connections follow right after their
+response), and the next pool, in this image or the re-executed one, ``adopted`` them as parked
+connections (pools/handoff.py). A stop keeps today's drain-and-close; a TERM during a reload's drain
+makes it a stop (the caller closes what was kept by then).
+
 Signals (with ``install_signals``): TERM / INT stop gracefully within ``graceful_timeout`` (a
 second one stops at once), HUP drains and returns RELOAD, QUIT stops at once, USR1 calls
 ``on_reopen_logs``.
@@ -21,6 +28,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fcgiserve.memory import release_free_memory
 from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolSettings, StopReason
@@ -61,8 +69,12 @@ class ThreadedPool:
         settings: PoolSettings,
         on_reopen_logs: Callable[[], None] | None = None,
         on_event: Callable[[PoolEvent], None] | None = None,
+        *,
+        keep_on_reload: bool = False,
+        adopted: Sequence[tuple[socket.socket, Any]] = (),
     ) -> None:
         self._settings = settings
+        self.kept: list[socket.socket] = []  # connections handed over by a reload, for the next pool
         self._on_reopen_logs = on_reopen_logs
         self._on_event = on_event  # RELOADING / STOPPING when requested (see PoolEvent)
         self._listener_count = len(listeners)
@@ -82,7 +94,10 @@ class ThreadedPool:
             max_connections=settings.max_connections,
             max_requests=self._max_requests,
             graceful_timeout=settings.graceful_timeout,
+            hand_off=self.kept.append if keep_on_reload else None,
         )
+        for sock, peer in adopted:
+            self._dispatcher.adopt(sock, peer)
         self.ready = self._dispatcher.ready
         self._lock = threading.Lock()
         self._reason: StopReason | None = None
@@ -116,7 +131,9 @@ class ThreadedPool:
                 self._on_event(PoolEvent.RELOADING if reason is StopReason.RELOAD else PoolEvent.STOPPING)
             except Exception:
                 log.exception("the pool's on_event hook failed")
-        self._dispatcher.stop(graceful=graceful, timeout=self._settings.graceful_timeout)
+        self._dispatcher.stop(
+            graceful=graceful, timeout=self._settings.graceful_timeout, retire=reason is StopReason.RELOAD
+        )
 
     def run(self, install_signals: bool = True) -> StopReason:
         s = self._settings

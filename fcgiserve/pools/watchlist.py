@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fcgiserve.pools.base import ServedConnection
+from fcgiserve.pools.handoff import receive_connection
 
 __all__ = ["AcceptFailed", "NewConnection", "WatchList", "accept", "close_quietly"]
 
@@ -106,6 +107,14 @@ class WatchList:
         entry = self.parked.pop(fd, None)
         return None if entry is None else entry[0]
 
+    def forget(self, fd: int) -> None:
+        """Stop watching a connection that leaves this process (handoff.py): the kernel keeps an epoll entry
+        while any process holds the socket, so closing our fd alone would not remove it."""
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
     def unpark_all(self) -> list[ServedConnection]:
         parked = [entry[0] for entry in self.parked.values()]
         self.parked.clear()
@@ -133,8 +142,11 @@ class WatchList:
 def accept(listener: socket.socket) -> NewConnection | None:
     """Accept one connection, TCP_NODELAY set; None when there is none (or that peer gave up).
 
-    Raises AcceptFailed when the process or system is out of a resource.
+    A hand-off channel's take end (handoff.py) stands in for a listener: its "accept" takes a connection a
+    sibling process handed over. Raises AcceptFailed when the process or system is out of a resource.
     """
+    if listener.type == socket.SOCK_SEQPACKET:
+        return receive_connection(listener)
     try:
         sock, peer = listener.accept()
     except BlockingIOError:

@@ -1,8 +1,9 @@
 """A tiny line protocol standing in for the FastCGI handler in pool tests.
 
 Each line is one request: ``SLEEP 0.5`` (answers ``SLEPT``), ``ECHO x`` (answers ``x``), ``PID``
-(answers the serving process's pid), ``QUIT`` (answers ``BYE`` and closes). ``serve()`` answers every complete line it has, returns True when its
-buffer is empty and the peer is still there (park me), False on QUIT or EOF. It calls the observer
+(answers the serving process's pid), ``QUIT`` (answers ``BYE`` and closes). ``serve()`` answers every
+complete line it has, returns True when its buffer is empty and the peer is still there (park me), False
+on QUIT or EOF. It calls the observer
 hooks like the real handler and records what the tests want to see (concurrency, peers, threads).
 """
 

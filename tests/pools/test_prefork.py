@@ -317,16 +317,92 @@ def test_crash_loop_pauses_forking(tmp_path: Path) -> None:
         assert master.request("ECHO back")[0] == "back"
 
 
-def test_children_ignore_int_and_hup(tmp_path: Path) -> None:
-    """Ctrl-C reaches the whole process group; only the master acts on it (and on HUP)."""
+def test_children_ignore_int(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group; only the master acts on it."""
     with _master(tmp_path, min_spare=1, max_spare=1, max_children=2) as master:
         _ready(master)
         (child,) = master.children()
         os.kill(child, signal.SIGINT)
-        os.kill(child, signal.SIGHUP)
         time.sleep(0.3)
         assert master.children() == {child}
         assert master.request("ECHO alive") == ("alive", child)
+
+
+def _kept_request(client: LineClient, line: str) -> str:
+    """A request on a kept-alive connection that may have moved to another child meanwhile: the adopting
+    child's factory greets it again (``PID <pid>``), which is skipped here."""
+    client.send(line)
+    reply = client.read_line()
+    while reply.startswith("PID "):
+        reply = client.read_line()
+    return reply
+
+
+def test_hup_retires_a_child_and_a_sibling_serves_its_kept_connection(tmp_path: Path) -> None:
+    """HUP to a child is "retire": its parked kept-alive connection is handed over (SCM_RIGHTS, through the
+    master's channel) instead of closed, and the request the web server sends on it next is answered."""
+    with _master(tmp_path, min_spare=1, max_spare=1, max_children=2) as master:
+        _ready(master)
+        kept, pid = master.connect()
+        assert kept.request("PID") == str(pid)
+        os.kill(pid, signal.SIGHUP)
+        assert _wait_until(lambda: pid not in master.children(), 5.0), master.log()
+        assert _kept_request(kept, "PID") not in ("", str(pid)), master.log()
+        assert _kept_request(kept, "ECHO still") == "still"
+
+
+def test_a_kept_connection_survives_recycling(tmp_path: Path) -> None:
+    """--maxrequests 3: one kept-alive connection sends 15 requests, one after another, and every one is
+    answered, by at least three successive children (each retires and hands the connection on)."""
+    with _master(tmp_path, min_spare=1, max_spare=2, max_children=3, max_requests=3) as master:
+        _ready(master)
+        kept, _pid = master.connect()
+        pids = []
+        for _ in range(15):
+            reply = _kept_request(kept, "PID")
+            assert reply.isdigit(), master.log()
+            pids.append(int(reply))
+        assert len(set(pids)) >= 3, pids
+
+
+def test_kept_connections_survive_reloads(tmp_path: Path) -> None:
+    """Each HUP to the master replaces the generation; the old children hand their parked connections to
+    the new ones, so kept-alive clients see every request answered."""
+    with _master(tmp_path, min_spare=2, max_spare=3, max_children=4) as master:
+        _ready(master, 2)
+        clients = [master.connect()[0] for _ in range(4)]
+        first = {_kept_request(client, "PID") for client in clients}
+        for round_ in range(3):
+            master.signal(signal.SIGHUP)
+            for _ in range(10):
+                for i, client in enumerate(clients):
+                    assert _kept_request(client, f"ECHO {round_}-{i}") == f"{round_}-{i}", master.log()
+                time.sleep(0.02)
+        assert _wait_until(lambda: not master.children() & {int(pid) for pid in first}, 8.0)
+        assert all(_kept_request(client, "PID") not in first for client in clients)
+
+
+def test_a_busy_child_hands_a_readable_parked_connection_to_an_idle_sibling(tmp_path: Path) -> None:
+    """threads_per_child=1: a request on a connection parked in a child busy with another request does not
+    wait for that request: the child's busy watcher hands the connection to an idle sibling."""
+    with _master(tmp_path, min_spare=2, max_spare=3, max_children=3, threads_per_child=1) as master:
+        _ready(master, 2)
+        kept, pid = master.connect()
+        assert kept.request("ECHO parked") == "parked"
+        slow = None
+        for _ in range(40):  # a second connection on the same child (either idle child may accept)
+            candidate, candidate_pid = master.connect()
+            if candidate_pid == pid:
+                slow = candidate
+                break
+            candidate.close()
+        assert slow is not None, "no second connection reached the same child"
+        slow.send("SLEEP 1.5")
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert _kept_request(kept, "PID") != str(pid)
+        assert time.monotonic() - started < 0.7
+        assert slow.read_line() == "SLEPT"
 
 
 def test_a_parked_connection_gets_another_thread_of_a_busy_child(tmp_path: Path) -> None:
