@@ -1,0 +1,123 @@
+"""Kept-alive connections outlive the workers that hold them (issue 13, part 1).
+
+nginx with an upstream ``keepalive`` and ``fastcgi_keep_conn on`` reuses backend connections and does not
+retry a POST: a worker that closes a kept connection just as nginx sends the next request on it makes a 502
+("upstream prematurely closed connection"). Each case runs a bounded mixed load (GETs and POSTs whose echoed
+bodies are checked) while workers recycle or reload, and asserts that not one request failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import http_get, run_fcgiserve, run_nginx
+
+pytestmark = pytest.mark.integration
+
+APP = """
+def application(environ, start_response):
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else environ.get("QUERY_STRING", "").encode()
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [b"echo:", body]
+"""
+
+CLIENTS = 6
+SECONDS = 4.0
+
+
+def _mixed_load(url: str, seconds: float, clients: int, pause: float = 0.0) -> tuple[int, list[str]]:
+    """(requests made, failures) of ``clients`` threads sending GETs and POSTs for ``seconds`` (bounded),
+    each waiting ``pause`` between two requests."""
+    failures: list[str] = []
+    done = [0] * clients
+
+    def client(index: int) -> None:
+        deadline = time.monotonic() + seconds
+        for n in range(5000):
+            if time.monotonic() > deadline:
+                break
+            token = f"c{index}-{n}"
+            if n % 2:
+                body = (token * 50).encode()
+                status, _headers, reply = http_get(url + "/post", data=body)
+            else:
+                body = token.encode()
+                status, _headers, reply = http_get(url + "/get?" + token)
+            done[index] += 1
+            time.sleep(pause)
+            if status != 200 or reply != b"echo:" + body:
+                failures.append(f"{token}: {status} {reply[:60]!r}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    return sum(done), failures
+
+
+def _hup_every_second(pid: int, seconds: float, stop: threading.Event) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop.wait(1.0) and time.monotonic() < deadline:
+        os.kill(pid, signal.SIGHUP)
+
+
+@pytest.mark.parametrize(
+    ("args", "hup"),
+    [
+        (
+            ["--method", "prefork", "--maxchildren", "6", "--maxrequests", "20", "--maxrequests-jitter", "5"],
+            False,
+        ),
+        (["--method", "prefork", "--maxchildren", "6"], True),
+        (["--method", "threaded", "--maxrequests", "150"], False),
+        (["--method", "threaded"], True),
+    ],
+    ids=["prefork-recycle", "prefork-hup", "threaded-reexec", "threaded-hup"],
+)
+def test_no_request_fails_while_workers_recycle_or_reload(tmp_path: Path, args: list[str], hup: bool) -> None:
+    (tmp_path / "echoapp.py").write_text(APP)
+    with (
+        run_fcgiserve(["echoapp", "--minspare", "2", "--maxspare", "4", *args], tmp_path) as server,
+        run_nginx(tmp_path, f"127.0.0.1:{server.port}", keep_conn=True) as web,
+    ):
+        stop = threading.Event()
+        hupper = threading.Thread(target=_hup_every_second, args=(server.pid, SECONDS, stop))
+        if hup:
+            hupper.start()
+        try:
+            made, failures = _mixed_load(web.url, SECONDS, CLIENTS)
+        finally:
+            stop.set()
+            if hup:
+                hupper.join(5)
+        assert made > 200, server.log()
+        assert failures == [], f"{len(failures)} of {made} failed: {failures[:5]}\n{web.error_log()[-2000:]}"
+        log = server.log()
+        if "--maxrequests" in args:
+            assert "recycled after" in log or "re-executing" in log, log[-2000:]
+
+
+def test_retiring_spares_hand_their_connections_over(tmp_path: Path) -> None:
+    """A load that drops leaves idle spares above --maxspare; they retire while nginx still holds kept
+    connections to them, and the lighter load that goes on through those connections sees no failure."""
+    (tmp_path / "echoapp.py").write_text(APP)
+    args = ["echoapp", "--method", "prefork", "--minspare", "1", "--maxspare", "1", "--maxchildren", "6"]
+    args += ["--log-level", "debug"]  # retirements are logged at debug
+    with (
+        run_fcgiserve(args, tmp_path) as server,
+        run_nginx(tmp_path, f"127.0.0.1:{server.port}", keep_conn=True) as web,
+    ):
+        made, failures = _mixed_load(web.url, 2.0, 8)  # grows the pool
+        assert failures == [], failures[:5]
+        # Spares settle (2 s idle) and retire meanwhile, while nginx keeps using its cached connections.
+        more, failures = _mixed_load(web.url, 5.0, 2, pause=0.02)
+        assert failures == [], f"{len(failures)} of {more} failed: {failures[:5]}\n{web.error_log()[-2000:]}"
+        assert "retiring idle worker" in server.log(), server.log()[-2000:]
