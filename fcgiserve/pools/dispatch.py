@@ -439,8 +439,12 @@ class Dispatcher:
             if self._stop_retire and self._hand_off is not None:
                 # Somebody serves on after us: clean connections go to them now, the others once clean.
                 self._drain_deadline = self._stop_deadline
+                running = {id(entry[0]): entry for entry in self._armed_by.values()}
                 for conn in self._watch.unpark_all():
-                    if not self._give_away_locked(conn):
+                    if id(conn) in running:
+                        # Its request runs inline while we watch it: its worker hands it off afterwards.
+                        self._watch.parked[conn.fileno()] = running[id(conn)]
+                    elif not self._give_away_locked(conn):
                         self._park_locked(conn)
                 self._admission.update()
                 return
@@ -700,11 +704,15 @@ class Dispatcher:
         """
         ident = threading.get_ident()
         with self._lock:
-            if self._stopping or self._in_service.get(ident) is not conn:
+            served = self._in_service.get(ident)
+            if self._stopping or isinstance(served, socket.socket) or served is None:
                 return False  # stopping: the connection is closed or handed off after its response
-            if not self._watch.park(conn, math.inf):
+            if served.fileno() != conn.fileno():
                 return False
-            self._armed_by[ident] = self._watch.parked[conn.fileno()]
+            # What the pool holds may wrap ``conn`` (a prefork child's slot tracking): park that.
+            if not self._watch.park(served, math.inf):
+                return False
+            self._armed_by[ident] = self._watch.parked[served.fileno()]
         return True
 
     def _release_watched_locked(self, entry: tuple[ServedConnection, float, bool], open_: bool) -> None:
