@@ -334,7 +334,8 @@ OPTIONS: tuple[Option, ...] = (
          metavar="SIZE", default_text="1G"),
     _opt("params_timeout", 10.0, _seconds, _LIMITS, "Seconds a connection has, from its first byte (or "
          "from being accepted), to deliver a request's complete PARAMS; a slower peer is disconnected. Web "
-         "servers send a request's params at once. 0 means never.", metavar="SECONDS"),
+         "servers send a request's params at once. Meanwhile the peer holds no worker thread or process, "
+         "only its connection. 0 means never.", metavar="SECONDS"),
     _opt("write_timeout", 60.0, _seconds, _LIMITS, "Seconds a response write may make no progress because "
          "the web server stopped reading; the request is then aborted and the connection closed (like "
          "nginx's send_timeout). 0 means never.", metavar="SECONDS"),

@@ -5,19 +5,30 @@ application, writing every record whole under one lock per connection, and decid
 idle (parked by the pool) or finished. It knows no pool: whichever thread the pool lends calls ``serve()``.
 
 Scheduling (the fast path is the common case — nginx, one request per connection at a time):
+- ``serve()`` never waits for the rest of a request. It reads what has arrived (non-blocking: the pool saw
+  the connection readable); a request whose PARAMS are not complete yet is held by the protocol object (a
+  copy, not the thread's receive buffer) and the connection goes back to the pool with ``deadline`` set
+  (``--params-timeout``): a stalled peer costs a file descriptor, not a worker, and the pool calls
+  ``expire()`` if the deadline passes. Only a complete request reaches an application.
 - A request whose params are complete while no other request of the connection is running runs *inline*
   in the serving thread. Its body is pulled from the socket by that same thread when the application reads
   past what has arrived (``RequestBody.fill``): no thread hop, one ``recv`` and one ``send`` per request.
+- With ``FCGI_MPXS_CONNS=1``, an inline request whose input is complete (its application will not read the
+  socket) runs while the pool watches the connection (``ConnectionFactory.watch``): the pool's one
+  ``epoll_ctl`` per request happens before the application runs instead of after. If the peer sends
+  anything meanwhile, a worker the pool lends enters ``serve()`` as the connection's *reader*, and new
+  requests run in threads of their own: a slow application never delays the other requests of a
+  multiplexing client (HAProxy ``option mpxs-conns``). The inline request then ends like a threaded one.
 - As soon as a connection shows multiplexing (two requests active at once) every request of it runs in a
   thread of its own and the serving thread becomes the connection's reader, so a slow body or a slow
   application of one request never stalls the others (checklist S-H).
 - When no request is active, ``serve()`` returns True and the pool parks the connection: an idle kept-alive
-  connection costs no worker thread.
+  connection costs no worker thread. ``detach()`` gives a clean idle connection's socket up unclosed, for
+  the pools to hand it to another process.
 
-The price of the inline fast path: while an inline application runs and does not read its body, the
-connection is not read, so a multiplexing client's next request may wait for it; once two requests are seen
-active at once, the connection is known to multiplex and every later request gets its own thread. nginx,
-Apache and lighttpd never multiplex, so they never pay it.
+Without multiplexing (``FCGI_MPXS_CONNS=0``, prefork's default) nobody reads the connection while an inline
+application runs; a peer that sends a second request anyway has it refused with CANT_MPX_CONN when it is
+read while the first is active (S-F6). nginx, Apache, lighttpd and Caddy never multiplex.
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ def _workers(live: Live) -> int:
 
 def test_slowloris_silent_connections_are_closed_at_params_timeout(live: Live) -> None:
     """More silent connections than workers. TCP_DEFER_ACCEPT keeps them in the kernel for its ~5 s
-    (listeners.py), then each costs a worker for --params-timeout at most; a good request gets through
-    meanwhile (it may wait for a worker, never much longer than the timeout)."""
+    (listeners.py), then each waits parked until --params-timeout, holding no worker; a good request gets
+    through meanwhile."""
     socks = [live.connect() for _ in range(_workers(live) + 4)]
     try:
         time.sleep(0.2)
