@@ -115,7 +115,7 @@ def test_retiring_spares_hand_their_connections_over(tmp_path: Path) -> None:
         run_fcgiserve(args, tmp_path) as server,
         run_nginx(tmp_path, f"127.0.0.1:{server.port}", keep_conn=True) as web,
     ):
-        made, failures = _mixed_load(web.url, 2.0, 8)  # grows the pool
+        _made, failures = _mixed_load(web.url, 2.0, 8)  # grows the pool
         assert failures == [], failures[:5]
         # Spares settle (2 s idle) and retire meanwhile, while nginx keeps using its cached connections.
         more, failures = _mixed_load(web.url, 5.0, 2, pause=0.02)

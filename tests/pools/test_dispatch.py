@@ -692,3 +692,130 @@ def test_a_worker_idle_for_spare_idle_time_gives_its_read_buffer_back(
         served_by = factory.served_by[-1]
         assert wait_until(lambda: served_by in released, timeout=3)
         client.close()
+
+
+class _Sink:
+    """A hand-off sink standing in for a sibling process: it collects the sockets it is given."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+
+    def __call__(self, sock: socket.socket) -> None:
+        self.sockets.append(sock)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_one_thread_never_runs_two_requests_at_once() -> None:
+    """A prefork child's dispatcher (max_threads=1, busy watcher on) starts no second application thread."""
+    sink = _Sink()
+    with tcp_listener() as listener:
+        options = {"min_spare": 1, "max_spare": 1, "max_threads": 1, "accept_while_busy": False}
+        with serving(listener, hand_off=sink, watch_while_busy=True, **options) as (_d, factory):
+            address = listener.getsockname()
+            clients = [LineClient(address) for _ in range(4)]
+            for round_ in range(3):
+                for client in clients:
+                    client.send("SLEEP 0.02")
+                for client in clients:
+                    if client.sock.fileno() != -1:
+                        client.sock.settimeout(0.5)
+                        try:
+                            client.read_line()
+                        except TimeoutError:
+                            pass  # handed to the sink (nobody answers it there)
+            assert factory.max_in_progress == 1
+            assert factory.max_worker_threads == 1
+    sink.close()
+
+
+def test_the_busy_watcher_hands_a_readable_parked_connection_over_with_its_unread_request() -> None:
+    sink = _Sink()
+    with tcp_listener() as listener:
+        options = {"min_spare": 1, "max_spare": 1, "max_threads": 1, "accept_while_busy": False}
+        with serving(listener, hand_off=sink, watch_while_busy=True, **options) as (d, factory):
+            address = listener.getsockname()
+            kept = LineClient(address)
+            assert kept.request("ECHO park") == "park"
+            assert wait_until(lambda: d.parked_connections == 1)
+            slow = LineClient(address)
+            slow.send("SLEEP 1")
+            assert wait_until(lambda: d.busy_requests == 1)
+            started = time.monotonic()
+            kept.send("ECHO elsewhere")
+            assert wait_until(lambda: len(sink.sockets) == 1, 0.5)
+            assert time.monotonic() - started < 0.5  # not after the SLEEP
+            (moved,) = sink.sockets
+            moved.settimeout(2)
+            assert moved.recv(100) == b"ECHO elsewhere\n"  # the bytes travelled with the socket
+            moved.sendall(b"from the sibling\n")
+            assert kept.read_line() == "from the sibling"
+            assert slow.read_line() == "SLEPT"
+            assert factory.detached == 1 and factory.closed == 0
+    sink.close()
+
+
+def test_a_retiring_stop_hands_every_connection_over_instead_of_closing_it() -> None:
+    """stop(retire=True): a parked connection goes at once, one in service right after its response."""
+    sink = _Sink()
+    with tcp_listener() as listener:
+        dispatcher = Dispatcher(
+            [listener], LineFactory(), min_spare=1, max_spare=2, max_threads=2, hand_off=sink
+        )
+        with running(dispatcher) as thread:
+            address = listener.getsockname()
+            parked = LineClient(address)
+            assert parked.request("ECHO 1") == "1"
+            busy = LineClient(address)
+            busy.send("SLEEP 0.3")
+            assert wait_until(lambda: dispatcher.busy_requests == 1)
+            dispatcher.stop(graceful=True, timeout=5, retire=True)
+            assert wait_until(lambda: len(sink.sockets) == 1)
+            assert busy.read_line() == "SLEPT"  # the request in flight finishes on its connection
+            thread.join(3)
+            assert not thread.is_alive()
+            assert len(sink.sockets) == 2
+            for client in (parked, busy):  # both still open: nobody closed them
+                client.sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    client.sock.recv(1)
+    sink.close()
+
+
+def test_max_requests_with_a_sink_hands_the_connection_over() -> None:
+    sink = _Sink()
+    with tcp_listener() as listener:
+        dispatcher = Dispatcher(
+            [listener], LineFactory(), min_spare=1, max_spare=2, max_threads=2, max_requests=3, hand_off=sink
+        )
+        with running(dispatcher) as thread:
+            client = LineClient(listener.getsockname())
+            assert [client.request(f"ECHO {n}") for n in range(3)] == ["0", "1", "2"]
+            thread.join(3)
+            assert not thread.is_alive()
+            assert dispatcher.max_requests_reached
+            assert len(sink.sockets) == 1
+            client.send("ECHO 3")
+            sink.sockets[0].settimeout(2)
+            assert sink.sockets[0].recv(100) == b"ECHO 3\n"
+    sink.close()
+
+
+def test_a_terminating_stop_after_no_retire_closes_as_before() -> None:
+    """A real stop (no retire) keeps the drain-and-close behaviour even with a sink."""
+    sink = _Sink()
+    with tcp_listener() as listener:
+        dispatcher = Dispatcher(
+            [listener], LineFactory(), min_spare=1, max_spare=2, max_threads=2, hand_off=sink
+        )
+        with running(dispatcher) as thread:
+            client = LineClient(listener.getsockname())
+            assert client.request("ECHO 1") == "1"
+            dispatcher.stop(graceful=True, timeout=5)
+            thread.join(3)
+            assert not thread.is_alive()
+            assert sink.sockets == []
+            assert client.read_line() == ""
+    sink.close()
