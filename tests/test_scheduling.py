@@ -247,3 +247,62 @@ def _read_until_end(sock: socket.socket, rid: int, timeout: float = 5.0) -> byte
             break
         data += chunk
     return data
+
+
+def test_a_watched_request_outlives_the_idle_timeout() -> None:
+    """The connection of a running request is parked (watched) with no expiry: an idle timeout shorter
+    than the application does not close it under the request; afterwards the idle timeout applies."""
+    server = Server(_app, port=0, graceful_timeout=5, idle_timeout=0.5).start()
+    try:
+        with socket.create_connection(server.addresses[0][:2], timeout=10) as sock:
+            reader = _Reader(sock)
+            sock.sendall(b"".join(_records(1, "/slow")))
+            reader.wait([1], timeout=SLOW + 5)
+            assert stdout_of(reader.records, 1).endswith(b"/slow")
+            assert end_status(reader.records, 1) == REQUEST_COMPLETE
+            sock.sendall(b"".join(_records(2, "/fast")))
+            reader.wait([2])
+            assert stdout_of(reader.records, 2).endswith(b"/fast")
+            assert closed_by_peer(sock, 3.0)  # idle for 0.5 s: closed
+    finally:
+        server.stop(graceful=False, timeout=10)
+
+
+def test_detach_gives_up_only_a_clean_connection() -> None:
+    """detach(): a connection between requests gives its socket up unclosed, with the bytes the peer sent
+    since still unread in the kernel; with half a request held it refuses and changes nothing."""
+    from fcgiserve.handler import ConnectionFactory, HandlerOptions
+
+    factory = ConnectionFactory(_app, HandlerOptions(params_timeout=5))
+    for half in (False, True):
+        ours, peer = socket.socketpair()
+        with ours, peer:
+            conn = factory.open(ours, "test")
+            assert conn is not None
+            peer.sendall(b"".join(_records(1, "/fast")))
+            assert conn.serve() is True  # answered, idle again
+            stream = RecordStream()
+            got: list[tuple[int, int, bytes]] = []
+            peer.settimeout(5)
+            while end_status(got, 1) is None:
+                got += stream.feed(peer.recv(65536))
+            assert conn.deadline is None
+            if half:
+                first, _rest = _half_request(2)
+                peer.sendall(first)
+                assert conn.serve() is True  # parked with half a request
+                assert conn.deadline is not None
+                assert conn.detach() is None
+                conn.close()
+                continue
+            peer.sendall(b"".join(_records(2, "/after")))
+            sock = conn.detach()
+            assert sock is ours and sock.fileno() != -1
+            assert conn.serve() is False  # closed as far as it is concerned
+            assert conn.detach() is None
+            # The next request waits in the kernel, whole, for whoever serves the socket now.
+            other = factory.open(sock, "test")
+            assert other is not None and other.serve() is True
+            while end_status(got, 2) is None:
+                got += stream.feed(peer.recv(65536))
+            assert stdout_of(got, 2).endswith(b"/after")
