@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import http_get, run_fcgiserve, run_nginx
+from fcgiserve.client import default_params
+from fcgiserve.protocol import ClientConnection, EndRequest, Role, Stdout
+from tests.helpers import http_get, run_fcgiserve, run_nginx, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +124,52 @@ def test_retiring_spares_hand_their_connections_over(tmp_path: Path) -> None:
         more, failures = _mixed_load(web.url, 5.0, 2, pause=0.02)
         assert failures == [], f"{len(failures)} of {more} failed: {failures[:5]}\n{web.error_log()[-2000:]}"
         assert "retiring idle worker" in server.log(), server.log()[-2000:]
+
+
+class _KeptClient:
+    """A web server's kept-alive FastCGI connection (FCGI_KEEP_CONN, one request at a time, id 1)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self._protocol = ClientConnection()
+
+    def request(self, query: str) -> bytes:
+        c = self._protocol
+        params = [(k.encode(), v.encode()) for k, v in default_params("/kept").items()]
+        params.append((b"QUERY_STRING", query.encode()))
+        out = (
+            c.begin_request(1, Role.RESPONDER, keep_conn=True)
+            + c.send_params(1, params)
+            + c.send_stdin(1, b"")
+        )
+        self.sock.sendall(out)
+        stdout = b""
+        while True:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return b""  # closed by the server: what nginx reports as a 502
+            for event in c.receive_data(chunk):
+                if isinstance(event, Stdout):
+                    stdout += event.data
+                elif isinstance(event, EndRequest):
+                    return stdout.split(b"\r\n\r\n", 1)[1]
+
+
+@pytest.mark.parametrize("event", ["maxrequests", "hup"])
+def test_a_threaded_reexec_adopts_the_kept_connections(tmp_path: Path, event: str) -> None:
+    """The same peer socket keeps working across the re-exec (same pid, new image)."""
+    (tmp_path / "echoapp.py").write_text(APP)
+    args = ["echoapp", "--method", "threaded"]
+    if event == "maxrequests":
+        args += ["--maxrequests", "4"]
+    with run_fcgiserve(args, tmp_path) as server:
+        client = _KeptClient(server.port)
+        for n in range(12):
+            if event == "hup" and n % 4 == 3:
+                before = server.log().count("re-executing")
+                os.kill(server.pid, signal.SIGHUP)
+                assert wait_for(lambda before=before: server.log().count("re-executing") > before, 10)
+            assert client.request(f"n{n}") == f"echo:n{n}".encode(), server.log()[-3000:]
+        assert server.log().count("re-executing") >= 2
+        assert server.proc.poll() is None
+        client.sock.close()

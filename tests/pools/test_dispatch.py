@@ -716,7 +716,7 @@ def test_one_thread_never_runs_two_requests_at_once() -> None:
         with serving(listener, hand_off=sink, watch_while_busy=True, **options) as (_d, factory):
             address = listener.getsockname()
             clients = [LineClient(address) for _ in range(4)]
-            for round_ in range(3):
+            for _round in range(3):
                 for client in clients:
                     client.send("SLEEP 0.02")
                 for client in clients:
