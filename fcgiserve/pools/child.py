@@ -146,7 +146,7 @@ class _Child:
             max_requests=max_requests,
             graceful_timeout=settings.graceful_timeout,
             hand_off=channel.give,
-            watch_while_busy=True,
+            watch_while_busy=lambda: self._spec.board.idle_besides(self._spec.slot),
         )
 
     def _detach_from_master(self) -> None:

@@ -99,7 +99,7 @@ class Dispatcher:
         promote_after: float = _PROMOTE_AFTER_SECONDS,
         fresh_timeout: float = 0.0,
         hand_off: Callable[[socket.socket], None] | None = None,
-        watch_while_busy: bool = False,
+        watch_while_busy: Callable[[], bool] | None = None,
     ) -> None:
         if max_threads < 1:
             raise ValueError(f"max_threads must be at least 1, not {max_threads}")
@@ -114,7 +114,9 @@ class Dispatcher:
         self._promote_after = promote_after
         self._fresh_timeout = fresh_timeout
         self._hand_off = hand_off
-        self._watch_while_busy = watch_while_busy and hand_off is not None
+        # The busy watcher (_hand_off_readable) runs when set (with a sink); it says whether anyone could take
+        # a connection now (a prefork child: an idle sibling): handing one over to wait elsewhere adds a hop.
+        self._watch_while_busy = watch_while_busy if hand_off is not None else None
         self._watch_next = 0.0  # the busy watcher looks at the epoll again from then on
         self._thread_serial = itertools.count(1)
         self._counter = RequestCounter(max_requests, self._on_max_requests)
@@ -254,16 +256,17 @@ class Dispatcher:
                 )
             if stop_requested and not self._stopping:
                 self._begin_stop()
-            if self._watch.parked and (
-                self._idle_timeout or self._fresh_timeout or self._next_deadline <= time.monotonic()
+            # A passed deadline is looked at even with nothing parked (the sweep resets it; else we spin).
+            if (self._watch.parked and (self._idle_timeout or self._fresh_timeout)) or (
+                self._next_deadline <= time.monotonic()
             ):
                 self._expire_idle()
             if self._admission.retry_at:
                 with self._lock:
                     self._admission.retry_if_due(time.monotonic())
             self._promote_if_stalled()
-            if self._watch_while_busy:
-                self._hand_off_readable()
+            if self._watch_while_busy is not None:
+                self._hand_off_readable(self._watch_while_busy)
             self._trim_when_quiet()
             if self._stopping:
                 now = time.monotonic()
@@ -298,10 +301,11 @@ class Dispatcher:
         if start:
             self._start_threads(1, leader=True)
 
-    def _hand_off_readable(self) -> None:
+    def _hand_off_readable(self, taker_idle: Callable[[], bool]) -> None:
         """The busy watcher: every thread is busy and none may start (a prefork child's one thread), so a
         parked connection that became readable goes to an idle sibling (the hand-off sink) instead of
-        waiting for our current request. Only after promote_after, so short requests cost nothing here."""
+        waiting for our current request. Only after promote_after, so short requests cost nothing here, and
+        only while ``taker_idle()`` says a sibling could take it at once (memory reads, no system call)."""
         crew = self._crew
         now = time.monotonic()
         with self._lock:
@@ -310,6 +314,11 @@ class Dispatcher:
             if now < max(crew.leaderless_since + self._promote_after, self._watch_next):
                 return
             self._watch_next = now + _WATCH_INTERVAL_SECONDS
+        if not taker_idle():
+            return
+        with self._lock:
+            if not crew.busy or self._stopping:
+                return
             try:
                 events = self._watch.poll(0, _WATCH_BATCH)
             except (OSError, ValueError):
@@ -359,7 +368,7 @@ class Dispatcher:
             crew = self._crew
             if not crew.leader and crew.busy and crew.can_promote():
                 when = min(when, crew.leaderless_since + self._promote_after)
-            elif not crew.leader and crew.busy and self._watch_while_busy and not self._stopping:
+            elif not crew.leader and crew.busy and self._watch_while_busy is not None and not self._stopping:
                 when = min(when, max(crew.leaderless_since + self._promote_after, self._watch_next))
             elif now - self._last_job_at < _ACTIVE_WINDOW_SECONDS:
                 # Jobs come and go: tick, so that a long one is noticed without a wake-up per job.

@@ -155,6 +155,10 @@ class Scoreboard:
         snaps = (self.read(index) for index in range(self.slots))
         return [snap for snap in snaps if snap.state is not SlotState.FREE]
 
+    def idle_besides(self, index: int) -> bool:
+        """Whether a child other than the one in slot ``index`` is idle (a busy child's watcher asks)."""
+        return any(i != index and self.read(i).idle for i in range(self.slots))
+
     def writer(self, index: int) -> SlotWriter:
         """The child's handle on its own slot (call in the child, after the fork)."""
         return SlotWriter(self._map, index * self._slot_size, self.lanes)

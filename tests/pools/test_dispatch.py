@@ -713,7 +713,7 @@ def test_one_thread_never_runs_two_requests_at_once() -> None:
     sink = _Sink()
     with tcp_listener() as listener:
         options = {"min_spare": 1, "max_spare": 1, "max_threads": 1, "accept_while_busy": False}
-        with serving(listener, hand_off=sink, watch_while_busy=True, **options) as (_d, factory):
+        with serving(listener, hand_off=sink, watch_while_busy=lambda: True, **options) as (_d, factory):
             address = listener.getsockname()
             clients = [LineClient(address) for _ in range(4)]
             for _round in range(3):
@@ -735,7 +735,7 @@ def test_the_busy_watcher_hands_a_readable_parked_connection_over_with_its_unrea
     sink = _Sink()
     with tcp_listener() as listener:
         options = {"min_spare": 1, "max_spare": 1, "max_threads": 1, "accept_while_busy": False}
-        with serving(listener, hand_off=sink, watch_while_busy=True, **options) as (d, factory):
+        with serving(listener, hand_off=sink, watch_while_busy=lambda: True, **options) as (d, factory):
             address = listener.getsockname()
             kept = LineClient(address)
             assert kept.request("ECHO park") == "park"
