@@ -306,3 +306,23 @@ def test_detach_gives_up_only_a_clean_connection() -> None:
             while end_status(got, 2) is None:
                 got += stream.feed(peer.recv(65536))
             assert stdout_of(got, 2).endswith(b"/after")
+
+
+def test_the_pool_rests_after_a_stalled_peer_completes_and_leaves() -> None:
+    """A connection once parked with a deadline, then served and closed: when that deadline passes with
+    nothing parked, the control thread must not spin on it."""
+    server = Server(_app, port=0, graceful_timeout=5, params_timeout=0.5).start()
+    try:
+        with socket.create_connection(server.addresses[0][:2], timeout=10) as sock:
+            first, rest = _half_request()
+            sock.sendall(first)
+            time.sleep(0.2)  # parked with its deadline
+            sock.sendall(rest)
+            got = RecordStream().feed(_read_until_end(sock, 1))
+            assert stdout_of(got, 1).endswith(b"/")
+        time.sleep(0.6)  # the deadline has passed, and nothing is parked
+        cpu = time.process_time()
+        time.sleep(1.0)
+        assert time.process_time() - cpu < 0.05, "the pool kept busy with nothing to do"
+    finally:
+        server.stop(graceful=False, timeout=10)
