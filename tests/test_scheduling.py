@@ -326,3 +326,24 @@ def test_the_pool_rests_after_a_stalled_peer_completes_and_leaves() -> None:
         assert time.process_time() - cpu < 0.05, "the pool kept busy with nothing to do"
     finally:
         server.stop(graceful=False, timeout=10)
+
+
+def test_prefork_multiplexed_opt_in_has_no_head_of_line_blocking(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """prefork --multiplexed --threads 4: a child watches its connection while a request runs, too (the
+    pool parks its slot-tracking wrapper), so requests sent meanwhile are answered at once."""
+    extra = ["--multiplexed", "--threads", "4"]
+    with live_server("prefork", tmp_path_factory.mktemp("prefork-mpxs"), extra) as live:
+        with live.connect(10) as sock:
+            reader = _Reader(sock)
+            sock.sendall(whole_request(1, "/sleep?n=1.5", keep_conn=True))
+            time.sleep(0.3)
+            sent_at = time.monotonic()
+            sock.sendall(whole_request(2, "/", keep_conn=True) + whole_request(3, "/", keep_conn=True))
+            reader.wait([1, 2, 3], timeout=SLOW + 5)
+            for rid in (2, 3):
+                assert reader.ended_at[rid] - sent_at < FAST, f"request {rid} waited behind request 1"
+                assert stdout_of(reader.records, rid).endswith(b"ok")
+            assert stdout_of(reader.records, 1).endswith(b"slept")
+        live.check()

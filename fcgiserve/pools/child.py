@@ -235,8 +235,6 @@ class _TrackedFactory:
     def __init__(self, inner: ConnectionFactory, writer: SlotWriter) -> None:
         self._inner = inner
         self._writer = writer
-        # Not passed on: a child's connection runs its request as the worker's only job (no multiplexing).
-        self.watch: Callable[[Any], bool] | None = None
 
     @property
     def observer(self) -> RequestObserver | None:
