@@ -670,6 +670,8 @@ class Dispatcher:
             for conn in opened:
                 if conn is None:
                     self._admission.open -= 1  # refused (allow-list) or failed: already closed
+                elif self._stopping and self._handing_off_locked() and self._give_away_locked(conn):
+                    pass  # taken (from a listener or a sibling) as we retire: whoever serves on gets it
                 elif self._stopping:
                     self._admission.open -= 1
                     close_quietly(conn)
