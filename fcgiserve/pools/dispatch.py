@@ -441,6 +441,7 @@ class Dispatcher:
         that very moment (nginx then fails the request unless it may retry it: never a POST). Closing right
         after a response leaves no such window, so parked connections stay served for a short drain period,
         each closed after its next response, and only those still idle at its end are closed unannounced.
+        A retiring stop (``stop(retire=True)`` with a sink) closes none: somebody serves on after us.
         """
         with self._lock:
             self._stopping = True
