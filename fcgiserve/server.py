@@ -178,10 +178,10 @@ class Server:
                     watchdog.stop()
             if reason is StopReason.RELOAD and reexec_argv is not None and not self._stop_during_reload():
                 self._reexec(reexec_argv, start_dir)  # does not return
-            self._close_kept()
             self._notifier.stopping()
             return EXIT_OK
         finally:
+            self._close_kept()  # a stop after all: nobody will serve what a reload kept
             for listener in self._listeners:
                 listener.close(unlink=True)
             if pidfile is not None:
