@@ -1,4 +1,5 @@
-"""Real web servers in front of fcgiserve, for tests/integration/test_webservers.py.
+"""Real web servers in front of fcgiserve, for tests/integration/test_webservers.py and
+test_connection_survival.py (HAProxy: ``run_haproxy``).
 
 Each web server is started in the foreground with its own config in a temp dir (own port on 127.0.0.1,
 own pid and log files) and stopped by pid. The site-specific part of each config is read from the
