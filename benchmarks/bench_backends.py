@@ -27,6 +27,7 @@ __all__ = [
     "Nginx",
     "Running",
     "Setup",
+    "fcgiserve_backend",
     "free_port",
     "prepare",
     "start_backends",
@@ -73,7 +74,9 @@ class Backend:
     django: bool = True  # serves /django/ (the C responder does not)
 
 
-def _fcgiserve(method: str) -> Callable[[int], list[str]]:
+def _fcgiserve(method: str, shape: list[str] | None = None) -> Callable[[int], list[str]]:
+    """``shape``: the prefork pool's options instead of PROCESSES children (benchmarks/keepalive_p99.py)."""
+
     def argv(port: int) -> list[str]:
         # The same interpreter as flup and gunicorn (the benchmark venv; fcgiserve from the working tree via
         # PYTHONPATH), so memory compares like with like: a system Python's site-packages hooks (.pth
@@ -83,9 +86,16 @@ def _fcgiserve(method: str) -> Callable[[int], list[str]]:
         extra = ["--minspare", str(PROCESSES), "--maxspare", str(PROCESSES), "--maxchildren", str(PROCESSES)]
         base = [python, "-m", "fcgiserve", "bench_app:application", "--method", method]
         base += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        if shape is not None:
+            extra = shape
         return base + (["--preload", *extra] if method == "prefork" else [])
 
     return argv
+
+
+def fcgiserve_backend(name: str, label: str, method: str, shape: list[str] | None = None) -> Backend:
+    """A fcgiserve row behind nginx with kept connections (fastcgi_keep_conn on, upstream keepalive 16)."""
+    return Backend(name, label, "fcgi", True, "", _fcgiserve(method, shape))
 
 
 def _flup(method: str) -> Callable[[int], list[str]]:

@@ -98,6 +98,22 @@ def test_quick_plumbing_produces_a_row_for_every_backend(tmp_path: Path) -> None
         assert reason in table, f"{name} is unavailable but the table does not say why"
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk (Debian package wrk) is not installed")
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed")
+def test_keepalive_p99_prints_every_row_with_its_ratios() -> None:
+    argv = [sys.executable, str(BENCH / "keepalive_p99.py"), "--duration", "1", "--reps", "1"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "prefork 6 children, --threads 1",
+        "prefork 6 children, --threads 4",
+        "threaded (defaults)",
+    ]
+    assert all(row.rstrip("| ").split("|")[-1].strip() != "n/a" for row in rows), done.stdout
+    assert "| prefork 6 children, --threads 4 |" in done.stdout and "| 1.00 | 1.00 |" in done.stdout
+
+
 def test_hotpath_reports_one_recv_one_send_and_the_records_of_a_hello_request() -> None:
     argv = [sys.executable, str(BENCH / "hotpath.py"), "--requests", "400"]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)

@@ -1,4 +1,5 @@
-"""Real web servers in front of fcgiserve, for tests/integration/test_webservers.py.
+"""Real web servers in front of fcgiserve, for tests/integration/test_webservers.py and
+test_connection_survival.py (HAProxy: ``run_haproxy``).
 
 Each web server is started in the foreground with its own config in a temp dir (own port on 127.0.0.1,
 own pid and log files) and stopped by pid. The site-specific part of each config is read from the
@@ -29,6 +30,7 @@ DOCS = ROOT / "docs"
 APP = """\
 import hashlib
 import os
+import time
 
 BIG = bytes(range(256)) * 8192  # 2 MiB
 
@@ -43,6 +45,11 @@ def application(environ, start_response):
     if path == "/echo":
         body = environ["wsgi.input"].read()
         text = f"{method} {len(body)} {hashlib.sha256(body).hexdigest()}"
+    elif path == "/sleep":
+        time.sleep(float(environ.get("QUERY_STRING") or 0))
+        text = "slept"
+    elif path == "/environ":
+        text = f"multithread={environ['wsgi.multithread']} multiprocess={environ['wsgi.multiprocess']}"
     elif path == "/headers":
         cookies = [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
         start_response("200 OK", [("Content-Type", "text/plain"), *cookies])
@@ -107,7 +114,7 @@ def exercise(port: int) -> str:
     assert multi.body in (b"one, two", b"one,two"), "repeated request headers arrive joined (S-C4)"
     for _ in range(5):  # sequential requests: connection reuse (where configured) keeps working
         assert http_request(port, "GET", "/").status == 200
-    return dict(hello.headers)["X-Pid"]
+    return hello.all("X-Pid")[0]
 
 
 # --- doc snippets ---------------------------------------------------------------------------------------
@@ -125,6 +132,44 @@ def doc_snippet(doc: str, name: str, replace: Mapping[str, str] | None = None) -
                 rest = rest.replace(old, new)
             return rest
     raise AssertionError(f"docs/{doc} has no code block starting with '# snippet: {name}'")
+
+
+# --- HAProxy -------------------------------------------------------------------------------------------
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+HAPROXY_BASE = """\
+global
+    log stderr format raw local0 info
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+"""
+
+
+def haproxy_config(snippet: str, port: int, backend: int, docroot: Path) -> str:
+    """A whole haproxy.cfg: our global/defaults, then the guide's snippet (docs/deploy-haproxy.md) with the
+    guide's addresses replaced by ``port`` (HAProxy's) and ``backend`` (fcgiserve's)."""
+    replace = {"bind :80": f"bind 127.0.0.1:{port}", "127.0.0.1:8080": f"127.0.0.1:{backend}"}
+    replace["/srv/mysite"] = str(docroot)
+    return HAPROXY_BASE + doc_snippet("deploy-haproxy.md", snippet, replace)
+
+
+@contextlib.contextmanager
+def run_haproxy(directory: Path, backend: int, snippet: str = "haproxy") -> Iterator[tuple[int, Proc]]:
+    """HAProxy in the foreground (``-db``) in front of fcgiserve on ``backend``; yields (port, process)."""
+    port = free_port()
+    config = directory / f"haproxy-{port}.cfg"
+    config.write_text(haproxy_config(snippet, port, backend, directory))
+    with started([HAPROXY, "-db", "-f", str(config)], directory / f"haproxy-{port}.log", port) as proc:
+        yield port, proc
+
+
+def haproxy_available() -> bool:
+    return Path(HAPROXY).exists()
 
 
 # --- processes ------------------------------------------------------------------------------------------
@@ -250,9 +295,12 @@ __all__ = [
     "established_to",
     "exercise",
     "free_port",
+    "haproxy_available",
+    "haproxy_config",
     "http_request",
     "kill_if_alive",
     "pid_alive",
+    "run_haproxy",
     "spawn_python",
     "started",
     "world_readable_dir",
