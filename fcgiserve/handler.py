@@ -340,6 +340,13 @@ class ServedConnection:
                     self._feed(request, stream, event.data)
                 else:
                     stream.finish()
+            elif request is not None and log.isEnabledFor(logging.DEBUG):
+                # DATA for a role that has no use for it (the protocol passes it on): dropped, like flup.
+                size = len(event.data) if isinstance(event, Data) else 0
+                log.debug(
+                    "request %d from %s: DATA record ignored (%d bytes): a %s reads no DATA",
+                    event.request_id, describe_peer(self._peer), size, ROLE_NAMES[request.role],
+                )  # fmt: skip
         elif isinstance(event, RequestAborted):
             self._abort(event.request_id, "aborted by the web server")
         elif isinstance(event, RequestFailed):

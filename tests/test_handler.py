@@ -596,3 +596,39 @@ def test_content_length_that_is_not_a_number_reads_the_body_until_stdin_ends(
     end = conn.wait_end(1)
     assert end.app_status == 0
     assert bytes(conn.stdout[1]).endswith(f"16 {hashlib.sha256(b'0123456789abcdef').hexdigest()}".encode())
+
+
+# ------------------------------------------------------------------------ DATA sent to a role that reads none
+
+
+@pytest.mark.parametrize("role", [Role.RESPONDER, Role.AUTHORIZER])
+@pytest.mark.parametrize("data", [b"", b"a file nobody asked for"], ids=["empty", "non-empty"])
+def test_data_stream_sent_to_a_role_without_one_is_ignored(
+    serve: Callable[..., tuple[str, int]], caplog: pytest.LogCaptureFixture, role: Role, data: bytes
+) -> None:
+    """flup and libfcgi ignore DATA for a responder; so do we, with one DEBUG line per record."""
+    caplog.set_level(logging.DEBUG, logger="fcgiserve.handler")
+    response = fcgi_request(serve(hello), role=role, data=data)
+    assert response.status == 200 and response.body == b"hello /" and response.app_status == 0
+    ignored = [r.getMessage() for r in caplog.records if "DATA record ignored" in r.getMessage()]
+    assert ignored and f"a {role.name} reads no DATA" in ignored[-1]
+
+
+def test_data_before_stdin_to_a_responder_leaves_its_body_intact(
+    serve: Callable[..., tuple[str, int]],
+) -> None:
+    seen: list[object] = []
+    conn = Conn(serve(_digest_app("read()", seen)))
+    c = conn.client
+    params = [*PARAMS, (b"REQUEST_METHOD", b"POST"), (b"CONTENT_LENGTH", b"4")]
+    conn.send(
+        c.begin_request(1)
+        + c.send_params(1, params)
+        + c.send_data(1, b"not the body")
+        + c.send_data(1, b"")
+        + c.send_stdin(1, b"body")
+        + c.send_stdin(1, b"")
+    )
+    end = conn.wait_end(1)
+    assert end.app_status == 0 and end.protocol_status == ProtocolStatus.REQUEST_COMPLETE
+    assert bytes(conn.stdout[1]).endswith(f"4 {hashlib.sha256(b'body').hexdigest()}".encode())
