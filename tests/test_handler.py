@@ -632,3 +632,21 @@ def test_data_before_stdin_to_a_responder_leaves_its_body_intact(
     end = conn.wait_end(1)
     assert end.app_status == 0 and end.protocol_status == ProtocolStatus.REQUEST_COMPLETE
     assert bytes(conn.stdout[1]).endswith(f"4 {hashlib.sha256(b'body').hexdigest()}".encode())
+
+
+def test_werkzeug_reads_a_body_without_length_through_wsgi_input_terminated(
+    serve: Callable[..., tuple[str, int]],
+) -> None:
+    """Werkzeug (hence Flask) takes such a body whole because the environ says wsgi.input_terminated."""
+    wrappers = pytest.importorskip("werkzeug.wrappers")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        data = wrappers.Request(environ).get_data()
+        return wrappers.Response(hashlib.sha256(data).hexdigest())(environ, start_response)
+
+    conn = Conn(serve(app))
+    body = _chunked_body(200_000)
+    sender = _post_without_length(conn, 1, body, b"")
+    conn.wait_end(1, timeout=30)
+    sender.join(10)
+    assert bytes(conn.stdout[1]).endswith(hashlib.sha256(body).hexdigest().encode())
