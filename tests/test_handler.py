@@ -495,9 +495,9 @@ def _post_without_length(
 def test_body_without_content_length_is_read_until_stdin_ends(
     serve: Callable[..., tuple[str, int]], mode: str, scheduling: str
 ) -> None:
-    """nginx (fastcgi_request_buffering off) and HAProxy send a chunked upload with CONTENT_LENGTH empty or
-    absent: wsgi.input gives every byte until STDIN ends, spooled past --spool-threshold, whether the inline
-    request pulls it from the socket (fill) or the reader thread of a multiplexed connection feeds it."""
+    """nginx (fastcgi_request_buffering off) and other clients send a chunked upload with CONTENT_LENGTH
+    empty or absent: wsgi.input gives every byte until STDIN ends, spooled past --spool-threshold, whether the
+    inline request pulls it from the socket (fill) or the reader of a multiplexed connection feeds it."""
     seen: list[object] = []
     conn = Conn(serve(_digest_app(mode, seen), spool_threshold="64K"))
     body = _chunked_body(300_000)
