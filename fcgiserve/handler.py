@@ -98,7 +98,10 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _MUX_READ_TIMEOUT = 1.0  # a multiplexing connection's reader re-checks whether it may park this often
 _LINGER_SECONDS = 2.0  # after our FIN, how long a closing connection waits for the peer's (lingering close)
-_LINGER_MAX_BYTES = 256 * 1024
+# Bounded by time above all, like Apache's and nginx's lingering close. The byte cap must exceed what a web
+# server still has in flight: nginx streaming a refused (413) unbuffered upload only stops once it has read
+# our END_REQUEST, and a close before that resets the connection and turns the 413 into its 502.
+_LINGER_MAX_BYTES = 16 << 20
 # STDOUT chunks this large are written as record headers around the chunk itself (one sendmsg), not copied
 # into one string with them first; below it, the copy costs less than gathering.
 _GATHER_FROM = 16 * 1024
@@ -397,6 +400,13 @@ class ServedConnection:
                     self._feed(request, stream, event.data)
                 else:
                     stream.finish()
+            elif request is not None and log.isEnabledFor(logging.DEBUG):
+                # DATA for a role that has no use for it (the protocol passes it on): dropped, like flup.
+                size = len(event.data) if isinstance(event, Data) else 0
+                log.debug(
+                    "request %d from %s: DATA record ignored (%d bytes): a %s reads no DATA",
+                    event.request_id, describe_peer(self._peer), size, ROLE_NAMES[request.role],
+                )  # fmt: skip
         elif isinstance(event, RequestAborted):
             self._abort(event.request_id, "aborted by the web server")
         elif isinstance(event, RequestFailed):
@@ -438,7 +448,7 @@ class ServedConnection:
         request.refused = answer
         for stream in (request.body, request.data):
             if stream is not None:
-                stream.abort()
+                stream.abort(why)
 
     def _params_timed_out(self) -> None:
         log.warning(
@@ -610,8 +620,11 @@ class ServedConnection:
                     wsgi_options,
                     request.data,
                 )
-                if request.refused and not (request.output or request.tail or request.aborted):
+                if request.refused and not (request.output or request.aborted):
+                    request.tail = b""  # the application's answer, still held back: the refusal replaces it
                     app_status = self._answer(request, request.refused)
+                elif request.refused:
+                    app_status = app_status or 1  # too late for a 413: the response stands, but not as whole
         except Exception:
             log.exception("request %d: unexpected error in the WSGI adapter", request.request_id)
         finally:

@@ -68,7 +68,7 @@ class Request:
         self.role = role
         self.keep_conn = keep_conn
         self.params: list[tuple[bytes, bytes]] | None = None
-        self.length: int | None = 0  # CONTENT_LENGTH as sent; None when unparsable
+        self.length: int | None = 0  # CONTENT_LENGTH as sent; None when absent, empty or unparsable
         self.tail = b""  # the response's last STDOUT bytes, sent together with END_REQUEST
         self.body: RequestBody | None = None
         self.data: RequestBody | None = None
@@ -106,23 +106,29 @@ class RequestOutput:
 
 
 def content_length(params: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in params:
-        if name == b"CONTENT_LENGTH":
-            try:
-                return int(value) if value else 0
-            except ValueError:
-                return None
-    return 0
+    """CONTENT_LENGTH as the environ will show it (the last one sent, else HTTP_CONTENT_LENGTH); None when
+    absent, empty or not a number: the body is then whatever STDIN carries until it ends (nginx with
+    ``fastcgi_request_buffering off`` and a chunked upload sends it empty)."""
+    value = _last(params, b"CONTENT_LENGTH")
+    return _parse_length(_last(params, b"HTTP_CONTENT_LENGTH") if value is None else value)
 
 
 def data_length(params: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in params:
-        if name == b"FCGI_DATA_LENGTH":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    return _parse_length(_last(params, b"FCGI_DATA_LENGTH"))
+
+
+def _last(params: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    found = None
+    for key, value in params:
+        if key == name:
+            found = value  # the environ keeps the last value of a CGI variable (S-C4)
+    return found
+
+
+def _parse_length(value: bytes | None) -> int | None:
+    """Like ``wsgi.body_length``: ASCII digits around optional whitespace (int() also takes "-1", "1_0")."""
+    value = value.strip() if value else value
+    return int(value) if value and value.isdigit() else None
 
 
 def describe_peer(peer: Any) -> str:

@@ -15,7 +15,9 @@ anonymous temporary file, so a huge upload the application reads slowly (or neve
 
 PEP 3333 rules enforced here: a read never blocks past ``CONTENT_LENGTH`` and never returns bytes beyond it; a
 body that ends before ``CONTENT_LENGTH`` (S-G1: the client died mid-upload) raises :class:`BodyIncomplete`
-instead of handing the application a silently short body.
+instead of handing the application a silently short body. Without ``CONTENT_LENGTH``
+(``wsgi.input_terminated``) the body is whatever the stream carries until its end; a body the handler stops
+taking (too large) raises :class:`RequestAborted` rather than ending early, for the same reason.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ class ClientDisconnected(OSError):
 
 
 class RequestAborted(ClientDisconnected):
-    """The request was aborted (FCGI_ABORT_REQUEST, S-F7, or the connection closed): raised by body reads."""
+    """The request was aborted (FCGI_ABORT_REQUEST, S-F7, or the connection closed), or the server refused the
+    rest of its body (larger than ``--max-body-size``): raised by body reads. Uncaught, it ends the request
+    without a 500 from the adapter, so that the handler can still answer 413."""
 
 
 class BodyIncomplete(OSError):
@@ -59,6 +63,7 @@ class RequestBody:
     """
 
     __slots__ = (
+        "_abort_reason",
         "_aborted",
         "_buffered",
         "_chunks",
@@ -106,6 +111,7 @@ class RequestBody:
         self._consumed = 0  # bytes handed to the application
         self._finished = False
         self._aborted = False
+        self._abort_reason = "the request was aborted by the web server"
         self._closed = False
 
     # ------------------------------------------------------------------ handler side
@@ -141,9 +147,12 @@ class RequestBody:
             if self._cond is not None:
                 self._cond.notify_all()
 
-    def abort(self) -> None:
-        """The request was aborted or its connection is gone: later reads raise :class:`RequestAborted`."""
+    def abort(self, reason: str | None = None) -> None:
+        """The request was aborted or its connection is gone, or the server refuses the rest of the body
+        (``reason`` says why, e.g. too large): later reads raise :class:`RequestAborted` with that reason."""
         with self._lock:
+            if reason is not None and not self._aborted:
+                self._abort_reason = reason
             self._aborted = True
             if self._cond is not None:
                 self._cond.notify_all()
@@ -310,7 +319,7 @@ class RequestBody:
 
     def _check_readable(self) -> None:
         if self._aborted:
-            raise RequestAborted("the request was aborted by the web server")
+            raise RequestAborted(self._abort_reason)
         if self._closed:
             raise ValueError("I/O operation on a closed request body")
 

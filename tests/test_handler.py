@@ -6,7 +6,10 @@ server would see: records, their order, END_REQUEST statuses, connection closes.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -410,3 +413,240 @@ def test_large_output_arrives_whole_and_in_order(serve: Callable[..., tuple[str,
         head, _, received = bytes(conn.stdout[rid]).partition(b"\r\n\r\n")
         assert head.startswith(b"Status: 200 OK\r\n") and received == body
     conn.close()
+
+
+# ------------------------------------------------------------------------- bodies without CONTENT_LENGTH
+
+BODY_MODES = ["read()", "read(n)", "readline()", "iteration", "readlines()"]
+
+
+def _read_body(body: Any, mode: str) -> bytes:
+    if mode == "read()":
+        return bytes(body.read())
+    if mode == "read(n)":
+        parts = []
+        while piece := body.read(10_000):
+            parts.append(piece)
+        return b"".join(parts)
+    if mode == "readline()":
+        return b"".join(iter(body.readline, b""))
+    if mode == "iteration":
+        return b"".join(body)
+    return b"".join(body.readlines())
+
+
+def _digest_app(mode: str, seen: list[object]) -> App:
+    """Answers "<bytes read> <sha256>" of wsgi.input read the given way; records what went wrong."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.append((environ["fcgiserve.request_id"], environ.get("CONTENT_LENGTH")))
+        try:
+            data = _read_body(environ["wsgi.input"], mode)
+        except OSError as exc:
+            seen.append(exc)
+            raise
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()]
+
+    return app
+
+
+def _chunked_body(size: int) -> bytes:
+    """Random bytes with a newline now and then (for readline), as a browser upload would have."""
+    data = bytearray(os.urandom(size))
+    for pos in range(0, size, 997):
+        data[pos] = 10
+    return bytes(data)
+
+
+def _post_without_length(
+    conn: Conn, rid: int, body: bytes, content_length: bytes | None, together: bytes = b""
+) -> threading.Thread:
+    """BEGIN + PARAMS without CONTENT_LENGTH (or with it empty, as nginx sends it for a chunked upload), then
+    the body in uneven STDIN records from a thread, a little at a time, then the empty STDIN. ``together``
+    leaves in the same packet as the PARAMS (another request: the connection multiplexes)."""
+    params = [*PARAMS, (b"REQUEST_METHOD", b"POST"), (b"HTTP_TRANSFER_ENCODING", b"chunked")]
+    if content_length is not None:
+        params.append((b"CONTENT_LENGTH", content_length))
+    c = conn.client
+    conn.send(c.begin_request(rid, keep_conn=True) + c.send_params(rid, params) + together)
+
+    # Encoded up front: the client object stops taking records for the request once its END_REQUEST came.
+    records, pos, sizes = [], 0, [65535, 7, 30_000, 1, 12_345]
+    while pos < len(body):
+        piece = body[pos : pos + sizes[len(records) % len(sizes)]]
+        records.append(c.send_stdin(rid, piece))
+        pos += len(piece)
+    records.append(c.send_stdin(rid, b""))
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # the server may answer 413 and close before it all went out
+            for record in records:
+                conn.send(record)
+                time.sleep(0.002)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender
+
+
+@pytest.mark.parametrize("scheduling", ["inline", "threaded"])
+@pytest.mark.parametrize("mode", BODY_MODES)
+def test_body_without_content_length_is_read_until_stdin_ends(
+    serve: Callable[..., tuple[str, int]], mode: str, scheduling: str
+) -> None:
+    """nginx (fastcgi_request_buffering off) and other clients send a chunked upload with CONTENT_LENGTH
+    empty or absent: wsgi.input gives every byte until STDIN ends, spooled past --spool-threshold, whether the
+    inline request pulls it from the socket (fill) or the reader of a multiplexed connection feeds it."""
+    seen: list[object] = []
+    conn = Conn(serve(_digest_app(mode, seen), spool_threshold="64K"))
+    body = _chunked_body(300_000)
+    together = b""
+    if scheduling == "threaded":  # a second request in the same packet: the connection multiplexes
+        c = conn.client
+        together = c.begin_request(2, keep_conn=True) + c.send_params(2, PARAMS) + c.send_stdin(2, b"")
+    sender = _post_without_length(conn, 1, body, b"" if mode == "read(n)" else None, together)
+    end = conn.wait_end(1, timeout=30)
+    sender.join(10)
+    assert end.app_status == 0 and (1, "" if mode == "read(n)" else None) in seen
+    assert bytes(conn.stdout[1]).endswith(f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
+
+
+@pytest.mark.parametrize("scheduling", ["inline", "threaded"])
+def test_body_without_length_growing_past_max_body_size_is_413(
+    serve: Callable[..., tuple[str, int]], scheduling: str
+) -> None:
+    """--max-body-size counts the bytes received: mid-stream the application's next read raises (it never
+    reads past the limit), and the client gets 413 since nothing was sent yet."""
+    seen: list[object] = []
+    conn = Conn(serve(_digest_app("read(n)", seen), max_body_size="100K", spool_threshold="64K"))
+    together = b""
+    if scheduling == "threaded":
+        c = conn.client
+        together = c.begin_request(2, keep_conn=True) + c.send_params(2, PARAMS) + c.send_stdin(2, b"")
+    sender = _post_without_length(conn, 1, _chunked_body(400_000), b"", together)
+    end = conn.wait_end(1, timeout=30)
+    sender.join(10)
+    assert bytes(conn.stdout[1]).startswith(b"Status: 413"), bytes(conn.stdout[1])[:200]
+    assert end.app_status == 0 and end.protocol_status == ProtocolStatus.REQUEST_COMPLETE
+    error = seen[-1]
+    assert isinstance(error, ClientDisconnected) and "--max-body-size 102400" in str(error)
+
+
+def test_the_413_replaces_an_answer_the_application_gave_after_its_read_failed(
+    serve: Callable[..., tuple[str, int]],
+) -> None:
+    """An application that catches the failed read and answers itself: its answer was not sent yet (held to
+    leave with END_REQUEST), so the client still learns that the body was too large."""
+    errors: list[OSError] = []
+
+    def careful(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except OSError as exc:
+            errors.append(exc)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"I read what I could"]
+
+    conn = Conn(serve(careful, max_body_size="100K"))
+    sender = _post_without_length(conn, 1, _chunked_body(400_000), None)
+    conn.wait_end(1, timeout=30)
+    sender.join(10)
+    assert len(errors) == 1
+    assert bytes(conn.stdout[1]).startswith(b"Status: 413") and b"I read" not in conn.stdout[1]
+
+
+def test_body_past_max_body_size_after_output_ends_with_a_non_zero_app_status(
+    serve: Callable[..., tuple[str, int]],
+) -> None:
+    """Too late for a 413 (the headers went out): the response stands as sent, and END_REQUEST says it is
+    not whole, even when the application swallowed the error and finished."""
+
+    def streaming_echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        write(b"started\n")
+        total = 0
+        try:
+            while piece := environ["wsgi.input"].read(8192):
+                total += len(piece)
+        except OSError:
+            pass
+        return [f"{total}".encode()]
+
+    conn = Conn(serve(streaming_echo, max_body_size="100K"))
+    sender = _post_without_length(conn, 1, _chunked_body(400_000), None)
+    end = conn.wait_end(1, timeout=30)
+    sender.join(10)
+    out = bytes(conn.stdout[1])
+    assert out.startswith(b"Status: 200 OK") and b"started\n" in out
+    assert int(out.rpartition(b"\n")[2]) <= 100 * 1024  # never read past the limit
+    assert end.app_status != 0
+
+
+@pytest.mark.parametrize("value", [b"-1", b"1_0"])
+def test_content_length_that_is_not_a_number_reads_the_body_until_stdin_ends(
+    serve: Callable[..., tuple[str, int]], value: bytes
+) -> None:
+    """Parsed as the environ's body_length does (digits only): int() took "-1" (the body then failed to
+    build and the connection dropped) and "1_0" (a body of 10)."""
+    seen: list[object] = []
+    conn = Conn(serve(_digest_app("read()", seen)))
+    params = [*PARAMS, (b"REQUEST_METHOD", b"POST"), (b"CONTENT_LENGTH", value)]
+    conn.request(1, params, body=b"0123456789abcdef")
+    end = conn.wait_end(1)
+    assert end.app_status == 0
+    assert bytes(conn.stdout[1]).endswith(f"16 {hashlib.sha256(b'0123456789abcdef').hexdigest()}".encode())
+
+
+# ------------------------------------------------------------------------ DATA sent to a role that reads none
+
+
+@pytest.mark.parametrize("role", [Role.RESPONDER, Role.AUTHORIZER])
+@pytest.mark.parametrize("data", [b"", b"a file nobody asked for"], ids=["empty", "non-empty"])
+def test_data_stream_sent_to_a_role_without_one_is_ignored(
+    serve: Callable[..., tuple[str, int]], caplog: pytest.LogCaptureFixture, role: Role, data: bytes
+) -> None:
+    """flup and libfcgi ignore DATA for a responder; so do we, with one DEBUG line per record."""
+    caplog.set_level(logging.DEBUG, logger="fcgiserve.handler")
+    response = fcgi_request(serve(hello), role=role, data=data)
+    assert response.status == 200 and response.body == b"hello /" and response.app_status == 0
+    ignored = [r.getMessage() for r in caplog.records if "DATA record ignored" in r.getMessage()]
+    assert ignored and f"a {role.name} reads no DATA" in ignored[-1]
+
+
+def test_data_before_stdin_to_a_responder_leaves_its_body_intact(
+    serve: Callable[..., tuple[str, int]],
+) -> None:
+    seen: list[object] = []
+    conn = Conn(serve(_digest_app("read()", seen)))
+    c = conn.client
+    params = [*PARAMS, (b"REQUEST_METHOD", b"POST"), (b"CONTENT_LENGTH", b"4")]
+    conn.send(
+        c.begin_request(1)
+        + c.send_params(1, params)
+        + c.send_data(1, b"not the body")
+        + c.send_data(1, b"")
+        + c.send_stdin(1, b"body")
+        + c.send_stdin(1, b"")
+    )
+    end = conn.wait_end(1)
+    assert end.app_status == 0 and end.protocol_status == ProtocolStatus.REQUEST_COMPLETE
+    assert bytes(conn.stdout[1]).endswith(f"4 {hashlib.sha256(b'body').hexdigest()}".encode())
+
+
+def test_werkzeug_reads_a_body_without_length_through_wsgi_input_terminated(
+    serve: Callable[..., tuple[str, int]],
+) -> None:
+    """Werkzeug (hence Flask) takes such a body whole because the environ says wsgi.input_terminated."""
+    wrappers = pytest.importorskip("werkzeug.wrappers")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        data = wrappers.Request(environ).get_data()
+        return wrappers.Response(hashlib.sha256(data).hexdigest())(environ, start_response)
+
+    conn = Conn(serve(app))
+    body = _chunked_body(200_000)
+    sender = _post_without_length(conn, 1, body, b"")
+    conn.wait_end(1, timeout=30)
+    sender.join(10)
+    assert bytes(conn.stdout[1]).endswith(hashlib.sha256(body).hexdigest().encode())

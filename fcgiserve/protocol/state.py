@@ -40,7 +40,8 @@ class RequestState(Enum):
     STDIN = "reading STDIN"
     FILTER_STDIN = "reading STDIN (FILTER, DATA follows)"
     DATA = "reading DATA (FILTER)"
-    INPUT_DONE = "all input streams ended"
+    INPUT_DONE = "all input streams ended (RESPONDER or AUTHORIZER)"
+    FILTER_INPUT_DONE = "all input streams ended (FILTER)"
     ABORTED = "aborted by the peer, waiting for END_REQUEST"
     FAILED = "failed by a peer violation, waiting for END_REQUEST"
 
@@ -81,7 +82,9 @@ PEER_INPUTS = frozenset({I.BEGIN, I.BEGIN_FILTER, I.PARAMS, I.PARAMS_END, I.STDI
                          I.DATA_END, I.ABORT})  # fmt: skip
 LOCAL_INPUTS = frozenset({I.SEND_OUTPUT, I.END})
 UNANNOUNCED = frozenset({S.PARAMS, S.FILTER_PARAMS})
-ANNOUNCED = frozenset({S.STDIN, S.FILTER_STDIN, S.DATA, S.INPUT_DONE, S.ABORTED, S.FAILED})
+ANNOUNCED = frozenset(
+    {S.STDIN, S.FILTER_STDIN, S.DATA, S.INPUT_DONE, S.FILTER_INPUT_DONE, S.ABORTED, S.FAILED}
+)
 
 
 def _ignore_peer(state: RequestState) -> dict[tuple[RequestState, RequestInput], Transition]:
@@ -108,6 +111,12 @@ TRANSITIONS: dict[tuple[RequestState, RequestInput], Transition] = {
     (S.STDIN, I.ABORT): Transition(S.ABORTED, True),
     (S.STDIN, I.SEND_OUTPUT): Transition(S.STDIN, True),
     (S.STDIN, I.END): Transition(S.IDLE, True),
+    # S-G3 gives DATA to FILTER only. A RESPONDER or AUTHORIZER that receives it anyway (some clients send an
+    # empty DATA stream to every role) keeps going, as in flup and libfcgi: the records, before or after its
+    # STDIN ended, are handed to the caller as Data / DataEnd, which it drops (and may log). PARAMS still come
+    # first (S-F2): DATA while PARAMS arrive stays a violation, like STDIN.
+    (S.STDIN, I.DATA): Transition(S.STDIN, True),
+    (S.STDIN, I.DATA_END): Transition(S.STDIN, True),
     # S-G3: a FILTER gets STDIN, then DATA.
     (S.FILTER_STDIN, I.STDIN): Transition(S.FILTER_STDIN, True),
     (S.FILTER_STDIN, I.STDIN_END): Transition(S.DATA, True),
@@ -115,13 +124,18 @@ TRANSITIONS: dict[tuple[RequestState, RequestInput], Transition] = {
     (S.FILTER_STDIN, I.SEND_OUTPUT): Transition(S.FILTER_STDIN, True),
     (S.FILTER_STDIN, I.END): Transition(S.IDLE, True),
     (S.DATA, I.DATA): Transition(S.DATA, True),
-    (S.DATA, I.DATA_END): Transition(S.INPUT_DONE, True),
+    (S.DATA, I.DATA_END): Transition(S.FILTER_INPUT_DONE, True),
     (S.DATA, I.ABORT): Transition(S.ABORTED, True),
     (S.DATA, I.SEND_OUTPUT): Transition(S.DATA, True),
     (S.DATA, I.END): Transition(S.IDLE, True),
+    (S.INPUT_DONE, I.DATA): Transition(S.INPUT_DONE, True),
+    (S.INPUT_DONE, I.DATA_END): Transition(S.INPUT_DONE, True),
     (S.INPUT_DONE, I.ABORT): Transition(S.ABORTED, True),
     (S.INPUT_DONE, I.SEND_OUTPUT): Transition(S.INPUT_DONE, True),
     (S.INPUT_DONE, I.END): Transition(S.IDLE, True),
+    (S.FILTER_INPUT_DONE, I.ABORT): Transition(S.ABORTED, True),
+    (S.FILTER_INPUT_DONE, I.SEND_OUTPUT): Transition(S.FILTER_INPUT_DONE, True),
+    (S.FILTER_INPUT_DONE, I.END): Transition(S.IDLE, True),
     # S-F7: after an abort or a failure the caller still sends exactly one END_REQUEST (S-D7); until then the
     # id stays active, so the peer cannot reuse it under a running app, and its records are ignored.
     **_ignore_peer(S.ABORTED),
@@ -141,6 +155,7 @@ ON_PEER_VIOLATION: dict[RequestState, RequestState] = {
     S.FILTER_STDIN: S.FAILED,
     S.DATA: S.FAILED,
     S.INPUT_DONE: S.FAILED,
+    S.FILTER_INPUT_DONE: S.FAILED,
 }
 
 

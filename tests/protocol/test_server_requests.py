@@ -95,7 +95,17 @@ def test_s_g3_filter_gets_stdin_then_data(feed: Feeder) -> None:
         Data(3, b"file"),
         DataEnd(3),
     ]
-    assert conn.request_state(3) is RequestState.INPUT_DONE
+    assert conn.request_state(3) is RequestState.FILTER_INPUT_DONE
+
+
+def test_s_g3_data_after_the_filters_data_ended_fails_the_request(feed: Feeder) -> None:
+    """Stream data after the stream's end: a FILTER's DATA is not ignored like a responder's."""
+    data = wire.begin(3, wire.FILTER) + wire.params(3, []) + wire.stdin(3) + wire.rec(wire.DATA, 3)
+    conn = ServerConnection()
+    events = feed(conn, data + wire.rec(wire.DATA, 3, b"late"))
+    assert events[-2] == DataEnd(3) and isinstance(events[-1], RequestFailed)
+    assert "DATA data while all input streams ended (FILTER)" in str(events[-1].error)
+    assert conn.request_state(3) is RequestState.FAILED
 
 
 def test_s_g3_data_before_stdin_ended_fails_the_filter_request(feed: Feeder) -> None:
@@ -107,12 +117,52 @@ def test_s_g3_data_before_stdin_ended_fails_the_filter_request(feed: Feeder) -> 
     assert conn.request_state(3) is RequestState.FAILED
 
 
-def test_s_g3_data_for_a_responder_fails_the_request(feed: Feeder) -> None:
-    events = feed(ServerConnection(), wire.simple_get(1) + wire.rec(wire.DATA, 1, b"x"))
-    failed = events[-1]
-    assert isinstance(failed, RequestFailed)
-    assert failed.error.request_id == 1 and not failed.error.fatal
-    assert "RESPONDER" in str(failed.error)
+# S-G3 defines DATA for FILTER only; flup and libfcgi ignore it for the other roles, and some clients send an
+# (often empty) DATA stream to every role. The request goes on: the records come out as Data / DataEnd for the
+# caller to drop, before or after the STDIN stream ended, and the state is that of a request without them.
+D, E = wire.rec(wire.DATA, 1, b"file"), wire.rec(wire.DATA, 1)  # a DATA record, the empty DATA record
+BODY = wire.stdin(1, b"body") + wire.stdin(1)
+BO, DY = wire.stdin(1, b"bo"), wire.stdin(1, b"dy") + wire.stdin(1)  # the same body in two halves
+DATA_CASES = {  # records after PARAMS -> (the body, the Data / DataEnd events)
+    "empty DATA after STDIN": (wire.stdin(1) + E, b"", [DataEnd(1)]),
+    "empty DATA before STDIN": (E + wire.stdin(1), b"", [DataEnd(1)]),
+    "DATA after STDIN": (BODY + D + E, b"body", [Data(1, b"file"), DataEnd(1)]),
+    "DATA before STDIN": (D + E + BODY, b"body", [Data(1, b"file"), DataEnd(1)]),
+    "DATA amid STDIN": (BO + D + DY, b"body", [Data(1, b"file")]),
+    "DATA without its end": (D + wire.stdin(1), b"", [Data(1, b"file")]),
+    "DATA after DATA ended": (E + wire.stdin(1) + D + E, b"", [DataEnd(1), Data(1, b"file"), DataEnd(1)]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("role", [wire.RESPONDER, wire.AUTHORIZER], ids=["responder", "authorizer"])
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_s_g3_data_for_a_role_that_reads_none_is_passed_on_and_the_request_goes_on(
+    role: int, case: str, feed: Feeder
+) -> None:
+    records, body, data_events = DATA_CASES[case]
+    conn = ServerConnection()
+    events = feed(conn, wire.begin(1, role) + wire.params(1, PARAMS) + records)
+    assert events[:2] == [RequestStarted(1, Role(role), False), ParamsComplete(1, PARAMS)]
+    stdin = [e for e in events[2:] if isinstance(e, (StdinData, StdinEnd))]
+    assert b"".join(e.data for e in stdin if isinstance(e, StdinData)) == body and stdin[-1] == StdinEnd(1)
+    assert [e for e in events[2:] if not isinstance(e, (StdinData, StdinEnd))] == data_events
+    assert conn.request_state(1) is RequestState.INPUT_DONE
+    assert conn.data_to_send() == b""
+    # The caller answers the request as usual.
+    assert conn.send_stdout(1, b"ok") + conn.end_request(1) == (
+        wire.rec(wire.STDOUT, 1, b"ok") + wire.rec(wire.STDOUT, 1) + wire.end_request(1)
+    )
+
+
+def test_s_g3_empty_data_stream_to_a_responder_is_one_data_end_event(feed: Feeder) -> None:
+    """The client of the report: PARAMS, the empty STDIN, the empty DATA; nothing fails or is rejected."""
+    events = feed(ServerConnection(), wire.simple_get(1) + wire.rec(wire.DATA, 1))
+    assert events == [
+        RequestStarted(1, Role.RESPONDER, False),
+        ParamsComplete(1, PARAMS),
+        StdinEnd(1),
+        DataEnd(1),
+    ]
 
 
 @pytest.mark.parametrize("role", [0, 4, 65535])

@@ -44,6 +44,10 @@ REACH: dict[RequestState, bytes] = {
     S.FILTER_STDIN: wire.begin(RID, wire.FILTER) + wire.params(RID, []),
     S.DATA: wire.begin(RID, wire.FILTER) + wire.params(RID, []) + wire.stdin(RID),
     S.INPUT_DONE: wire.simple_get(RID),
+    S.FILTER_INPUT_DONE: wire.begin(RID, wire.FILTER)
+    + wire.params(RID, [])
+    + wire.stdin(RID)
+    + wire.rec(wire.DATA, RID),
     S.ABORTED: wire.simple_get(RID) + wire.rec(wire.ABORT_REQUEST, RID),
     S.FAILED: wire.simple_get(RID) + wire.stdin(RID, b"after the end"),
 }

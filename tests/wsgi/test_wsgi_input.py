@@ -177,6 +177,22 @@ def test_abort_makes_reads_raise(read: Callable[[RequestBody], object]) -> None:
     assert body.received == 3
 
 
+@pytest.mark.parametrize("expected", [None, 1000])
+def test_abort_with_a_reason_names_it_in_every_read(expected: int | None) -> None:
+    """The handler stops taking a body that grew past --max-body-size: the application's reads raise with
+    that reason (not "aborted by the web server"), bytes already buffered included, and nothing fed after."""
+    body = make(expected, 4)
+    body.feed(b"line one\nline two\n")  # spooled: the threshold is 4
+    assert body.readline() == b"line one\n"
+    body.abort("request body exceeds --max-body-size 16")
+    body.abort()  # a later plain abort (the connection closing) keeps the first reason
+    for read in (lambda: body.read(), lambda: body.read(1), lambda: body.readline(), lambda: list(body)):
+        with pytest.raises(RequestAborted, match="exceeds --max-body-size 16"):
+            read()
+    body.feed(b"more")
+    assert body.received == 18
+
+
 def test_closed_body_refuses_reads_and_drops_feeds() -> None:
     with make(10, 0) as body:
         body.feed(b"spooled")
@@ -441,13 +457,15 @@ def test_reads_match_bytesio(
     data=st.binary(max_size=400).map(lambda b: b.replace(b"\x01", b"\n")),
     steps=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 70), st.booleans()), max_size=25),
     threshold=st.sampled_from([0, 5, 64, 1 << 20]),
+    known_length=st.booleans(),
 )
 def test_reads_between_feeds_give_the_stream_in_order(
-    data: bytes, steps: list[tuple[int, int, bool]], threshold: int
+    data: bytes, steps: list[tuple[int, int, bool]], threshold: int, known_length: bool
 ) -> None:
     """Reads and readlines of what has arrived so far, between feeds (the partly read first chunk, chunks
-    appended behind it, a spill in the middle): the bytes come out whole and in order."""
-    body = RequestBody(len(data), threshold)
+    appended behind it, a spill in the middle): the bytes come out whole and in order, with CONTENT_LENGTH
+    or without it (a chunked upload, read until STDIN ends)."""
+    body = RequestBody(len(data) if known_length else None, threshold)
     try:
         out = bytearray()
         position = 0
