@@ -139,6 +139,7 @@ class Server:
         re-executes the process in place, keeping its pid and its listening sockets.
         """
         config = self.config
+        _log_fitted_defaults(config)
         start_dir = os.getcwd()
         pidfile = None
         if install_signals:
@@ -346,6 +347,20 @@ class Server:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def _log_fitted_defaults(config: Config) -> None:
+    """One line when defaults the user did not set were moved to fit the options they did set."""
+    moved = config.fitted_defaults()
+    if moved:
+        log.info(
+            "defaults fitted to the options given: %s; "
+            "in effect: --minspare %d --maxspare %d --maxchildren %d",
+            ", ".join(f"{flag} {value} (default {default})" for flag, (default, value) in moved.items()),
+            config.minspare,
+            config.maxspare,
+            config.effective_maxchildren,
+        )
 
 
 def _factory_maker(

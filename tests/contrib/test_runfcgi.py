@@ -135,6 +135,25 @@ def test_threaded_sighup_reexecutes_the_same_command_in_place(site: Path, tmp_pa
         assert stop(proc) == 0
 
 
+@pytest.mark.parametrize(
+    ("words", "in_effect"),
+    [("maxchildren=2", "--minspare 2 --maxspare 2 --maxchildren 2"),
+     ("method=prefork maxchildren=1", "--minspare 1 --maxspare 1 --maxchildren 1")],
+)  # fmt: skip
+def test_maxchildren_word_alone_fits_the_default_spares(
+    site: Path, tmp_path: Path, words: str, in_effect: str
+) -> None:
+    """The words go through the same Config as the flags: maxchildren= alone lowers the spares nobody set."""
+    port = free_port()
+    log = tmp_path / "log"
+    proc = _serve(site, f"host=127.0.0.1 port={port} {words}", log, port)
+    try:
+        assert fcgi_request(("127.0.0.1", port), {"HTTP_HOST": "x"}).body.startswith(b"GET  pid=")
+    finally:
+        assert stop(proc) == 0
+    assert f"in effect: {in_effect}" in log.read_text(), log.read_text()
+
+
 # --- settings.WSGI_APPLICATION ------------------------------------------------------------------------------
 
 
