@@ -29,6 +29,16 @@ Booleans accept true/false, yes/no, on/off and 1/0; sizes accept K, M and G suff
 modes and masks are octal. `daemonize=false` is accepted and ignored; `daemonize=true` is an error:
 fcgiserve always runs in the foreground, to be started by a supervisor (systemd, runit, daemontools).
 A mistake is reported on one line naming the option, and the exit status is 2.
+
+Options that bound each other fit together: the defaults you did not set give way to the values you did,
+flags and runfcgi words alike. The pool sizes are ordered `--minspare` <= `--maxspare` <= `--maxchildren`:
+`--maxchildren 2` alone runs with `--maxspare 2`, `--maxspare 1` alone with `--minspare 1`, and
+`--minspare 10` alone with `--maxspare 10` (and an unset `--maxchildren` of at least 10). One INFO line at
+start-up names the defaults that moved and the sizes in effect. Only values you gave that contradict each
+other are an error (`--maxchildren 2 --maxspare 5`). An option that needs another is refused without it,
+whether the other was left at its default or not: `--timeout`, `--threads` and `--preload` need
+`--method prefork`, `--maxrequests-jitter` needs `--maxrequests`, `--socket-mode` needs `--socket`
+(fcgiserve does not pick a process model, a recycling count or a socket for you).
 """
 
 

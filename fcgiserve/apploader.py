@@ -23,7 +23,15 @@ _SPEC = re.compile(
 
 
 class AppLoadError(Exception):
-    """The application could not be loaded; the message is one line, the cause is chained."""
+    """The application could not be loaded; the message is one line, the cause is chained.
+
+    ``complete``: the message says all there is to know (a setting naming a module that is not there), so
+    the server shows it without the traceback of the cause.
+    """
+
+    def __init__(self, message: str, *, complete: bool = False) -> None:
+        super().__init__(message)
+        self.complete = complete
 
 
 def load_app(spec: str, chdir: str | None = None) -> Callable[..., Any]:
@@ -64,6 +72,8 @@ def load_app(spec: str, chdir: str | None = None) -> Callable[..., Any]:
     if match["call"]:
         try:
             target = target()
+        except AppLoadError:
+            raise  # a factory that explains its own failure (fcgiserve.contrib.django.wsgi)
         except Exception as exc:
             raise AppLoadError(f"{spec}: calling the factory raised {type(exc).__name__}: {exc}") from exc
     return _check_callable(target, spec)

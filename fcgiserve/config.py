@@ -287,13 +287,15 @@ OPTIONS: tuple[Option, ...] = (
          "fork": "prefork"}), _PROC, "threaded: one process, a pool of threads. prefork: a master and "
          "child processes (isolates crashes and leaks; uses all cores for CPU-bound apps).",
          runfcgi=("method",), metavar="{threaded,prefork}"),
-    _opt("minspare", 2, _int(0), _PROC, "Idle workers kept ready (threads, or prefork processes).",
-         runfcgi=("minspare",), metavar="N"),
-    _opt("maxspare", 5, _int(1), _PROC, "Idle workers beyond this are retired.", runfcgi=("maxspare",),
-         metavar="N"),
+    _opt("minspare", 2, _int(0), _PROC, "Idle workers kept ready (threads, or prefork processes). Unset, "
+         "it is lowered to --maxspare when that is smaller.", runfcgi=("minspare",), metavar="N"),
+    _opt("maxspare", 5, _int(1), _PROC, "Idle workers beyond this are retired. Unset, it is raised to "
+         "--minspare and lowered to --maxchildren when those are given and need it (--maxchildren 2 alone "
+         "runs with --maxspare 2).", runfcgi=("maxspare",), metavar="N"),
     _opt("maxchildren", None, _optional_int(1), _PROC, "Workers at most: threads for threaded, processes "
-         "for prefork. Unset means 50 threads or 8 processes (raised to --maxspare if that is larger, so "
-         "old runfcgi settings keep working).", runfcgi=("maxchildren",), metavar="N",
+         "for prefork. Unset means 50 threads or 8 processes, raised to --maxspare (or --minspare) when "
+         "that is larger, so old runfcgi settings keep working. Only a --minspare or --maxspare given "
+         "above a --maxchildren given is an error.", runfcgi=("maxchildren",), metavar="N",
          default_text="50 (threaded) / 8 (prefork)"),
     _opt("threads", 1, _int(1), _PROC, "prefork: application threads per child. 1 (the default) runs one "
          "request at a time per process (wsgi.multithread False), for applications or extensions that are "
@@ -374,6 +376,10 @@ _RUNFCGI: dict[str, Option] = {alias: o for o in OPTIONS for alias in o.runfcgi}
 
 
 _D: dict[str, Any] = {o.name: o.default for o in OPTIONS}  # the dataclass defaults, straight from the table
+# The pool sizes, ordered minspare <= maxspare <= maxchildren. The values the user set win; the defaults of
+# the spares give way to them (Config._fit_defaults); maxchildren's follows maxspare (effective_maxchildren).
+_POOL_SIZES = ("minspare", "maxspare", "maxchildren")
+_FITTED = ("minspare", "maxspare")
 
 
 def _coerce(opt: Option, raw: object) -> object:
@@ -391,7 +397,11 @@ class Config:
     """The validated configuration: one field per Option, plus ``explicit`` (the option names the user set).
 
     Build it with ``Config.from_mapping()``, ``parse_args()`` or ``Config(...)``; every value is checked
-    (strings are parsed as on the command line) and a bad one raises ConfigError.
+    (strings are parsed as on the command line) and a bad one raises ConfigError. Defaults the user did not
+    set give way to the values they did: the fields hold the values in effect (``--maxchildren 2`` alone
+    gives ``maxspare == 2``), ``fitted_defaults()`` says which moved. Only values set together that
+    contradict each other are errors. A pool size passed to ``Config(...)`` other than its default counts
+    as set, as if it were in ``explicit``.
     """
 
     app: str | None = _D["app"]
@@ -442,8 +452,10 @@ class Config:
         unknown = set(self.explicit) - _BY_NAME.keys()
         if unknown:
             raise ConfigError(f"unknown option name(s) in explicit: {', '.join(sorted(unknown))}")
-        object.__setattr__(self, "explicit", frozenset(self.explicit))
+        given = {name for name in _POOL_SIZES if getattr(self, name) != _D[name]}
+        object.__setattr__(self, "explicit", frozenset(self.explicit) | given)
         self._check_combinations()
+        self._fit_defaults()
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> Config:
@@ -454,15 +466,30 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """A copy with ``changes`` applied (and added to ``explicit``), validated again."""
         _reject_unknown(changes)
-        fields = cast("dict[str, Any]", changes)
-        return dataclasses.replace(self, **fields, explicit=self.explicit | changes.keys())
+        explicit = self.explicit | changes.keys()
+        # Defaults fitted to the old values start again from the table, to be fitted to the new ones.
+        fields: dict[str, Any] = {name: _D[name] for name in _FITTED if name not in explicit} | changes
+        return dataclasses.replace(self, **fields, explicit=explicit)
 
     @property
     def effective_maxchildren(self) -> int:
-        """--maxchildren, or the method's default raised to --maxspare."""
+        """--maxchildren, or the method's default raised to --maxspare (itself raised to --minspare)."""
         if self.maxchildren is not None:
             return self.maxchildren
         return max(METHOD_MAXCHILDREN[self.method], self.maxspare)
+
+    def fitted_defaults(self) -> dict[str, tuple[int, int]]:
+        """The options the user did not set whose value in effect is not their default, to fit those
+        they did: ``{"--maxspare": (5, 2)}`` (default, in effect) for ``--maxchildren 2``; often empty."""
+        moved = {
+            _BY_NAME[name].display: (int(_D[name]), int(getattr(self, name)))
+            for name in _FITTED
+            if name not in self.explicit and getattr(self, name) != _D[name]
+        }
+        default = METHOD_MAXCHILDREN[self.method]
+        if self.maxchildren is None and self.effective_maxchildren != default:
+            moved["--maxchildren"] = (default, self.effective_maxchildren)
+        return moved
 
     @property
     def effective_multiplexed(self) -> bool:
@@ -480,14 +507,20 @@ class Config:
         def fail(message: str) -> NoReturn:
             raise ConfigError(message)
 
-        if self.maxspare < self.minspare:
+        # Pool sizes: only two the user set can contradict each other; _fit_defaults() fits the others.
+        if {"minspare", "maxspare"} <= self.explicit and self.maxspare < self.minspare:
             fail(f"--maxspare must be >= --minspare (got {self.maxspare} < {self.minspare})")
-        if self.maxchildren is not None and self.maxchildren < self.maxspare:
-            fail(f"--maxchildren must be >= --maxspare (got {self.maxchildren} < {self.maxspare})")
+        for spare in ("maxspare", "minspare"):
+            size = getattr(self, spare)
+            if self.maxchildren is not None and spare in self.explicit and self.maxchildren < size:
+                fail(f"--maxchildren must be >= --{spare} (got {self.maxchildren} < {size})")
         places = [n for n in ("socket", "fd") if getattr(self, n) is not None]
         places += sorted(self.explicit & {"host", "port"})[:1]
         if len(places) > 1:
             fail(f"--{places[0]} and --{places[1]} are mutually exclusive: listen on one of tcp, unix or fd")
+        # An option that needs another is refused without it, even when the other is only at its default:
+        # there is nothing to fit, and fcgiserve does not choose a process model, a recycling count or a
+        # socket for the user.
         if self.maxrequests_jitter and not self.maxrequests:
             fail("--maxrequests-jitter needs --maxrequests (jitter of an unlimited count means nothing)")
         if self.method == "threaded" and self.timeout:
@@ -498,6 +531,20 @@ class Config:
             fail("--socket-mode needs --socket: it is the mode of the unix socket file fcgiserve creates")
         if self.method == "threaded" and "preload" in self.explicit and self.preload:
             fail("--preload needs --method prefork: threaded always loads the application once")
+
+    def _fit_defaults(self) -> None:
+        """Move the spares the user did not set into minspare <= maxspare <= maxchildren around the sizes
+        they did set (checked consistent by _check_combinations): ``--maxchildren 2`` lowers maxspare to 2,
+        ``--maxspare 1`` lowers minspare to 1, ``--minspare 10`` raises maxspare to 10."""
+        maxspare = self.maxspare
+        if "maxspare" not in self.explicit:
+            if "minspare" in self.explicit:
+                maxspare = max(maxspare, self.minspare)
+            if self.maxchildren is not None:
+                maxspare = min(maxspare, self.maxchildren)
+        minspare = self.minspare if "minspare" in self.explicit else min(self.minspare, maxspare)
+        object.__setattr__(self, "maxspare", maxspare)
+        object.__setattr__(self, "minspare", minspare)
 
 
 def _reject_unknown(values: Mapping[str, object]) -> None:

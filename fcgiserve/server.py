@@ -144,6 +144,7 @@ class Server:
         re-executes the process in place, keeping its pid and its listening sockets.
         """
         config = self.config
+        _log_fitted_defaults(config)
         start_dir = os.getcwd()
         pidfile = None
         if install_signals:
@@ -209,8 +210,7 @@ class Server:
         try:
             return load_app(config.app)
         except AppLoadError as exc:
-            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
-            raise StartupError(f"cannot load the application: {exc}", EXIT_APP_LOAD) from None
+            raise StartupError(f"cannot load the application: {_explain(exc)}", EXIT_APP_LOAD) from None
 
     def _create_pidfile(self) -> Pidfile | None:
         if self.config.pidfile is None:
@@ -385,6 +385,20 @@ def _peer_of(sock: socket.socket) -> Any:
         return ""  # gone meanwhile: serving it reads EOF and closes it
 
 
+def _log_fitted_defaults(config: Config) -> None:
+    """One line when defaults the user did not set were moved to fit the options they did set."""
+    moved = config.fitted_defaults()
+    if moved:
+        log.info(
+            "defaults fitted to the options given: %s; "
+            "in effect: --minspare %d --maxspare %d --maxchildren %d",
+            ", ".join(f"{flag} {value} (default {default})" for flag, (default, value) in moved.items()),
+            config.minspare,
+            config.maxspare,
+            config.effective_maxchildren,
+        )
+
+
 def _factory_maker(
     app: WSGIApp | None,
     spec: str | None,
@@ -467,20 +481,34 @@ def handler_options(config: Config) -> HandlerOptions:
     )
 
 
+# Most of a load failure's one-line reason that a prefork import check sends: less than any pipe holds.
+_REASON_BYTES = 4096
+
+
+def _explain(exc: AppLoadError) -> str:
+    """The one-line reason, after printing the traceback of the cause unless the message says it all."""
+    if exc.complete:
+        return str(exc)
+    traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+    return f"{exc} (traceback above)"
+
+
 def _check_import_in_child(spec: str) -> None:
     """prefork without --preload: prove the application imports before any socket is opened.
 
     The import runs in a throw-away child so that the master stays free of application code (which is
-    the point of not preloading), yet a broken import still fails fast with its traceback.
+    the point of not preloading), yet a broken import still fails fast, with the same one-line reason as
+    in the other methods: the child writes it to a pipe (a few KiB at most, never more than the pipe
+    holds, so the child cannot block on it) and the master reports it.
     """
+    reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's exit status is what is tested
         status = 0
         try:
             load_app(spec)
         except AppLoadError as exc:
-            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
-            print(f"fcgiserve: cannot load the application: {exc}", file=sys.stderr)
+            os.write(writer, _explain(exc).encode(errors="replace")[:_REASON_BYTES])
             status = 1
         except BaseException:
             traceback.print_exc()
@@ -488,9 +516,20 @@ def _check_import_in_child(spec: str) -> None:
         finally:
             sys.stderr.flush()
             os._exit(status)
-    _, status = os.waitpid(pid, 0)
+    os.close(writer)
+    try:
+        _, status = os.waitpid(pid, 0)
+        # Not blocking: a process the application started at import time may still hold the write end.
+        os.set_blocking(reader, False)
+        try:
+            reason = os.read(reader, _REASON_BYTES).decode(errors="replace")
+        except BlockingIOError:
+            reason = ""
+    finally:
+        os.close(reader)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise StartupError(f"cannot load the application {spec!r} (traceback above)", EXIT_APP_LOAD)
+        reason = reason or f"{spec!r} (traceback above)"
+        raise StartupError(f"cannot load the application: {reason}", EXIT_APP_LOAD)
 
 
 def serve(app: WSGIApp | str, **options: Any) -> int:

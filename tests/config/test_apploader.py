@@ -86,6 +86,17 @@ def test_factory_that_raises(project: Callable[[str], str]) -> None:
     assert isinstance(info.value.__cause__, LookupError)
 
 
+def test_factory_that_explains_its_own_failure_is_passed_through(project: Callable[[str], str]) -> None:
+    """A factory raising AppLoadError (fcgiserve.contrib.django.wsgi) keeps its message and ``complete``."""
+    name = project(
+        "from fcgiserve.apploader import AppLoadError\n"
+        "def make():\n    raise AppLoadError('settings.X names nothing', complete=True)\n"
+    )
+    with pytest.raises(AppLoadError) as info:
+        load_app(f"{name}:make()")
+    assert (str(info.value), info.value.complete) == ("settings.X names nothing", True)
+
+
 def test_package_module(project: Callable[..., str]) -> None:
     name = project(WSGI_APP, package="mysite_pkg")
     assert call(load_app(name)) == [b"application"]

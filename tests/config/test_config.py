@@ -197,6 +197,108 @@ def test_maxchildren_below_maxspare() -> None:
 
 
 @pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--method", "threaded", "--maxchildren", "2", "--maxspare", "5"],
+      "--maxchildren must be >= --maxspare (got 2 < 5)"),
+     (["method=prefork", "maxchildren=2", "maxspare=5"], "--maxchildren must be >= --maxspare (got 2 < 5)"),
+     (["--minspare", "4", "--maxchildren", "2"], "--maxchildren must be >= --minspare (got 2 < 4)"),
+     (["minspare=4", "maxchildren=3", "method=prefork"], "--maxchildren must be >= --minspare (got 3 < 4)"),
+     (["--minspare", "3", "--maxspare", "2", "--maxchildren", "9"],
+      "--maxspare must be >= --minspare (got 2 < 3)"),
+     (["--maxspare", "1", "--minspare", "2"], "--maxspare must be >= --minspare (got 1 < 2)")],
+)  # fmt: skip
+def test_pool_sizes_given_together_must_be_ordered(argv: list[str], message: str) -> None:
+    """Only values the user set can contradict each other; setting one equal to its default still counts."""
+    assert error_of(argv) == message
+
+
+# (minspare, maxspare, maxchildren in effect) and the defaults that moved, as {flag: (default, in effect)}.
+@pytest.mark.parametrize(
+    ("argv", "sizes", "moved"),
+    [([], (2, 5, 50), {}),
+     (["--method", "prefork"], (2, 5, 8), {}),
+     # --maxchildren given: maxspare (and through it minspare) come down to it
+     (["--method", "threaded", "--maxchildren", "2"], (2, 2, 2), {"--maxspare": (5, 2)}),
+     (["--method", "prefork", "--maxchildren", "2"], (2, 2, 2), {"--maxspare": (5, 2)}),
+     (["maxchildren=2"], (2, 2, 2), {"--maxspare": (5, 2)}),
+     (["method=prefork", "maxchildren=1"], (1, 1, 1), {"--minspare": (2, 1), "--maxspare": (5, 1)}),
+     (["--minspare", "3", "--maxchildren", "4"], (3, 4, 4), {"--maxspare": (5, 4)}),
+     (["--maxspare", "3", "--maxchildren", "3"], (2, 3, 3), {}),
+     # --maxspare given: minspare comes down to it, maxchildren's default goes up to it
+     (["--maxspare", "1"], (1, 1, 50), {"--minspare": (2, 1)}),
+     (["maxspare=1", "method=prefork"], (1, 1, 8), {"--minspare": (2, 1)}),
+     (["method=prefork", "maxspare=30"], (2, 30, 30), {"--maxchildren": (8, 30)}),
+     (["--maxspare", "60"], (2, 60, 60), {"--maxchildren": (50, 60)}),
+     # --minspare given: maxspare goes up to it, and maxchildren's default with it
+     (["--minspare", "10"], (10, 10, 50), {"--maxspare": (5, 10)}),
+     (["--minspare", "10", "--method", "prefork"], (10, 10, 10),
+      {"--maxspare": (5, 10), "--maxchildren": (8, 10)}),
+     (["minspare=0", "maxchildren=1"], (0, 1, 1), {"--maxspare": (5, 1)}),
+     # all three given and ordered: nothing moves
+     (["--minspare", "3", "--maxspare", "3", "--maxchildren", "3"], (3, 3, 3), {})],
+)  # fmt: skip
+def test_defaults_fit_the_pool_sizes_given(
+    argv: list[str], sizes: tuple[int, int, int], moved: dict[str, tuple[int, int]]
+) -> None:
+    """The issue's `--maxchildren 2` alone was refused for a --maxspare nobody typed: defaults give way."""
+    config = parse_args(argv)
+    assert (config.minspare, config.maxspare, config.effective_maxchildren) == sizes
+    assert config.fitted_defaults() == moved
+    assert not config.explicit & {flag[2:] for flag in moved}, (
+        "explicit says what the user set, not what moved"
+    )
+
+
+_SIZE = st.none() | st.integers(min_value=1, max_value=80)
+
+
+@given(st.sampled_from(["threaded", "prefork"]), _SIZE, _SIZE, _SIZE)
+def test_pool_sizes_are_ordered_or_refused(
+    method: str, minspare: int | None, maxspare: int | None, maxchildren: int | None
+) -> None:
+    """Any sizes given: an error exactly when two given ones are out of order; else the given ones are kept
+    and minspare <= maxspare <= maxchildren holds for the values in effect."""
+    given_sizes = {
+        name: value
+        for name, value in (("minspare", minspare), ("maxspare", maxspare), ("maxchildren", maxchildren))
+        if value is not None
+    }
+    order = ["minspare", "maxspare", "maxchildren"]
+    contradict = any(
+        given_sizes[low] > given_sizes[high]
+        for i, low in enumerate(order)
+        for high in order[i + 1 :]
+        if low in given_sizes and high in given_sizes
+    )
+    try:
+        config = Config.from_mapping({"method": method, **given_sizes})
+    except ConfigError:
+        assert contradict
+        return
+    assert not contradict
+    in_effect = {
+        "minspare": config.minspare,
+        "maxspare": config.maxspare,
+        "maxchildren": config.effective_maxchildren,
+    }
+    assert in_effect.items() >= given_sizes.items()
+    assert config.minspare <= config.maxspare <= config.effective_maxchildren
+
+
+def test_replace_fits_the_defaults_again() -> None:
+    """Server(app, maxchildren=...) and the flup shim build with replace(): fitted values are not kept as if
+    given, while a size a Python caller passed to Config(...) is."""
+    small = Config().replace(maxchildren=2)
+    assert (small.minspare, small.maxspare, small.explicit) == (2, 2, {"maxchildren"})
+    big = small.replace(maxchildren=10)
+    assert (big.minspare, big.maxspare, big.effective_maxchildren) == (2, 5, 10)
+    assert Config(maxspare=9).replace(port=9000).maxspare == 9
+    assert Config(maxchildren=3).explicit == {"maxchildren"}
+    with pytest.raises(ConfigError, match=r"--maxchildren must be >= --maxspare \(got 3 < 9\)"):
+        Config(maxspare=9).replace(maxchildren=3)
+
+
+@pytest.mark.parametrize(
     "argv",
     [["--socket", "/tmp/s", "--port", "9000"], ["--socket", "/tmp/s", "--fd", "3"],
      ["--fd", "3", "--host", "::1"], ["socket=/tmp/s", "host=127.0.0.1"]],
@@ -219,9 +321,12 @@ def test_listen_kind(argv: list[str], kind: str) -> None:
     [(["--timeout", "30"], "--timeout needs --method prefork"),
      (["--threads", "8"], "--threads is per prefork child"),
      (["--preload"], "--preload needs --method prefork"),
-     (["--maxrequests-jitter", "10"], "--maxrequests-jitter needs --maxrequests")],
+     (["--maxrequests-jitter", "10"], "--maxrequests-jitter needs --maxrequests"),
+     (["--method", "threaded", "--timeout", "30"], "--timeout needs --method prefork"),
+     (["--maxrequests", "0", "--maxrequests-jitter", "10"], "--maxrequests-jitter needs --maxrequests")],
 )  # fmt: skip
 def test_options_that_do_not_apply_are_refused(argv: list[str], needle: str) -> None:
+    """Whether the option they need was given or left at its default: no default can be fitted to them."""
     assert needle in error_of(argv)
 
 

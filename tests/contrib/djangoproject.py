@@ -1,4 +1,8 @@
-"""A minimal Django project written into a temp dir, with fcgiserve.contrib.django in INSTALLED_APPS."""
+"""A minimal Django project written into a temp dir, with fcgiserve.contrib.django in INSTALLED_APPS.
+
+Its ``mysite/wsgi.py`` wraps Django's handler in a WSGI middleware of its own (as WhiteNoise or Sentry do)
+that answers ``/wrapped-only`` itself; ``settings.WSGI_APPLICATION`` names it only when asked.
+"""
 
 from __future__ import annotations
 
@@ -52,13 +56,36 @@ urlpatterns = [path("", echo), path("boom", boom)]
 """
 
 
-def write_project(root: Path) -> Path:
-    """The project directory (manage.py and the mysite package) under ``root``."""
+WSGI = """\
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+LOADED_IN = os.getpid()
+django_application = get_wsgi_application()
+
+
+def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/wrapped-only":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"wrapper: loaded in {LOADED_IN} serving in {os.getpid()}".encode()]
+    return django_application(environ, start_response)
+"""
+
+
+def write_project(root: Path, wsgi_application: str | None = None) -> Path:
+    """The project directory (manage.py and the mysite package) under ``root``; ``wsgi_application``
+    becomes ``settings.WSGI_APPLICATION`` (unset by default: Django's own default is None)."""
     site = root / "site"
     (site / "mysite").mkdir(parents=True)
     (site / "manage.py").write_text(MANAGE)
     (site / "mysite" / "__init__.py").write_text("")
-    (site / "mysite" / "settings.py").write_text(SETTINGS)
+    settings = (
+        SETTINGS if wsgi_application is None else f"{SETTINGS}WSGI_APPLICATION = {wsgi_application!r}\n"
+    )
+    (site / "mysite" / "settings.py").write_text(settings)
+    (site / "mysite" / "wsgi.py").write_text(WSGI)
     (site / "mysite" / "urls.py").write_text(URLS)
     return site
 

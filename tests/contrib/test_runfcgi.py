@@ -1,7 +1,8 @@
 """``manage.py runfcgi`` (fcgiserve.contrib.django) on the installed Django release, as a real process.
 
 The issue's exact command line, the daemontools ``run`` script around it, the refusal of daemonize=true,
-debug=false meaning off, and a --help that lists every option of config.OPTIONS.
+debug=false meaning off, a --help that lists every option of config.OPTIONS, and the application served:
+``settings.WSGI_APPLICATION`` as runserver serves it, loaded in the process that serves it.
 """
 
 from __future__ import annotations
@@ -132,6 +133,89 @@ def test_threaded_sighup_reexecutes_the_same_command_in_place(site: Path, tmp_pa
             assert b"manage.py\0runfcgi\0host=127.0.0.1" in f.read()
     finally:
         assert stop(proc) == 0
+
+
+@pytest.mark.parametrize(
+    ("words", "in_effect"),
+    [("maxchildren=2", "--minspare 2 --maxspare 2 --maxchildren 2"),
+     ("method=prefork maxchildren=1", "--minspare 1 --maxspare 1 --maxchildren 1")],
+)  # fmt: skip
+def test_maxchildren_word_alone_fits_the_default_spares(
+    site: Path, tmp_path: Path, words: str, in_effect: str
+) -> None:
+    """The words go through the same Config as the flags: maxchildren= alone lowers the spares nobody set."""
+    port = free_port()
+    log = tmp_path / "log"
+    proc = _serve(site, f"host=127.0.0.1 port={port} {words}", log, port)
+    try:
+        assert fcgi_request(("127.0.0.1", port), {"HTTP_HOST": "x"}).body.startswith(b"GET  pid=")
+    finally:
+        assert stop(proc) == 0
+    assert f"in effect: {in_effect}" in log.read_text(), log.read_text()
+
+
+# --- settings.WSGI_APPLICATION ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "loaded_in"),
+    [("method=threaded", "server"), ("method=prefork minspare=1 maxspare=1 maxchildren=2", "child"),
+     ("method=prefork minspare=1 maxspare=1 maxchildren=2 --preload", "server")],
+)  # fmt: skip
+def test_wsgi_application_setting_is_served_with_its_wrapper(
+    tmp_path: Path, words: str, loaded_in: str
+) -> None:
+    """A wsgi.py that wraps Django (WhiteNoise, Sentry, a middleware of its own) keeps its wrapper, as under
+    runserver; prefork children import it themselves unless --preload imports it once in the master."""
+    site = write_project(tmp_path, wsgi_application="mysite.wsgi.application")
+    port = free_port()
+    log = tmp_path / "log"
+    proc = _serve(site, f"host=127.0.0.1 port={port} {words}", log, port)
+    try:
+        wrapped = fcgi_request(("127.0.0.1", port), {"HTTP_HOST": "x"}, path="/wrapped-only")
+        django = fcgi_request(("127.0.0.1", port), {"HTTP_HOST": "x"}, path="/")
+    finally:
+        assert stop(proc) == 0, log.read_text()
+    assert wrapped.status == 200, (wrapped.status, wrapped.body, log.read_text())
+    assert django.status == 200 and django.body.startswith(b"GET  pid="), "the wrapper passes the rest on"
+    loaded, serving = (int(w) for w in wrapped.body.split() if w.isdigit())
+    if loaded_in == "server":
+        assert loaded == proc.pid, "threaded, or prefork --preload: imported once, in the server process"
+    else:
+        assert loaded == serving != proc.pid, "prefork: each child imports the application after the fork"
+
+
+def test_without_wsgi_application_django_handler_is_served(tmp_path: Path) -> None:
+    """No WSGI_APPLICATION (Django's default is None): get_wsgi_application(), as runserver falls back to;
+    the project's wsgi.py is not imported, so its wrapper's route is Django's 404."""
+    site = write_project(tmp_path)
+    port = free_port()
+    proc = _serve(site, f"host=127.0.0.1 port={port}", tmp_path / "log", port)
+    try:
+        assert fcgi_request(("127.0.0.1", port), {"HTTP_HOST": "x"}, path="/wrapped-only").status == 404
+        assert fcgi_request(("127.0.0.1", port), {"HTTP_HOST": "x"}, path="/").body.startswith(b"GET  pid=")
+    finally:
+        assert stop(proc) == 0
+
+
+@pytest.mark.parametrize("method", ["threaded", "prefork"])
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [("mysite.nowhere.application", "No module named 'mysite.nowhere'"),
+     ("mysite.wsgi.missing", 'does not define a "missing" attribute')],
+)  # fmt: skip
+def test_wsgi_application_that_does_not_import_is_one_line(
+    tmp_path: Path, method: str, setting: str, reason: str
+) -> None:
+    """A WSGI_APPLICATION that cannot be imported stops the start with one line naming the setting and
+    why, exit status 3, and no traceback (prefork checks the import in a throw-away child)."""
+    site = write_project(tmp_path, wsgi_application=setting)
+    done = manage(site, "runfcgi", f"method={method}", "host=127.0.0.1", f"port={free_port()}", timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"settings.WSGI_APPLICATION {setting!r}" in errors[0] and reason in errors[0], errors[0]
 
 
 def test_help_lists_every_option_and_runfcgi_word(site: Path) -> None:

@@ -64,6 +64,28 @@ def test_bad_option_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "moved", "in_effect"),
+    [(["--method", "threaded", "--maxchildren", "2"], "--maxspare 2 (default 5)", (2, 2, 2)),
+     (["--method", "prefork", "--maxchildren", "2"], "--maxspare 2 (default 5)", (2, 2, 2)),
+     (["maxchildren=2"], "--maxspare 2 (default 5)", (2, 2, 2)),
+     (["method=prefork", "maxspare=1"], "--minspare 1 (default 2)", (1, 1, 8))],
+)  # fmt: skip
+def test_defaults_fit_a_lone_pool_size(
+    tmp_path: Path, slow_app: dict[str, str], args: list[str], moved: str, in_effect: tuple[int, int, int]
+) -> None:
+    """The issue's `--method threaded --maxchildren 2` was refused over a --maxspare nobody typed. It
+    serves, and one INFO line names the defaults moved and the sizes in effect."""
+    with run_fcgiserve(["slowapp", *args], tmp_path, env=slow_app) as server:
+        got = fcgi_request(("127.0.0.1", server.port))
+        assert server.stop() == 0
+    assert got.status == 200 and got.body.startswith(b"version 1 pid "), server.log()
+    fitted = [line for line in server.log().splitlines() if "defaults fitted" in line]
+    assert len(fitted) == 1 and " INFO " in fitted[0], server.log()
+    sizes = "--minspare {} --maxspare {} --maxchildren {}".format(*in_effect)
+    assert fitted[0].endswith(f"defaults fitted to the options given: {moved}; in effect: {sizes}"), fitted
+
+
 def test_daemonize_true_is_refused_with_a_reason(tmp_path: Path) -> None:
     result = _run_cli(["app:application", "daemonize=true"], tmp_path)
     assert result.returncode == 2

@@ -1,8 +1,9 @@
 """``manage.py runfcgi``: the command Django removed in 1.9, back with its key=value words and their meanings.
 
 The words and flags are those of the ``fcgiserve`` command (``config.OPTIONS`` is the single table): this
-module only adds Django's own options to the parser, makes Django's WSGI handler the default application
-and hands over to ``server.Server`` exactly as ``cli.main`` does.
+module only adds Django's own options to the parser, makes ``settings.WSGI_APPLICATION`` the default
+application (as runserver serves it, see ``fcgiserve.contrib.django.wsgi``) and hands over to
+``server.Server`` exactly as ``cli.main`` does.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from fcgiserve.server import Server
 
 __all__ = ["DJANGO_APP", "Command"]
 
-# Django's WSGI handler, as an apploader spec: get_wsgi_application() runs django.setup() and returns it.
-DJANGO_APP = "django.core.wsgi:get_wsgi_application()"
+# settings.WSGI_APPLICATION (else Django's handler), as an apploader spec: the server calls it where it loads
+# any application, after the pidfile check and --chdir, and in each prefork child unless --preload.
+DJANGO_APP = "fcgiserve.contrib.django.wsgi:internal_wsgi_application()"
 
 _HELP = (
     "Serve this Django project over FastCGI in the foreground. Accepts the old runfcgi key=value words "
     "(method=threaded host=127.0.0.1 port=8080 pidfile=... minspare=... daemonize=false ...) mixed with "
-    "the fcgiserve options below. The application defaults to Django's WSGI handler."
+    "the fcgiserve options below. The application defaults to settings.WSGI_APPLICATION, as runserver "
+    "serves it (Django's WSGI handler when that is not set)."
 )
 
 
@@ -92,7 +95,7 @@ class Command(BaseCommand):  # type: ignore[misc]
     def serve(self, config: Config, reexec_argv: list[str] | None) -> int:
         setup_logging(config.log_level, config.log_file, config.access_log)
         if config.app is None:
-            # A spec, not the handler itself: the server loads it after the pidfile check and --chdir, and
-            # prefork without --preload imports Django in each child, as for any other application.
+            # A spec, not the application itself: the server loads it after the pidfile check and --chdir,
+            # and prefork without --preload loads it in each child, as for any other application.
             config = config.replace(app=DJANGO_APP)
         return Server(config=config).run(install_signals=True, reexec_argv=reexec_argv)
