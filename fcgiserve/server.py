@@ -255,7 +255,7 @@ class Server:
                 factory = _connection_factory(config.protocol, app, options, ops)
                 pool = ThreadedPool(socks, factory, settings, reopen_logs, on_event=self._on_pool_event)
                 if ops is not None:
-                    ops.stats_provider = threaded_stats_provider(pool, ops, socks)
+                    ops.stats_provider = threaded_stats_provider(ops, socks)
             self._pool = pool
             if self._stop_requested is not None:
                 self._pool.request_stop(self._stop_requested)
