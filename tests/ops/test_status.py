@@ -99,9 +99,8 @@ def test_status_formats_and_ping(tmp_path: Path, method: str) -> None:
             assert len(pids) == data["total processes"] and 0 not in pids, data
             assert all(p["state"] in ("Idle", "Running") for p in data["processes"])
             # The prefork listing is php-fpm's, unchanged: no thread id.
-            assert all(
-                list(p) == [n for n in THREAD_JSON_FIELDS if n != "thread id"] for p in data["processes"]
-            )
+            process_fields = [name for name in THREAD_JSON_FIELDS if name != "thread id"]
+            assert all(list(p) == process_fields for p in data["processes"]), data
 
         metrics = fcgi_request(address, path="/status", params={"QUERY_STRING": "openmetrics"})
         assert str(metrics.header("Content-Type")).startswith("application/openmetrics-text; version=1.0.0")
@@ -128,6 +127,23 @@ def _blocks(body: bytes) -> list[dict[str, str]]:
             block[name] = value.strip()
         blocks.append(block)
     return blocks
+
+
+def _documented_full_example() -> list[dict[str, str]]:
+    """The threaded ``?full`` blocks that docs/operations.md shows."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    example = text.split("'/fpm-status?full'`", 1)[1].split("```\n", 2)[1]
+    return _blocks(example.replace("...\n", "").encode())
+
+
+def _sample_shapes(text: str) -> set[tuple[str, tuple[str, ...]]]:
+    """(metric, label names) of each sample line."""
+    shapes = set()
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)\{(.*)\} \S+", line)
+        if match:
+            shapes.add((match.group(1), tuple(re.findall(r'(\w+)="', match.group(2)))))
+    return shapes
 
 
 def _samples(body: bytes, name: str) -> dict[str, tuple[dict[str, str], float]]:
@@ -198,9 +214,11 @@ def test_full_status_lists_every_worker_thread(tmp_path: Path) -> None:
 
             time.sleep(0.3)
             blocks = _blocks(status("full"))
-            assert all(
-                list(b) == [*THREAD_JSON_FIELDS[:8], "request URI", *THREAD_JSON_FIELDS[9:]] for b in blocks
-            )
+            text_fields = [THREAD_TEXT_NAMES.get(name, name) for name in THREAD_JSON_FIELDS]
+            assert all(list(b) == text_fields for b in blocks), blocks
+            documented = _documented_full_example()
+            assert [list(b) for b in documented] == [text_fields] * 2
+            assert [b["state"] for b in documented] == ["Running", "Idle"]
             (nap_text,) = [b for b in blocks if b["request URI"] == "/nap?seconds=3"]
             assert nap_text["state"] == "Running" and nap_text["thread id"] == str(nap["thread id"])
             assert int(nap_text["request duration"]) >= nap["request duration"] + 250_000  # it grows
@@ -219,6 +237,10 @@ def test_full_status_lists_every_worker_thread(tmp_path: Path) -> None:
             assert sum(labels["state"] == "Idle" for labels, _ in states.values()) == len(idle)
             assert sum(value for _, value in requests.values()) in (finished - 2, finished - 1)
             assert "phpfpm_process_" not in status("openmetrics").decode()  # only with full
+            documented = (
+                (ROOT / "docs" / "operations.md").read_text().split("# TYPE phpfpm_process_requests", 1)[1]
+            )
+            assert _sample_shapes(documented.split("```", 1)[0]) <= _sample_shapes(metrics.decode())
         finally:
             slow.join(10)
     assert "Traceback" not in server.log()
