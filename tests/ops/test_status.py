@@ -159,12 +159,12 @@ def _samples(body: bytes, name: str) -> dict[str, tuple[dict[str, str], float]]:
 
 def test_full_status_lists_every_worker_thread(tmp_path: Path) -> None:
     """Issue 14 item 5: threaded ``?full`` shows one block per worker thread, in every format."""
-    args = ["tests.ops.apps:sleepy", "--method", "threaded", "--minspare", "3", "--maxspare", "5", *ARGS]
+    args = ["tests.ops.apps:sleepy", "--method", "threaded", "--minspare", "3", "--maxspare", "10", *ARGS]
     with run_fcgiserve(args, tmp_path) as server:
         address = ("127.0.0.1", server.port)
         for _ in range(4):
             assert fcgi_request(address, path="/quick?seconds=0").status == 200
-        slow = threading.Thread(target=fcgi_request, args=(address,), kwargs={"path": "/nap?seconds=3"})
+        slow = threading.Thread(target=fcgi_request, args=(address,), kwargs={"path": "/nap?seconds=5"})
         slow.start()
         finished = 4  # requests ended so far: each status page below adds one once it is answered
 
@@ -178,7 +178,7 @@ def test_full_status_lists_every_worker_thread(tmp_path: Path) -> None:
             # A page is answered before its thread counts it: wait until the earlier ones are counted.
             running = [e for e in entries if e["state"] == "Running"]
             served = sum(int(str(e["requests"])) for e in entries)
-            return any(e.get("request uri") == "/nap?seconds=3" for e in running) and served == finished - 1
+            return any(e.get("request uri") == "/nap?seconds=5" for e in running) and served == finished - 1
 
         try:
             for _ in range(100):
@@ -193,9 +193,9 @@ def test_full_status_lists_every_worker_thread(tmp_path: Path) -> None:
             tids = [w["thread id"] for w in workers]
             assert len(set(tids)) == len(tids) and all(isinstance(t, int) and t > 0 for t in tids), tids
             assert all(t in os.listdir(f"/proc/{server.pid}/task") for t in map(str, tids))
-            (nap,) = [w for w in workers if w["request uri"] == "/nap?seconds=3"]
+            (nap,) = [w for w in workers if w["request uri"] == "/nap?seconds=5"]
             assert nap["state"] == "Running" and nap["request method"] == "GET"
-            assert 0 < nap["request duration"] < 3_000_000
+            assert 0 < nap["request duration"] < 5_000_000
             (me,) = [w for w in workers if w["request uri"] == "/status"]  # the thread answering this page
             assert me["state"] == "Running"
             idle = [w for w in workers if w["state"] == "Idle"]
@@ -219,7 +219,7 @@ def test_full_status_lists_every_worker_thread(tmp_path: Path) -> None:
             documented = _documented_full_example()
             assert [list(b) for b in documented] == [text_fields] * 2
             assert [b["state"] for b in documented] == ["Running", "Idle"]
-            (nap_text,) = [b for b in blocks if b["request URI"] == "/nap?seconds=3"]
+            (nap_text,) = [b for b in blocks if b["request URI"] == "/nap?seconds=5"]
             assert nap_text["state"] == "Running" and nap_text["thread id"] == str(nap["thread id"])
             assert int(nap_text["request duration"]) >= nap["request duration"] + 250_000  # it grows
             assert sum(b["state"] == "Idle" for b in blocks) == len(idle)
