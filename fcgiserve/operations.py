@@ -3,9 +3,9 @@
 ``handler.py`` asks ``RequestOperations.begin()`` for a ``RequestRecord`` before running the application and
 calls ``finish()`` after the request ended. The record either carries a ready answer (status, ping, or 403
 for a peer that may not see them), in which case the application is not called, or meters the response
-(status code and body bytes, for the access log) and registers the request in the in-flight table that the
-slow-request watchdog scans. The wiring builds a ``RequestOperations`` only when one of the features is on:
-otherwise the handler pays one attribute test per request.
+(status code and body bytes, for the access log) and is registered as its thread's current request, where
+the slow-request watchdog finds it. The wiring builds a ``RequestOperations`` only when one of the features
+is on: otherwise the handler pays one attribute test per request.
 
 Requests in progress are found through the threads that serve them: ``begin`` and ``finish`` run in the
 serving thread, which owns one ``ThreadSlot`` (its current request and how many it has served) and is the
@@ -170,11 +170,10 @@ class RequestRecord:
 class ThreadSlot:
     """What one serving thread is doing and has done; written only by that thread, read by anyone."""
 
-    __slots__ = ("native_id", "record", "requests", "thread")
+    __slots__ = ("record", "requests", "thread")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.thread = thread
-        self.native_id = thread.native_id  # the kernel's thread id (top -H, /proc/PID/task/TID)
         self.record: RequestRecord | None = None  # the request it runs now
         self.requests = 0  # requests it finished, status and ping included (as the prefork scoreboard)
 
