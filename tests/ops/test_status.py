@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from fcgiserve.client import fcgi_request
+from fcgiserve.client import default_params, fcgi_request
 from fcgiserve.config import Config
 from fcgiserve.operations import SharedCounters
+from fcgiserve.protocol.client import ClientConnection
+from fcgiserve.protocol.events import EndRequest
 from fcgiserve.status import POOL_FIELDS, render_status, status_format
 from fcgiserve.status_sources import WORKER_THREAD_PREFIX, build_operations, thread_entries
-from tests.helpers import ROOT, http_get, run_fcgiserve, run_nginx
+from tests.helpers import ROOT, http_get, run_fcgiserve, run_nginx, wait_for
 
 ARGS = ["--status-path", "/status", "--ping-path", "/ping"]
 # A worker thread's block in ?json&full: php-fpm's per-process names, with the thread's id after the pid.
@@ -243,6 +246,42 @@ def test_full_status_lists_every_worker_thread(tmp_path: Path) -> None:
             assert _sample_shapes(documented.split("```", 1)[0]) <= _sample_shapes(metrics.decode())
         finally:
             slow.join(10)
+    assert "Traceback" not in server.log()
+
+
+def test_full_status_lists_multiplexed_requests_threaded(tmp_path: Path) -> None:
+    """Two requests of one multiplexed connection run at once, each in a thread: two Running blocks."""
+    with run_fcgiserve(["tests.ops.apps:sleepy", "--method", "threaded", *ARGS], tmp_path) as server:
+        address = ("127.0.0.1", server.port)
+        client = ClientConnection()
+        packet = b"".join(
+            client.begin_request(rid, keep_conn=True)
+            + client.send_params(rid, [(k.encode(), v.encode()) for k, v in default_params(path).items()])
+            + client.send_stdin(rid, b"")
+            for rid, path in ((1, "/nap?seconds=2.0"), (2, "/nap?seconds=2.5"))
+        )
+
+        def naps() -> list[dict[str, Any]]:
+            data = json.loads(
+                fcgi_request(address, path="/status", params={"QUERY_STRING": "json&full"}).body
+            )
+            assert data["active processes"] == sum(p["state"] == "Running" for p in data["processes"])
+            return [p for p in data["processes"] if str(p["request uri"]).startswith("/nap")]
+
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(packet)
+            assert wait_for(lambda: len(naps()) == 2, timeout=5)
+            running = naps()
+            assert {p["request uri"] for p in running} == {"/nap?seconds=2.0", "/nap?seconds=2.5"}
+            assert all(p["state"] == "Running" and p["pid"] == server.pid for p in running)
+            assert len({p["thread id"] for p in running}) == 2
+            ended: set[int] = set()
+            while len(ended) < 2:
+                ended |= {
+                    e.request_id for e in client.receive_data(sock.recv(65536)) if isinstance(e, EndRequest)
+                }
+        # The requests' own threads end with them; the worker that held the connection is Idle again.
+        assert wait_for(lambda: not naps(), timeout=5)
     assert "Traceback" not in server.log()
 
 
