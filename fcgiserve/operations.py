@@ -3,9 +3,15 @@
 ``handler.py`` asks ``RequestOperations.begin()`` for a ``RequestRecord`` before running the application and
 calls ``finish()`` after the request ended. The record either carries a ready answer (status, ping, or 403
 for a peer that may not see them), in which case the application is not called, or meters the response
-(status code and body bytes, for the access log) and registers the request in the in-flight table that the
-slow-request watchdog scans. The wiring builds a ``RequestOperations`` only when one of the features is on:
-otherwise the handler pays one attribute test per request.
+(status code and body bytes, for the access log) and is registered as its thread's current request, where
+the slow-request watchdog finds it. The wiring builds a ``RequestOperations`` only when one of the features
+is on: otherwise the handler pays one attribute test per request.
+
+Requests in progress are found through the threads that serve them: ``begin`` and ``finish`` run in the
+serving thread, which owns one ``ThreadSlot`` (its current request and how many it has served) and is the
+only writer of it. A thread creates its slot once, under the lock; after that a request costs a few
+attribute writes and no lock. The slow-request watchdog and the threaded status page (one block per worker
+thread, status_sources.py) read the slots.
 
 Counters the status page shows must add up across prefork children and survive a child's exit, yet cost no
 syscall and no cross-process lock: ``SharedCounters`` is an anonymous shared mapping created before the fork,
@@ -28,7 +34,14 @@ from typing import Any
 
 from fcgiserve.status import render_ping, render_status
 
-__all__ = ["OperationsOptions", "RequestOperations", "RequestRecord", "SharedCounters", "access_line"]
+__all__ = [
+    "OperationsOptions",
+    "RequestOperations",
+    "RequestRecord",
+    "SharedCounters",
+    "ThreadSlot",
+    "access_line",
+]
 
 log = logging.getLogger("fcgiserve.operations")
 slow_log = logging.getLogger("fcgiserve.slowlog")
@@ -102,15 +115,17 @@ class RequestRecord:
         "body_bytes",
         "environ",
         "ident",
+        "slot",
         "slow_reported",
         "started",
         "started_wall",
         "status",
     )
 
-    def __init__(self, environ: dict[str, Any], answer: bytes | None) -> None:
+    def __init__(self, environ: dict[str, Any], answer: bytes | None = None) -> None:
         self.environ = environ
         self.answer = answer
+        self.slot: ThreadSlot | None = None  # the serving thread's, while requests are tracked
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.ident = threading.get_ident()
@@ -150,6 +165,17 @@ class RequestRecord:
         self._head = None
         self.body_bytes = len(head) - end - 4
         self.status = _status_code(head[:end])
+
+
+class ThreadSlot:
+    """What one serving thread is doing and has done; written only by that thread, read by anyone."""
+
+    __slots__ = ("record", "requests", "thread")
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+        self.record: RequestRecord | None = None  # the request it runs now
+        self.requests = 0  # requests it finished, status and ping included (as the prefork scoreboard)
 
 
 def _status_code(head: bytes) -> int:
@@ -210,7 +236,8 @@ class RequestOperations:
         self.stats_provider = stats_provider
         self.counters = counters or SharedCounters()
         self._lock = threading.Lock()
-        self._in_flight: dict[int, RequestRecord] = {}
+        self._slots: dict[int, ThreadSlot] = {}  # thread ident -> its slot; added to under _lock
+        self._local = threading.local()  # .slot: this thread's ThreadSlot
         self._watchdog_pid = 0  # the process whose watchdog thread runs (threads do not survive fork)
         self._track = bool(options.slow_request_time or options.status_path)
 
@@ -218,32 +245,52 @@ class RequestOperations:
 
     def begin(self, environ: dict[str, Any], peer: Any) -> RequestRecord:
         """Called before the application runs; ``record.answer`` set means: send it, do not run the app."""
-        answer = self._intercept(environ, peer)
-        record = RequestRecord(environ, answer)
+        record = RequestRecord(environ)
+        if self._track:
+            slot = getattr(self._local, "slot", None)
+            if slot is None:
+                slot = self._add_slot()
+            slot.record = record  # before the status page is rendered: it shows its own thread Running
+            record.slot = slot
+        answer = record.answer = self._intercept(environ, peer)
         if answer is not None:
             return record
         self.counters.add("accepted")
-        if self._track:
-            with self._lock:
-                self._in_flight[id(record)] = record
-            if self.options.slow_request_time and self._watchdog_pid != os.getpid():
-                self._start_watchdog()
+        if self.options.slow_request_time and self._watchdog_pid != os.getpid():
+            self._start_watchdog()
         return record
 
     def finish(self, record: RequestRecord) -> None:
-        """Called once the request has ended (END_REQUEST sent)."""
-        if self._track and record.answer is None:
-            with self._lock:
-                self._in_flight.pop(id(record), None)
+        """Called once the request has ended (END_REQUEST sent), in the thread that called ``begin``."""
+        slot = record.slot
+        if slot is not None:
+            slot.requests += 1
+            if slot.record is record:
+                slot.record = None
         if self.options.access_log and access_log.isEnabledFor(logging.INFO):
             if record.answer is not None:
                 record.status = _status_code(record.answer.split(b"\r\n\r\n", 1)[0])
                 record.body_bytes = len(record.answer.split(b"\r\n\r\n", 1)[-1])
             access_log.info("%s", access_line(record, time.monotonic()))
 
-    def in_flight(self) -> list[RequestRecord]:
+    def _add_slot(self) -> ThreadSlot:
+        """The calling thread's first tracked request: its slot, replacing any of a thread that ended."""
+        slot = self._local.slot = ThreadSlot(threading.current_thread())
         with self._lock:
-            return list(self._in_flight.values())
+            # Idents are reused: an ended thread's slot goes when a new thread takes its ident, or here.
+            for ident in [i for i, s in self._slots.items() if not s.thread.is_alive()]:
+                del self._slots[ident]
+            self._slots[threading.get_ident()] = slot
+        return slot
+
+    def thread_slots(self) -> list[ThreadSlot]:
+        """The slots of the threads that have served a tracked request (some may have ended since)."""
+        with self._lock:
+            return list(self._slots.values())
+
+    def in_flight(self) -> list[RequestRecord]:
+        """Requests the application runs now (status and ping answers excluded)."""
+        return [r for s in self.thread_slots() if (r := s.record) is not None and r.answer is None]
 
     # -- status and ping --------------------------------------------------------------------------------
 

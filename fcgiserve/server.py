@@ -274,7 +274,7 @@ class Server:
                 )
                 adopted = []
                 if ops is not None:
-                    ops.stats_provider = threaded_stats_provider(pool, ops, socks)
+                    ops.stats_provider = threaded_stats_provider(ops, socks)
             self._pool = pool
             if self._stop_requested is not None:
                 self._pool.request_stop(self._stop_requested)

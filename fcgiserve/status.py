@@ -7,7 +7,11 @@ child reading the shared scoreboard); who may see them is decided by ``operation
 
 Formats, chosen by the query string as php-fpm does: plain text (default), ``?json``, ``?openmetrics``
 (OpenMetrics 1.0) and ``?prometheus`` (the Prometheus text format 0.0.4); ``full`` adds one block per worker
-(``?full``, ``?json&full``...). Metric names are php-fpm's (``phpfpm_accepted_connections`` ...).
+(``?full``, ``?json&full``...). Metric names are php-fpm's (``phpfpm_accepted_connections`` ...); with
+``full`` the metrics formats add per-worker samples named as php-fpm exporters name them
+(``phpfpm_process_requests`` ...), labelled by pid (and thread id).
+
+A worker may be a thread (the threaded pool): its block carries "thread id" after "pid" (``THREAD_FIELDS``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["POOL_FIELDS", "PROCESS_FIELDS", "render_ping", "render_status", "status_format"]
+__all__ = ["POOL_FIELDS", "PROCESS_FIELDS", "THREAD_FIELDS", "render_ping", "render_status", "status_format"]
 
 # php-fpm's pool fields, in its order.
 POOL_FIELDS = (
@@ -51,6 +55,8 @@ PROCESS_FIELDS = (
     "last request cpu",
     "last request memory",
 )
+# A worker thread's block: the process pid, then the thread's kernel id (TID), then the same fields.
+THREAD_FIELDS = ("pid", "thread id", *PROCESS_FIELDS[1:])
 # (metric suffix, pool field, type, help) for the metrics formats; the names php-fpm 8.1 uses.
 _METRICS = (
     ("start_since", "start since", "counter", "The number of seconds since the server has started."),
@@ -68,6 +74,12 @@ _METRICS = (
      "been reached."),
     ("slow_requests", "slow requests", "counter", "The number of requests that exceeded the "
      "--slow-request-time value."),
+)  # fmt: skip
+# (metric suffix, worker field, type, help) for ``full`` in the metrics formats; the state: a labelled gauge.
+_PROCESS_METRICS = (
+    ("process_requests", "requests", "counter", "The number of requests the worker has served."),
+    ("process_request_duration", "request duration", "gauge", "The duration in microseconds of the "
+     "request in progress (0 when idle)."),
 )  # fmt: skip
 _CONTENT_TYPES = {
     "text": "text/plain; charset=utf-8",
@@ -97,7 +109,7 @@ def render_status(stats: Mapping[str, Any], query: str = "", now: float | None =
     if fmt == "json":
         body = _json(stats, full, now)
     elif fmt in ("openmetrics", "prometheus"):
-        body = _metrics(stats, openmetrics=fmt == "openmetrics")
+        body = _metrics(stats, full, openmetrics=fmt == "openmetrics")
     else:
         body = _text(stats, full, now)
     return _response("200 OK", _CONTENT_TYPES[fmt], body.encode("utf-8"))
@@ -118,6 +130,10 @@ def _since(stats: Mapping[str, Any], now: float) -> int:
 def _processes(stats: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
     processes = stats.get("processes", ())
     return processes if isinstance(processes, Sequence) else ()
+
+
+def _fields(process: Mapping[str, Any]) -> tuple[str, ...]:
+    return THREAD_FIELDS if "thread id" in process else PROCESS_FIELDS
 
 
 def _process_value(process: Mapping[str, Any], name: str, now: float) -> Any:
@@ -147,7 +163,7 @@ def _text(stats: Mapping[str, Any], full: bool, now: float) -> str:
     if full:
         for process in _processes(stats):
             lines += ["", "*" * 24]
-            for name in PROCESS_FIELDS:
+            for name in _fields(process):
                 value = _process_value(process, name, now)
                 if name == "start time":
                     value = _http_date(float(value))
@@ -171,14 +187,14 @@ def _json(stats: Mapping[str, Any], full: bool, now: float) -> str:
         out["processes"] = [
             {
                 name.lower() if name == "request URI" else name: _process_value(p, name, now)
-                for name in PROCESS_FIELDS
+                for name in _fields(p)
             }
             for p in _processes(stats)
         ]
     return json.dumps(out)
 
 
-def _metrics(stats: Mapping[str, Any], openmetrics: bool) -> str:
+def _metrics(stats: Mapping[str, Any], full: bool, openmetrics: bool) -> str:
     pool = _label(str(stats.get("pool", "")))
     manager = _label(str(stats.get("process manager", "")))
     lines = [
@@ -194,9 +210,37 @@ def _metrics(stats: Mapping[str, Any], openmetrics: bool) -> str:
         # OpenMetrics requires a counter's sample to end in _total; the 0.0.4 text format does not.
         sample = f"{name}_total" if openmetrics and kind == "counter" else name
         lines.append(f"{sample} {value}")
+    if full:
+        lines += _process_metrics(_processes(stats), now, openmetrics)
     if openmetrics:
         lines.append("# EOF")
     return "\n".join(lines) + "\n"
+
+
+def _process_metrics(processes: Sequence[Mapping[str, Any]], now: float, openmetrics: bool) -> list[str]:
+    """One family per worker field, one sample per worker, labelled pid="..." (and thread_id="...")."""
+    labels = []
+    for process in processes:
+        label = f'pid="{_process_value(process, "pid", now)}"'
+        if "thread id" in process:
+            label += f',thread_id="{_process_value(process, "thread id", now)}"'
+        labels.append(label)
+    lines = []
+    for suffix, field, kind, text in _PROCESS_METRICS:
+        name = f"phpfpm_{suffix}"
+        sample = f"{name}_total" if openmetrics and kind == "counter" else name
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        lines += [
+            f"{sample}{{{label}}} {int(_process_value(p, field, now))}"
+            for p, label in zip(processes, labels, strict=True)
+        ]
+    name = "phpfpm_process_state"
+    lines += [f"# HELP {name} The state of the worker (Idle, Running, ...).", f"# TYPE {name} gauge"]
+    lines += [
+        f'{name}{{{label},state="{_label(str(_process_value(p, "state", now)))}"}} 1'
+        for p, label in zip(processes, labels, strict=True)
+    ]
+    return lines
 
 
 def _label(text: str) -> str:

@@ -6,8 +6,11 @@ In prefork a CHILD answers the status request; it reads the scoreboard (shared m
 the pool, the counters every process adds to (``SharedCounters``), and the master's "max children reached"
 events relayed into those counters by the wiring, so the numbers are the pool's, not the child's.
 
-Threaded mode has no processes: its worker threads stand in for php-fpm's processes ("idle processes" are
-idle threads, "active processes" requests in progress), and ``?full`` lists the requests in progress.
+Threaded mode has one process: its threads stand in for php-fpm's processes. ``?full`` lists one block per
+worker thread (the process pid, plus "thread id"), Idle or Running, and one per other thread while it runs
+a request (a multiplexed request's own thread, handler.py). The facts come from the threads' slots that
+``RequestOperations`` keeps (operations.py) and from ``threading.enumerate()``; the pool's "idle" and
+"active processes" are counted from that same listing, so that the two always agree (exporters check).
 """
 
 from __future__ import annotations
@@ -15,17 +18,23 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fcgiserve.config import Config
 from fcgiserve.listeners import AllowList, is_loopback_address
-from fcgiserve.operations import OperationsOptions, RequestOperations, RequestRecord, SharedCounters
+from fcgiserve.operations import (
+    OperationsOptions,
+    RequestOperations,
+    RequestRecord,
+    SharedCounters,
+    ThreadSlot,
+)
 
 if TYPE_CHECKING:  # annotations only: a threaded server never loads the prefork code
     from fcgiserve.pools.prefork import PreforkPool
-    from fcgiserve.pools.threaded import ThreadedPool
 
 __all__ = ["build_operations", "listen_queue", "prefork_stats_provider", "threaded_stats_provider"]
 
@@ -34,6 +43,8 @@ POOL_NAME = "fcgiserve"
 # On a listening socket tcpi_unacked is the accept queue's current length and tcpi_sacked its limit (this
 # is what php-fpm reads for "listen queue" and "listen queue len").
 _TCP_INFO_QUEUE = struct.Struct("=8xIIIIII")
+# The threaded pool's worker threads are named <this>N (pools/dispatch.py, Dispatcher's thread_name).
+WORKER_THREAD_PREFIX = "fcgiserve-worker-"
 
 
 def listen_queue(socks: Sequence[socket.socket]) -> tuple[int, int]:
@@ -77,12 +88,10 @@ def _pool_fields(
 
 
 def _request_entry(record: RequestRecord, now: float) -> dict[str, Any]:
+    """The fields of a block that describe the request in progress; ``now`` is monotonic."""
     env = record.environ
     return {
-        "pid": os.getpid(),
         "state": "busy",
-        "start time": record.started_wall,
-        "requests": 0,
         "request duration": int((now - record.started) * 1_000_000),
         "request method": env.get("REQUEST_METHOD", "-"),
         "request URI": env.get("REQUEST_URI", "-"),
@@ -92,16 +101,54 @@ def _request_entry(record: RequestRecord, now: float) -> dict[str, Any]:
     }
 
 
+def thread_started(native_id: int | None, default: float) -> float:
+    """When a thread of this process started (Unix time), from /proc (Linux); ``default`` where unknown."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()  # the name, in parentheses, may hold spaces
+        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return default
+    return time.time() - max(0.0, age)
+
+
+def thread_entries(slots: list[ThreadSlot], default_start: float) -> list[dict[str, Any]]:
+    """One block per worker thread, and per other thread while it runs a request, in thread start order."""
+    by_thread = {id(slot.thread): slot for slot in slots}  # a slot holds its thread: the id stays its own
+    pid = os.getpid()
+    now = time.monotonic()
+    entries = []
+    for thread in threading.enumerate():
+        slot = by_thread.get(id(thread))
+        record = slot.record if slot is not None else None
+        if record is None and not thread.name.startswith(WORKER_THREAD_PREFIX):
+            continue  # not a worker: listed only while it runs a request (a multiplexed request's thread)
+        entry: dict[str, Any] = {
+            "pid": pid,
+            "thread id": thread.native_id or 0,
+            "state": "idle",
+            "start time": thread_started(thread.native_id, default_start),
+            "requests": slot.requests if slot is not None else 0,
+        }
+        if record is not None:
+            entry.update(_request_entry(record, now))
+        entries.append(entry)
+    return entries
+
+
 def threaded_stats_provider(
-    pool: ThreadedPool, ops: RequestOperations, socks: Sequence[socket.socket]
+    ops: RequestOperations, socks: Sequence[socket.socket]
 ) -> Callable[[], dict[str, Any]]:
     start_time = time.time()
 
     def stats() -> dict[str, Any]:
-        s = pool.stats
-        fields = _pool_fields(ops, socks, start_time, s.idle, s.busy)
-        now = time.monotonic()
-        fields["processes"] = [_request_entry(r, now) for r in ops.in_flight()]
+        # Idle and active are counted from the listing, not from the pool's counters (which may differ by a
+        # thread on its way in or out), so that exporters comparing the two find them equal.
+        processes = thread_entries(ops.thread_slots(), start_time)
+        active = sum(1 for p in processes if p["state"] == "busy")
+        fields = _pool_fields(ops, socks, start_time, len(processes) - active, active)
+        fields["processes"] = processes
         return fields
 
     return stats
