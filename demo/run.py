@@ -4,7 +4,8 @@
     python3 demo/run.py [--port 8000] [--method threaded|prefork] [--check]
 
 Prints the URL to open; Ctrl-C stops both. ``--check`` fetches the page once through nginx and exits
-(0 when it was served by fcgiserve), which is what the test suite runs.
+(0 when it was served by fcgiserve), which is what the test suite and CI run; nginx then listens on a free
+port unless ``--port`` is given.
 """
 
 from __future__ import annotations
@@ -80,10 +81,14 @@ def find_nginx() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=8000, help="port nginx listens on (default 8000)")
+    parser.add_argument(
+        "--port", type=int, help="port nginx listens on (default 8000; a free one with --check)"
+    )
     parser.add_argument("--method", default="threaded", choices=["threaded", "prefork"])
     parser.add_argument("--check", action="store_true", help="fetch the page once and exit")
     args = parser.parse_args()
+    if args.port is None:
+        args.port = free_port() if args.check else 8000
 
     nginx = find_nginx()
     backend = free_port()

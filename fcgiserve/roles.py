@@ -130,4 +130,4 @@ def _timestamp(value: object) -> datetime.datetime | None:
     seconds = _int_or_none(value)
     if seconds is None or seconds < 0:
         return None
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
