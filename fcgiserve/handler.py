@@ -337,9 +337,8 @@ class ServedConnection:
             if deadline is not None and time.monotonic() >= deadline:
                 self._params_timed_out()
                 return False
-            return bool(
-                self._requests
-            )  # still busy: keep reading; idle or half a request: let the caller park
+            # Still busy: keep reading; idle or half a request: let the caller park.
+            return bool(self._requests)
         except OSError as exc:
             log.debug("connection from %s: read failed: %s", describe_peer(self._peer), exc)
             n = 0
