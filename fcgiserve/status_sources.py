@@ -95,10 +95,16 @@ def _request_entry(record: RequestRecord, now: float) -> dict[str, Any]:
         "request duration": int((now - record.started) * 1_000_000),
         "request method": env.get("REQUEST_METHOD", "-"),
         "request URI": env.get("REQUEST_URI", "-"),
-        "content length": int(env.get("CONTENT_LENGTH") or 0),
+        "content length": _length(env.get("CONTENT_LENGTH")),
         "user": env.get("REMOTE_USER") or "-",
         "script": env.get("SCRIPT_FILENAME") or env.get("SCRIPT_NAME") or "-",
     }
+
+
+def _length(value: str | None) -> int:
+    """CONTENT_LENGTH as the web server sent it (it may be absent, empty or no number: then 0)."""
+    value = (value or "").strip()
+    return int(value) if value.isdigit() and value.isascii() else 0
 
 
 def thread_started(native_id: int | None, default: float) -> float:

@@ -317,6 +317,30 @@ def test_multiplexed_request_threads_are_listed_while_they_run() -> None:
     assert ops.in_flight() == []
 
 
+@pytest.mark.parametrize("length", ["", "lots", "-1"])
+def test_a_request_in_flight_with_a_content_length_that_is_no_number_is_listed(length: str) -> None:
+    """CONTENT_LENGTH reaches the environ as the web server sent it: ``?full`` shows 0, never fails on it."""
+    ops = build_operations(Config(status_path="/status"), SharedCounters())
+    assert ops is not None
+    release, started = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        record = ops.begin({"REQUEST_METHOD": "POST", "REQUEST_URI": "/up", "CONTENT_LENGTH": length}, "")
+        started.set()
+        release.wait(10)
+        ops.finish(record)
+
+    thread = threading.Thread(target=serve, name=f"{WORKER_THREAD_PREFIX}92")
+    thread.start()
+    try:
+        assert started.wait(10)
+        entries = {e["thread id"]: e for e in thread_entries(ops.thread_slots(), 0.0)}
+        assert entries[thread.native_id]["content length"] == 0
+    finally:
+        release.set()
+        thread.join(10)
+
+
 def test_status_through_nginx(tmp_path: Path) -> None:
     args = ["tests.ops.apps:hello", "--status-path", "/fpm-status", "--ping-path", "/fpm-ping"]
     with (
