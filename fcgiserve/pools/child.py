@@ -12,13 +12,16 @@ other signals are ignored; afterwards a SignalQueue feeds them to the dispatcher
         (handoff.py), each in-flight one right after its response, exit 0. --maxrequests does the same.
   QUIT  exit now                        USR1  reopen logs (on_reopen_logs)
   USR2  log the stacks of the threads busy on a request (the master's timeout; SIGKILL follows)
+  URG   hand the parked connections readable now to the channel (the master's busy watch: every thread
+        here has been busy a while and a sibling is idle)
   INT, TTIN, TTOU  ignored: the terminal's Ctrl-C is the master's business
 
 A child is a Dispatcher with ``threads_per_child`` threads (1 by default: one request at a time) and
 ``accept_while_busy=False``: it accepts (from the listeners and from the hand-off channel) only while
 none of its threads is serving, so a new connection goes to an idle sibling. A request arriving on one
-of its parked kept-alive connections while all its threads are busy is handed to an idle sibling by the
-dispatcher's busy watcher (the control thread, which never runs application code). Idle kept-alive
+of its parked kept-alive connections while all its threads are busy is handed to an idle sibling when the
+master nudges (busywatch.py): the control thread, which never runs application code, gives what is
+readable to the hand-off channel. Nothing in the child ticks for this. Idle kept-alive
 connections therefore never pin a whole process. The slot shows the child busy from the moment a
 thread enters ``serve()`` (see ``_TrackedFactory``), which is when it stops accepting.
 
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from fcgiserve.pools.base import ConnectionFactory, PoolSettings, RequestObserver, ServedConnection
+from fcgiserve.pools.busywatch import NUDGE_SIGNAL
 from fcgiserve.pools.dispatch import Dispatcher
 from fcgiserve.pools.handoff import HandoffChannel
 from fcgiserve.pools.scoreboard import Scoreboard, SlotWriter
@@ -56,7 +60,7 @@ EXIT_BOOT_FAILURE = 3  # make_factory() raised: the master stops instead of fork
 EXIT_CRASH = 1  # anything else escaped
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_CHILD_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_CHILD_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, NUDGE_SIGNAL)
 _IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU)
 # Blocked while the child boots (imports the application), delivered once their handlers exist: a log
 # reopen the master forwards in that window must not be lost (the child would write to the rotated file).
@@ -146,7 +150,6 @@ class _Child:
             max_requests=max_requests,
             graceful_timeout=settings.graceful_timeout,
             hand_off=channel.give,
-            watch_while_busy=lambda: self._spec.board.idle_besides(self._spec.slot),
         )
 
     def _detach_from_master(self) -> None:
@@ -191,6 +194,8 @@ class _Child:
                 self._reopen_logs()
             elif signum == signal.SIGUSR2:
                 self._dump_busy_stacks()
+            elif signum == NUDGE_SIGNAL:
+                self._dispatcher.hand_off_readable()
 
     def _on_lifeline(self) -> None:
         """Readable only at EOF: the master is gone (the PDEATHSIG fallback for other systems)."""

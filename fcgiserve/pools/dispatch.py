@@ -57,10 +57,8 @@ _QUIET_TRIM_SECONDS = 1.0
 # The control thread checks for a leaderless pool on this tick while jobs run or ran lately; after this
 # long with no job it sleeps until the next job wakes it.
 _ACTIVE_WINDOW_SECONDS = 0.25
-# The busy watcher (_hand_off_readable) looks at the parked connections this often while a request runs,
-# taking at most this many readable ones per look.
-_WATCH_INTERVAL_SECONDS = 0.002
-_WATCH_BATCH = 16
+# hand_off_readable gives away at most this many readable parked connections per call.
+_HAND_OFF_BATCH = 16
 # After a stop that timed out or was immediate, how long to wait for workers to notice their closed sockets.
 _FORCED_JOIN_TIMEOUT = 0.2
 
@@ -99,7 +97,6 @@ class Dispatcher:
         promote_after: float = _PROMOTE_AFTER_SECONDS,
         fresh_timeout: float = 0.0,
         hand_off: Callable[[socket.socket], None] | None = None,
-        watch_while_busy: Callable[[], bool] | None = None,
     ) -> None:
         if max_threads < 1:
             raise ValueError(f"max_threads must be at least 1, not {max_threads}")
@@ -114,10 +111,6 @@ class Dispatcher:
         self._promote_after = promote_after
         self._fresh_timeout = fresh_timeout
         self._hand_off = hand_off
-        # The busy watcher (_hand_off_readable) runs when set (with a sink); it says whether anyone could take
-        # a connection now (a prefork child: an idle sibling): handing one over to wait elsewhere adds a hop.
-        self._watch_while_busy = watch_while_busy if hand_off is not None else None
-        self._watch_next = 0.0  # the busy watcher looks at the epoll again from then on
         self._thread_serial = itertools.count(1)
         self._counter = RequestCounter(max_requests, self._on_max_requests)
         self.max_requests_reached = False
@@ -265,8 +258,6 @@ class Dispatcher:
                 with self._lock:
                     self._admission.retry_if_due(time.monotonic())
             self._promote_if_stalled()
-            if self._watch_while_busy is not None:
-                self._hand_off_readable(self._watch_while_busy)
             self._trim_when_quiet()
             if self._stopping:
                 now = time.monotonic()
@@ -301,26 +292,22 @@ class Dispatcher:
         if start:
             self._start_threads(1, leader=True)
 
-    def _hand_off_readable(self, taker_idle: Callable[[], bool]) -> None:
-        """The busy watcher: every thread is busy and none may start (a prefork child's one thread), so a
-        parked connection that became readable goes to an idle sibling (the hand-off sink) instead of
-        waiting for our current request. Only after promote_after, so short requests cost nothing here, and
-        only while ``taker_idle()`` says a sibling could take it at once (memory reads, no system call)."""
+    def hand_off_readable(self) -> None:
+        """Give the parked connections that are readable now to the hand-off sink, when no thread of ours
+        can serve them soon: every thread is busy and none may start (a prefork child's one thread).
+
+        A prefork master calls this through a signal when the child has been busy on the same request(s)
+        for a while and a sibling is idle (busywatch.py), so requests waiting on our parked connections do
+        not wait for our current one. Call it from the control thread (a wakeup callback); connections
+        with half a request stay here."""
+        if self._hand_off is None:
+            return
         crew = self._crew
-        now = time.monotonic()
         with self._lock:
             if crew.leader or not crew.busy or crew.can_promote() or self._stopping:
                 return
-            if now < max(crew.leaderless_since + self._promote_after, self._watch_next):
-                return
-            self._watch_next = now + _WATCH_INTERVAL_SECONDS
-        if not taker_idle():
-            return
-        with self._lock:
-            if not crew.busy or self._stopping:
-                return
             try:
-                events = self._watch.poll(0, _WATCH_BATCH)
+                events = self._watch.poll(0, _HAND_OFF_BATCH)
             except (OSError, ValueError):
                 return
             for fd, _mask in events:
@@ -366,15 +353,17 @@ class Dispatcher:
             when = min(when, max(self._last_job_at, now if self._crew.busy else 0.0) + _QUIET_TRIM_SECONDS)
         with self._lock:
             crew = self._crew
+            # One thread (a prefork child's default) has nobody to promote: no tick while jobs run, and a job
+            # wakes this thread only when it sleeps past the heap trim (a prefork master watches for jobs
+            # that run long, busywatch.py).
+            horizon = self._promote_after if crew.max_threads > 1 else _QUIET_TRIM_SECONDS
             if not crew.leader and crew.busy and crew.can_promote():
                 when = min(when, crew.leaderless_since + self._promote_after)
-            elif not crew.leader and crew.busy and self._watch_while_busy is not None and not self._stopping:
-                when = min(when, max(crew.leaderless_since + self._promote_after, self._watch_next))
-            elif now - self._last_job_at < _ACTIVE_WINDOW_SECONDS:
+            elif crew.max_threads > 1 and now - self._last_job_at < _ACTIVE_WINDOW_SECONDS:
                 # Jobs come and go: tick, so that a long one is noticed without a wake-up per job.
                 when = min(when, now + self._promote_after)
-            # A job that starts while this thread sleeps longer than a tick must wake it (_work).
-            self._control_asleep = when > now + self._promote_after
+            # A job that starts while this thread sleeps past the horizon must wake it (_work).
+            self._control_asleep = when > now + horizon
         if when == math.inf:
             return None
         return max(0.0, when - now)

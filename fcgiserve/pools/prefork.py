@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import selectors
 import signal
@@ -43,6 +44,7 @@ from typing import Any
 
 from fcgiserve.memory import release_free_memory
 from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolExit, PoolSettings, StopReason
+from fcgiserve.pools.busywatch import NUDGE_SIGNAL, WATCH_INTERVAL, BusyWatch
 from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
 from fcgiserve.pools.handoff import HandoffChannel
 from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
@@ -144,6 +146,9 @@ class PreforkPool:
         self._last_generation = 0
         self._spawn_batch = 1
         self._growing = False
+        self._maintain_at = 0.0  # the scoreboard is read in full, and the pool kept in shape, from then on
+        self._busy_watch: BusyWatch | None = None
+        self._watch_at = math.inf  # the busy watch looks again then (while a child serves)
         self._last_retire_at = 0.0
         self._crashes: collections.deque[float] = collections.deque()
         self._backoff = 0.0
@@ -182,11 +187,17 @@ class PreforkPool:
             try:
                 self._start_generation()
                 while True:
-                    for signum in self._wait():
+                    received = self._wait()
+                    for signum in received:
                         self._dispatch(signum)
-                    self._reap_children()
-                    self._kill_stuck_children()
-                    self._maintain_pool()
+                    now = time.monotonic()
+                    if received or now >= self._maintain_at:
+                        self._reap_children()
+                        self._kill_stuck_children()
+                        self._maintain_pool()
+                        busy = self._growing or self._booting_generation is not None
+                        self._maintain_at = now + (GROWING_TICK if busy else TICK)
+                    self._watch_busy_children(now)
             except PoolExit as exit_:
                 self._stop_children(exit_)
                 if exit_.status:
@@ -202,6 +213,8 @@ class PreforkPool:
         self._start_time = time.time()
         self._master_pid = os.getpid()
         self._board = Scoreboard(slots=3 * s.max_children, lanes=max(1, s.threads_per_child))
+        self._busy_watch = BusyWatch(self._board, s.threads_per_child)
+        self._watch_at = time.monotonic()
         self._lifeline = os.pipe()
         self._channel = HandoffChannel()
         self._selector = selectors.DefaultSelector()
@@ -243,10 +256,10 @@ class PreforkPool:
             self._board = None
 
     def _wait(self) -> list[int]:
-        """Sleep until a signal, a request_* call or the tick; return the signal numbers received."""
+        """Sleep until a signal, a request_* call, the tick or the busy watch's next look; return the signal
+        numbers received."""
         assert self._selector is not None
-        busy = self._growing or self._booting_generation is not None
-        self._selector.select(GROWING_TICK if busy else TICK)
+        self._selector.select(max(0.0, min(self._maintain_at, self._watch_at) - time.monotonic()))
         received = self._signals.drain() if self._signals is not None else []
         try:
             while self._wake_r.recv(4096):
@@ -256,6 +269,20 @@ class PreforkPool:
         while self._commands:
             received.append(self._commands.popleft())
         return received
+
+    def _watch_busy_children(self, now: float) -> None:
+        """Nudge the children that have been full a while when a sibling is idle (busywatch.py)."""
+        if self._busy_watch is None or now < self._watch_at:
+            return
+        stuck, serving = self._busy_watch.look()
+        # At rest it looks on the pool's tick only; a child that starts serving is seen within TICK.
+        self._watch_at = now + WATCH_INTERVAL if serving else self._maintain_at
+        if stuck:
+            by_slot = {child.slot: child for child in self._children.values()}
+            for slot in stuck:
+                child = by_slot.get(slot)
+                if child is not None and child.stop_sent_at is None:
+                    self._signal(child, NUDGE_SIGNAL)
 
     def _dispatch(self, signum: int) -> None:
         handlers: dict[int, Callable[[], None]] = {

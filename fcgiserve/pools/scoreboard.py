@@ -155,9 +155,18 @@ class Scoreboard:
         snaps = (self.read(index) for index in range(self.slots))
         return [snap for snap in snaps if snap.state is not SlotState.FREE]
 
-    def idle_besides(self, index: int) -> bool:
-        """Whether a child other than the one in slot ``index`` is idle (a busy child's watcher asks)."""
-        return any(i != index and self.read(i).idle for i in range(self.slots))
+    def glance(self) -> list[tuple[int, int, int, int]]:
+        """(state, requests in progress, threads serving, requests served) of every slot, in slot order.
+
+        A hint, read without the seqlock: the master's busy watch (busywatch.py) looks every few
+        milliseconds while children serve, so it reads four header fields, not whole slots. A torn or stale
+        reading costs at most one needless hand-off of a connection, which the next idle child serves."""
+        mapping, size, unpack = self._map, self._slot_size, _HEADER.unpack_from
+        glances = []
+        for base in range(_HEADER_AT, self.slots * size, size):
+            state, _pid, _generation, active, serving, served, _started_at = unpack(mapping, base)
+            glances.append((state, active, serving, served))
+        return glances
 
     def writer(self, index: int) -> SlotWriter:
         """The child's handle on its own slot (call in the child, after the fork)."""

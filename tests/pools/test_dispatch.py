@@ -708,12 +708,32 @@ class _Sink:
             sock.close()
 
 
+class _Nudger:
+    """Calls ``hand_off_readable`` every few milliseconds, as a prefork master's nudges would."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.calls = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(dispatcher,), daemon=True)
+        self._thread.start()
+
+    def _run(self, dispatcher: Dispatcher) -> None:
+        while not self._done.wait(0.005):
+            dispatcher.hand_off_readable()
+            self.calls += 1
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(2)
+
+
 def test_one_thread_never_runs_two_requests_at_once() -> None:
-    """A prefork child's dispatcher (max_threads=1, busy watcher on) starts no second application thread."""
+    """A prefork child's dispatcher (max_threads=1), nudged to hand off, starts no second application thread."""
     sink = _Sink()
     with tcp_listener() as listener:
         options = {"min_spare": 1, "max_spare": 1, "max_threads": 1, "accept_while_busy": False}
-        with serving(listener, hand_off=sink, watch_while_busy=lambda: True, **options) as (_d, factory):
+        with serving(listener, hand_off=sink, **options) as (d, factory):
+            nudger = _Nudger(d)
             address = listener.getsockname()
             clients = [LineClient(address) for _ in range(4)]
             for _round in range(3):
@@ -726,16 +746,40 @@ def test_one_thread_never_runs_two_requests_at_once() -> None:
                             client.read_line()
                         except TimeoutError:
                             pass  # handed to the sink (nobody answers it there)
+            nudger.stop()
+            assert nudger.calls > 0
             assert factory.max_in_progress == 1
             assert factory.max_worker_threads == 1
     sink.close()
 
 
-def test_the_busy_watcher_hands_a_readable_parked_connection_over_with_its_unread_request() -> None:
+def test_hand_off_readable_is_a_no_op_while_a_thread_could_serve() -> None:
+    """Nothing runs, or another thread may start: the connection stays; nothing is handed over."""
+    sink = _Sink()
+    with tcp_listener() as listener:
+        options = {"min_spare": 1, "max_spare": 2, "max_threads": 2, "accept_while_busy": False}
+        with serving(listener, hand_off=sink, **options) as (d, _factory):
+            kept = LineClient(listener.getsockname())
+            assert kept.request("ECHO park") == "park"
+            assert wait_until(lambda: d.parked_connections == 1)
+            d.hand_off_readable()  # idle
+            slow = LineClient(listener.getsockname())
+            slow.send("SLEEP 0.5")
+            assert wait_until(lambda: d.busy_requests == 1)
+            kept.send("ECHO here")
+            d.hand_off_readable()  # one thread busy, a second may start: it serves the request
+            assert kept.read_line() == "here"
+            assert slow.read_line() == "SLEPT"
+            assert sink.sockets == []
+            kept.close()
+            slow.close()
+
+
+def test_a_nudge_hands_a_readable_parked_connection_over_with_its_unread_request() -> None:
     sink = _Sink()
     with tcp_listener() as listener:
         options = {"min_spare": 1, "max_spare": 1, "max_threads": 1, "accept_while_busy": False}
-        with serving(listener, hand_off=sink, watch_while_busy=lambda: True, **options) as (d, factory):
+        with serving(listener, hand_off=sink, **options) as (d, factory):
             address = listener.getsockname()
             kept = LineClient(address)
             assert kept.request("ECHO park") == "park"
@@ -745,7 +789,9 @@ def test_the_busy_watcher_hands_a_readable_parked_connection_over_with_its_unrea
             assert wait_until(lambda: d.busy_requests == 1)
             started = time.monotonic()
             kept.send("ECHO elsewhere")
+            nudger = _Nudger(d)  # the master's nudges
             assert wait_until(lambda: len(sink.sockets) == 1, 0.5)
+            nudger.stop()
             assert time.monotonic() - started < 0.5  # not after the SLEEP
             (moved,) = sink.sockets
             moved.settimeout(2)

@@ -384,7 +384,7 @@ def test_kept_connections_survive_reloads(tmp_path: Path) -> None:
 
 def test_a_busy_child_hands_a_readable_parked_connection_to_an_idle_sibling(tmp_path: Path) -> None:
     """threads_per_child=1: a request on a connection parked in a child busy with another request does not
-    wait for that request: the child's busy watcher hands the connection to an idle sibling."""
+    wait for that request: the master nudges the child, which hands the connection to an idle sibling."""
     with _master(tmp_path, min_spare=2, max_spare=3, max_children=3, threads_per_child=1) as master:
         _ready(master, 2)
         kept, pid = master.connect()
