@@ -1,4 +1,4 @@
-"""The master's busy watch (pools/busywatch.py) over a real scoreboard, its children's writers in this process."""
+"""The master's busy watch (pools/busywatch.py) over a real scoreboard; the children's writers run here."""
 
 from __future__ import annotations
 

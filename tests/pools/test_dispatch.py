@@ -728,7 +728,7 @@ class _Nudger:
 
 
 def test_one_thread_never_runs_two_requests_at_once() -> None:
-    """A prefork child's dispatcher (max_threads=1), nudged to hand off, starts no second application thread."""
+    """A prefork child's dispatcher (max_threads=1), nudged to hand off, starts no second app thread."""
     sink = _Sink()
     with tcp_listener() as listener:
         options = {"min_spare": 1, "max_spare": 1, "max_threads": 1, "accept_while_busy": False}
