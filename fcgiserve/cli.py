@@ -8,7 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fcgiserve.config import ConfigError, main_parse
+from fcgiserve.cli_args import main_parse
+from fcgiserve.config import ConfigError
 from fcgiserve.logs import setup_logging
 from fcgiserve.server import Server
 

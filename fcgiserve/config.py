@@ -1,21 +1,19 @@
 """Every fcgiserve option, declared once: name, default, validation, CLI flag, runfcgi alias and help text.
 
-``OPTIONS`` is the single source: the ``Config`` dataclass takes its defaults from it, ``build_argparser()``
-generates the command line from it, ``parse_args()`` also reads the old ``manage.py runfcgi key=value`` words
-through it, and ``docs/gen_options.py`` renders ``docs/options.md`` from it.
+``OPTIONS`` is the single source: the ``Config`` dataclass takes its defaults from it, ``cli_args.py``
+generates the command line from it (and reads the old ``manage.py runfcgi key=value`` words through it), and
+``docs/gen_options.py`` renders ``docs/options.md`` from it.
 
 This module imports nothing from fcgiserve (tests/test_layers.py): anyone may import it.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import ipaddress
 import math
 import re
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, cast
 
@@ -28,10 +26,6 @@ __all__ = [
     "Method",
     "Option",
     "Protocol",
-    "build_argparser",
-    "main_parse",
-    "parse_args",
-    "parse_known",
 ]
 
 Method = Literal["threaded", "prefork"]
@@ -55,7 +49,8 @@ Coerce = Callable[[object], object]
 
 # --- value parsers ---------------------------------------------------------------------------------------
 # Each accepts the string form (command line, runfcgi words) and the native form (Python callers), returns
-# the normalised value, and raises ValueError with a "must ..." phrase; _coerce() adds the name and the value.
+# the normalised value, and raises ValueError with a "must ..." phrase; coerce_option() adds the name and
+# the value.
 
 
 def _int(lo: int, hi: int | None = None) -> Coerce:
@@ -86,14 +81,16 @@ def _seconds(raw: object) -> object:
     return value
 
 
-_BOOLS = dict.fromkeys(("true", "yes", "on", "1"), True) | dict.fromkeys(("false", "no", "off", "0"), False)
+BOOL_WORDS = dict.fromkeys(("true", "yes", "on", "1"), True) | dict.fromkeys(
+    ("false", "no", "off", "0"), False
+)
 
 
 def _bool(raw: object) -> object:
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, str) and raw.strip().lower() in _BOOLS:
-        return _BOOLS[raw.strip().lower()]
+    if isinstance(raw, str) and raw.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[raw.strip().lower()]
     raise ValueError("must be one of true/false, yes/no, on/off, 1/0")
 
 
@@ -369,10 +366,10 @@ OPTIONS: tuple[Option, ...] = (
          "application creates.", runfcgi=("umask",), metavar="MASK", default_text="inherited"),
 )
 
-_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 # runfcgi words fcgiserve answers itself; every other runfcgi key is an Option alias.
-_RUNFCGI_SPECIAL = ("daemonize",)
-_RUNFCGI: dict[str, Option] = {alias: o for o in OPTIONS for alias in o.runfcgi}
+RUNFCGI_SPECIAL = ("daemonize",)
+RUNFCGI_ALIASES: dict[str, Option] = {alias: o for o in OPTIONS for alias in o.runfcgi}
 
 
 _D: dict[str, Any] = {o.name: o.default for o in OPTIONS}  # the dataclass defaults, straight from the table
@@ -382,7 +379,7 @@ _POOL_SIZES = ("minspare", "maxspare", "maxchildren")
 _FITTED = ("minspare", "maxspare")
 
 
-def _coerce(opt: Option, raw: object) -> object:
+def coerce_option(opt: Option, raw: object) -> object:
     try:
         return opt.coerce(raw)
     except ValueError as exc:
@@ -396,10 +393,10 @@ def _coerce(opt: Option, raw: object) -> object:
 class Config:
     """The validated configuration: one field per Option, plus ``explicit`` (the option names the user set).
 
-    Build it with ``Config.from_mapping()``, ``parse_args()`` or ``Config(...)``; every value is checked
-    (strings are parsed as on the command line) and a bad one raises ConfigError. Defaults the user did not
-    set give way to the values they did: the fields hold the values in effect (``--maxchildren 2`` alone
-    gives ``maxspare == 2``), ``fitted_defaults()`` says which moved. Only values set together that
+    Build it with ``Config.from_mapping()``, ``cli_args.parse_args()`` or ``Config(...)``; every value is
+    checked (strings are parsed as on the command line) and a bad one raises ConfigError. Defaults the user
+    did not set give way to the values they did: the fields hold the values in effect (``--maxchildren 2``
+    alone gives ``maxspare == 2``), ``fitted_defaults()`` says which moved. Only values set together that
     contradict each other are errors. A pool size passed to ``Config(...)`` other than its default counts
     as set, as if it were in ``explicit``.
     """
@@ -448,8 +445,8 @@ class Config:
 
     def __post_init__(self) -> None:
         for opt in OPTIONS:
-            object.__setattr__(self, opt.name, _coerce(opt, getattr(self, opt.name)))
-        unknown = set(self.explicit) - _BY_NAME.keys()
+            object.__setattr__(self, opt.name, coerce_option(opt, getattr(self, opt.name)))
+        unknown = set(self.explicit) - BY_NAME.keys()
         if unknown:
             raise ConfigError(f"unknown option name(s) in explicit: {', '.join(sorted(unknown))}")
         given = {name for name in _POOL_SIZES if getattr(self, name) != _D[name]}
@@ -482,7 +479,7 @@ class Config:
         """The options the user did not set whose value in effect is not their default, to fit those
         they did: ``{"--maxspare": (5, 2)}`` (default, in effect) for ``--maxchildren 2``; often empty."""
         moved = {
-            _BY_NAME[name].display: (int(_D[name]), int(getattr(self, name)))
+            BY_NAME[name].display: (int(_D[name]), int(getattr(self, name)))
             for name in _FITTED
             if name not in self.explicit and getattr(self, name) != _D[name]
         }
@@ -548,116 +545,6 @@ class Config:
 
 
 def _reject_unknown(values: Mapping[str, object]) -> None:
-    unknown = [k for k in values if k not in _BY_NAME]
+    unknown = [k for k in values if k not in BY_NAME]
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}; see fcgiserve --help")
-
-
-# --- command line ----------------------------------------------------------------------------------------
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that raises ConfigError instead of printing usage and exiting: errors stay one line."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
-
-
-def build_argparser(prog: str = "fcgiserve") -> argparse.ArgumentParser:
-    """The command line generated from OPTIONS. Unset options stay absent from the namespace (SUPPRESS),
-    which is how ``Config.explicit`` knows what the user gave. ``error()`` raises ConfigError."""
-    parser = _OneLineParser(
-        prog=prog,
-        description="Serve a WSGI application over FastCGI. The old 'manage.py runfcgi' key=value words "
-        "(method=prefork port=8080 ...) are accepted too, mixed with the options below.",
-        argument_default=argparse.SUPPRESS,
-        allow_abbrev=False,  # --max-b could mean a different option once options are added
-    )
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for opt in OPTIONS:
-        group = groups.get(opt.group) or groups.setdefault(opt.group, parser.add_argument_group(opt.group))
-        aliases = f" [runfcgi: {', '.join(a + '=' for a in opt.runfcgi)}]" if opt.runfcgi else ""
-        text = f"{opt.help} (default: {opt.describe_default()}){aliases}".replace("%", "%%")
-        if not opt.flags:
-            group.add_argument(opt.name, nargs="?", metavar=opt.metavar, help=text)
-        elif opt.kind == "flag":
-            group.add_argument(*opt.flags, dest=opt.name, action=argparse.BooleanOptionalAction, help=text)
-        else:
-            action = "append" if opt.kind == "list" else "store"
-            group.add_argument(*opt.flags, dest=opt.name, metavar=opt.metavar, action=action, help=text)
-    return parser
-
-
-def _split_runfcgi(
-    argv: Sequence[str], parser: argparse.ArgumentParser
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Separate ``key=value`` words from the argparse arguments; a flag's value ("--log-file a=b") stays."""
-    rest: list[str] = []
-    words: list[tuple[str, str]] = []
-    takes_value = {flag for a in parser._actions if a.nargs != 0 for flag in a.option_strings}
-    for index, arg in enumerate(argv):
-        if arg == "--":
-            rest.extend(argv[index:])
-            break
-        key, eq, value = arg.partition("=")
-        if eq and not arg.startswith("-") and not (rest and rest[-1] in takes_value):
-            words.append((key.strip().lower(), value))
-        else:
-            rest.append(arg)
-    return rest, words
-
-
-def _runfcgi_values(words: Sequence[tuple[str, str]]) -> list[tuple[str, str, object]]:
-    """(option name, how it was written, value) for each runfcgi word."""
-    out: list[tuple[str, str, object]] = []
-    for key, value in words:
-        if key == "daemonize":
-            if value.strip().lower() not in _BOOLS:
-                raise ConfigError(f"daemonize= must be true or false (got {value!r})")
-            if _BOOLS[value.strip().lower()]:
-                raise ConfigError(
-                    "daemonize=true is not supported: fcgiserve never daemonizes; run it in the foreground "
-                    "under a supervisor (systemd, runit, daemontools) or drop daemonize="
-                )
-            continue
-        if key not in _RUNFCGI:
-            known = ", ".join(sorted([*_RUNFCGI, *_RUNFCGI_SPECIAL]))
-            raise ConfigError(f"unknown runfcgi option {key}= (known: {known})")
-        out.append((_RUNFCGI[key].name, f"{key}=", value))
-    return out
-
-
-def parse_known(
-    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
-) -> tuple[Config, argparse.Namespace]:
-    """Parse --flags, the positional app and runfcgi words into a Config.
-
-    ``parser`` may be ``build_argparser()`` with extra arguments added by the caller; the namespace is
-    returned so the caller can read them. Raises ConfigError (one line) for every kind of mistake.
-    """
-    parser = parser or build_argparser()
-    rest, words = _split_runfcgi(sys.argv[1:] if argv is None else argv, parser)
-    namespace = parser.parse_args(rest)
-    given: dict[str, tuple[str, object]] = {}
-    sources = [(o.name, o.display, getattr(namespace, o.name)) for o in OPTIONS if hasattr(namespace, o.name)]
-    for name, source, raw in sources + _runfcgi_values(words):
-        value = _coerce(_BY_NAME[name], raw)
-        if name in given and given[name][1] != value:
-            first = given[name][0]
-            raise ConfigError(f"{first} and {source} both set {_BY_NAME[name].display} to different values")
-        given.setdefault(name, (source, value))
-    return Config.from_mapping({name: value for name, (_, value) in given.items()}), namespace
-
-
-def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> Config:
-    """``parse_known()`` without the namespace. Raises ConfigError."""
-    return parse_known(argv, parser)[0]
-
-
-def main_parse(argv: Sequence[str] | None = None, prog: str = "fcgiserve") -> Config:
-    """``parse_args()`` for a ``main()``: a mistake prints ``prog: error: ...`` (one line) and exits 2."""
-    try:
-        return parse_args(argv, build_argparser(prog))
-    except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -46,6 +46,22 @@ _WSGI = {"wsgi", "wsgi_environ", "wsgi_input"}
 FORBIDDEN: dict[str, set[str]] = {
     "protocol": {"*"},  # only itself
     "config": {"*"},
+    # The command line, generated from config's table: config only.
+    "cli_args": {
+        "protocol",
+        "handler",
+        "pools",
+        "listeners",
+        "cli",
+        "client",
+        "contrib",
+        "compat",
+        "server",
+        "operations",
+        "status_sources",
+        "scgi_handler",
+        *_WSGI,
+    },
     "wsgi_environ": {"*"},
     "wsgi_input": {"*"},
     "wsgi": {"protocol", "handler", "pools", "listeners", "cli", "client", "contrib", "compat", "server"},

@@ -1,4 +1,4 @@
-"""fcgiserve.config: values, combinations, the command line and the old runfcgi key=value words."""
+"""fcgiserve.config and cli_args: values, combinations, the command line, the old runfcgi words."""
 
 from __future__ import annotations
 
@@ -11,15 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fcgiserve.config import (
-    OPTIONS,
-    Config,
-    ConfigError,
-    build_argparser,
-    main_parse,
-    parse_args,
-    parse_known,
-)
+from fcgiserve.cli_args import build_argparser, main_parse, parse_args, parse_known
+from fcgiserve.config import OPTIONS, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -472,7 +465,7 @@ def test_main_parse_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize("argv", [["--no-such-flag"], ["daemonize=yes"]])
 def test_main_parse_in_a_real_process(argv: list[str]) -> None:
-    code = "import sys; from fcgiserve.config import main_parse; main_parse(sys.argv[1:])"
+    code = "import sys; from fcgiserve.cli_args import main_parse; main_parse(sys.argv[1:])"
     done = subprocess.run(
         [sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
     )

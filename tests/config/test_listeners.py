@@ -213,7 +213,8 @@ def test_a_forked_child_closing_its_copy_leaves_the_socket_file(tmp_path: Path) 
 
 SERVE_ONE = """
 import sys
-from fcgiserve.config import Config, parse_args
+from fcgiserve.cli_args import parse_args
+from fcgiserve.config import Config
 from fcgiserve.listeners import open_listeners
 config = parse_args(sys.argv[1:]) if sys.argv[1:] else Config(port=0)
 listener = open_listeners(config)[0]

@@ -18,7 +18,8 @@ from django.core.management.base import (  # type: ignore[import-untyped]  # Dja
     handle_default_options,
 )
 
-from fcgiserve.config import OPTIONS, Config, ConfigError, build_argparser, parse_known
+from fcgiserve.cli_args import build_argparser, parse_known
+from fcgiserve.config import OPTIONS, Config, ConfigError
 from fcgiserve.logs import setup_logging
 from fcgiserve.server import Server
 
@@ -63,7 +64,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         )
 
     def run_from_argv(self, argv: list[str]) -> None:
-        """Parse with ``config.parse_known`` (which understands key=value words), then serve."""
+        """Parse with ``cli_args.parse_known`` (which understands key=value words), then serve."""
         self._called_from_command_line = True
         parser = self.create_parser(argv[0], argv[1])
         try:
