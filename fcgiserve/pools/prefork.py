@@ -39,13 +39,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from fcgiserve.memory import release_free_memory
 from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolExit, PoolSettings, StopReason
 from fcgiserve.pools.busywatch import NUDGE_SIGNAL, WATCH_INTERVAL, BusyWatch
 from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
+from fcgiserve.pools.children import ChildRecord, CrashBackoff, describe_exit
 from fcgiserve.pools.handoff import HandoffChannel
 from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
 from fcgiserve.signals import SignalQueue
@@ -60,9 +60,6 @@ KILL_DELAY = 1.0  # SIGUSR2 (stack dump) -> SIGKILL, graceful deadline -> SIGKIL
 SPARE_IDLE_BEFORE_RETIRE = 2.0  # seconds a child above --maxspare stays idle before it retires
 MAX_CHILDREN_LOG_INTERVAL = 60.0  # seconds between two "reached max_children" warnings
 MAX_SPAWN_BATCH = 32
-CRASH_WINDOW = 10.0  # CRASH_LIMIT abnormal exits within CRASH_WINDOW seconds pause spawning
-CRASH_LIMIT = 10
-MAX_BACKOFF = 32.0
 
 _MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -90,18 +87,6 @@ def prefork_capacity(settings: PoolSettings) -> tuple[int, int]:
     threads = max(1, settings.threads_per_child)
     per_child = settings.max_connections or threads
     return children * per_child, children * threads
-
-
-@dataclass(slots=True)
-class _Child:
-    pid: int
-    slot: int
-    generation: int
-    started_at: float
-    stop_sent_at: float | None = None  # SIGTERM / SIGQUIT sent: any exit is expected
-    dump_sent_at: float | None = None  # SIGUSR2 sent for the timeout; SIGKILL follows
-    killed: bool = False  # SIGKILL sent by the master
-    idle_since: float | None = None  # seen idle on every tick since then (spare retirement waits for it)
 
 
 class PreforkPool:
@@ -135,7 +120,7 @@ class PreforkPool:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._children: dict[int, _Child] = {}
+        self._children: dict[int, ChildRecord] = {}
         self._board: Scoreboard | None = None
         self._selector: selectors.BaseSelector | None = None
         self._signals: SignalQueue | None = None
@@ -150,9 +135,7 @@ class PreforkPool:
         self._busy_watch: BusyWatch | None = None
         self._watch_at = math.inf  # the busy watch looks again then (while a child serves)
         self._last_retire_at = 0.0
-        self._crashes: collections.deque[float] = collections.deque()
-        self._backoff = 0.0
-        self._spawn_paused_until = 0.0
+        self._crash_backoff = CrashBackoff()
         self._at_max_children = False
         self._max_children_reached = 0
         self._max_children_logged_at = -MAX_CHILDREN_LOG_INTERVAL
@@ -419,10 +402,10 @@ class PreforkPool:
         finally:
             if os.getpid() == self._master_pid:
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        self._children[pid] = _Child(pid, slot, generation, now)
+        self._children[pid] = ChildRecord(pid, slot, generation, now)
         return True
 
-    def _signal(self, child: _Child, signum: int) -> None:
+    def _signal(self, child: ChildRecord, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT) and child.stop_sent_at is None:
             child.stop_sent_at = time.monotonic()
         elif signum == signal.SIGKILL:
@@ -444,23 +427,23 @@ class PreforkPool:
                 del self._children[child.pid]
                 self._on_child_exit(child, os.waitstatus_to_exitcode(status))
 
-    def _on_child_exit(self, child: _Child, code: int) -> None:
+    def _on_child_exit(self, child: ChildRecord, code: int) -> None:
         assert self._board is not None
         snap = self._board.read(child.slot)
         self._promote_booting_generation([snap])
         self._board.release(child.slot)
         self._served_by_reaped += snap.served
         expected = child.stop_sent_at is not None or child.killed
-        how = _describe_exit(code)
+        how = describe_exit(code)
         if snap.state is SlotState.STARTING and not expected:
             self._on_boot_failure(child, how)
         elif not expected and code != 0:
             log.error("worker %d died (%s) after %d request(s); replacing it", child.pid, how, snap.served)
-            self._note_crash()
+            self._crash_backoff.note_crash(time.monotonic())
         else:
             log.debug("worker %d exited (%s) after %d request(s)", child.pid, how, snap.served)
 
-    def _on_boot_failure(self, child: _Child, how: str) -> None:
+    def _on_boot_failure(self, child: ChildRecord, how: str) -> None:
         assert self._board is not None
         self._promote_booting_generation(self._board.snapshot())
         message = f"worker {child.pid} failed to boot ({how}); the error is logged above"
@@ -470,23 +453,7 @@ class PreforkPool:
             self._abandon_booting_generation(message)
         else:
             log.error("%s", message)
-            self._note_crash()
-
-    def _note_crash(self) -> None:
-        """Back off exponentially when children crash faster than CRASH_LIMIT per CRASH_WINDOW."""
-        now = time.monotonic()
-        if self._crashes and now - self._crashes[-1] > CRASH_WINDOW:
-            self._backoff = 0.0  # a quiet spell resets the escalation
-        self._crashes.append(now)
-        while self._crashes[0] < now - CRASH_WINDOW:
-            self._crashes.popleft()
-        if len(self._crashes) >= CRASH_LIMIT:
-            self._backoff = min(self._backoff * 2 or 1.0, MAX_BACKOFF)
-            self._spawn_paused_until = now + self._backoff
-            self._crashes.clear()
-            log.error(
-                "%d children crashed within %gs: no fork for %gs", CRASH_LIMIT, CRASH_WINDOW, self._backoff
-            )
+            self._crash_backoff.note_crash(time.monotonic())
 
     def _kill_stuck_children(self) -> None:
         """SIGUSR2 (stack dump) a child busy past ``timeout``, SIGKILL it KILL_DELAY later; SIGKILL a
@@ -571,7 +538,7 @@ class PreforkPool:
                     )
             return
         self._at_max_children = False
-        if time.monotonic() < self._spawn_paused_until:
+        if time.monotonic() < self._crash_backoff.paused_until:
             return
         count = min(max(self._spawn_batch, deficit), MAX_SPAWN_BATCH, room)
         spawned = sum(1 for _ in range(count) if self._spawn_child(self._serving_generation))
@@ -649,13 +616,3 @@ class PreforkPool:
             "max_children": self._settings.max_children,
             "children": children,
         }
-
-
-def _describe_exit(code: int) -> str:
-    """``os.waitstatus_to_exitcode`` result in words: "exit status 3", "signal SIGKILL"."""
-    if code >= 0:
-        return f"exit status {code}"
-    try:
-        return f"signal {signal.Signals(-code).name}"
-    except ValueError:
-        return f"signal {-code}"
