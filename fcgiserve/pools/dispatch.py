@@ -119,7 +119,9 @@ class Dispatcher:
         self._control = ControlWaiter()  # what the control thread waits on; wake() from any thread
         # Shared by the workers and the control thread, guarded by _lock.
         self._lock = threading.Lock()
-        self._watch = WatchList(listeners)  # the epoll: listeners and parked connections
+        # The epoll: listeners and parked connections. Prefork children share their listeners with siblings,
+        # each in its own epoll: exclusive wake-ups (watchlist.py).
+        self._watch = WatchList(listeners, exclusive=not accept_while_busy)
         self._crew = Crew(min_spare, max_spare, max_threads, spare_idle_time)  # who waits where
         self._admission = Admission(
             self._watch,

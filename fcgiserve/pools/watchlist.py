@@ -4,6 +4,14 @@ Every entry is armed with ``EPOLLONESHOT``: an event goes to one thread, and the
 that thread re-arms it (a parked connection by being parked again, a listener by ``arm_listeners``). A
 level-triggered exit pipe in the same epoll wakes every waiting worker at shutdown.
 
+Listeners shared between processes (``exclusive``: the prefork children, each with its own epoll) are
+registered with ``EPOLLEXCLUSIVE`` instead, level-triggered: the kernel wakes one child that waits, not
+every idle one. With one-shot entries every idle child woke for each new connection, one accepted it and
+the others found the backlog empty and re-armed (five failed ``accept`` calls per connection with six
+children). Such an entry cannot be modified, only added and removed, so arming registers it and disarming
+removes it; an event leaves it armed, and a child that takes a connection keeps it armed while it serves
+(it is not waiting in its epoll, so the kernel does not pick it).
+
 This class keeps no lock: the dispatcher holds its own around every call that reads or changes the tables
 (``poll`` and ``wake_all`` need none). It knows nothing of threads or of what a connection speaks; the
 dispatcher decides when to accept and when to park.
@@ -28,6 +36,7 @@ log = logging.getLogger("fcgiserve.pools")
 NewConnection = tuple[socket.socket, Any]  # an accepted socket and its peer address, not yet opened
 
 _ARMED = select.EPOLLIN | select.EPOLLONESHOT  # one event, to one thread, then disarmed until re-armed
+_SHARED_LISTENER = select.EPOLLIN | select.EPOLLEXCLUSIVE  # one waiting process woken per event
 # accept() failures that say the process or system is out of a resource: retrying at once would spin.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -39,8 +48,9 @@ class AcceptFailed(Exception):
 class WatchList:
     """The epoll, the listeners armed in it, and the parked connections with their expiry times."""
 
-    def __init__(self, listeners: Sequence[socket.socket]) -> None:
+    def __init__(self, listeners: Sequence[socket.socket], exclusive: bool = False) -> None:
         self.listeners = {listener.fileno(): listener for listener in listeners}
+        self._exclusive = exclusive  # listeners registered with EPOLLEXCLUSIVE (module docstring)
         # fd -> (connection, when it expires, new: it has not sent a byte yet): kept-alive connections, and
         # new ones waiting for their first byte
         self.parked: dict[int, tuple[ServedConnection, float, bool]] = {}
@@ -51,7 +61,8 @@ class WatchList:
         self._epoll.register(self._exit_r.fileno(), select.EPOLLIN)
         for fd, listener in self.listeners.items():
             listener.setblocking(False)
-            self._epoll.register(fd, 0)  # disarmed until arm_listeners
+            if not exclusive:
+                self._epoll.register(fd, 0)  # disarmed until arm_listeners
 
     # -- listeners ----------------------------------------------------------------------------------------
 
@@ -60,21 +71,35 @@ class WatchList:
         if len(self._armed) == len(self.listeners):
             return  # the common case on the request path: nothing to do
         for fd in self.listeners.keys() - self._armed:
-            self._epoll.modify(fd, _ARMED)
+            if self._exclusive:
+                self._epoll.register(fd, _SHARED_LISTENER)
+            else:
+                self._epoll.modify(fd, _ARMED)
             self._armed.add(fd)
 
     def disarm_listeners(self) -> None:
         if self._armed:
             for fd in self._armed:
-                self._epoll.modify(fd, 0)
+                if self._exclusive:
+                    self._epoll.unregister(fd)
+                else:
+                    self._epoll.modify(fd, 0)
             self._armed.clear()
 
     def fired_listener(self, fd: int) -> socket.socket | None:
-        """The listener an event on ``fd`` came from (the event disarmed it), or None for another fd."""
+        """The listener an event on ``fd`` came from, or None for another fd. A one-shot event disarmed it;
+        an exclusive listener stays armed (``declined`` disarms it when the event is not taken up)."""
         listener = self.listeners.get(fd)
-        if listener is not None:
+        if listener is not None and not self._exclusive:
             self._armed.discard(fd)
         return listener
+
+    def declined(self, fd: int) -> None:
+        """The event on listener ``fd`` is left to others (busy, paused): stop hearing of it until re-armed.
+        A level-triggered exclusive listener would otherwise report the same backlog again at once."""
+        if self._exclusive and fd in self._armed:
+            self._epoll.unregister(fd)
+            self._armed.discard(fd)
 
     def forget_listeners(self) -> None:
         """Take the listeners out of the epoll; they stay open (they belong to the dispatcher's caller)."""
@@ -82,7 +107,7 @@ class WatchList:
             try:
                 self._epoll.unregister(fd)
             except OSError:
-                pass
+                pass  # an exclusive listener that was not armed is not registered
         self._armed.clear()
 
     # -- parked connections -------------------------------------------------------------------------------
