@@ -39,7 +39,7 @@ from fcgiserve.pools.admission import Admission
 from fcgiserve.pools.base import ConnectionFactory, RequestCounter, ServedConnection
 from fcgiserve.pools.control import ControlWaiter
 from fcgiserve.pools.crew import SPARE_IDLE_SECONDS, Crew, ThreadRole
-from fcgiserve.pools.watchlist import NewConnection, WatchList, close_quietly
+from fcgiserve.pools.watchlist import AcceptFailed, NewConnection, WatchList, accept, close_quietly
 
 __all__ = ["Dispatcher"]
 
@@ -119,9 +119,9 @@ class Dispatcher:
         self._control = ControlWaiter()  # what the control thread waits on; wake() from any thread
         # Shared by the workers and the control thread, guarded by _lock.
         self._lock = threading.Lock()
-        # The epoll: listeners and parked connections. Prefork children share their listeners with siblings,
-        # each in its own epoll: exclusive wake-ups (watchlist.py).
-        self._watch = WatchList(listeners, exclusive=not accept_while_busy)
+        # The epoll: listeners and parked connections. A prefork child of one thread shares its listeners with
+        # its siblings, each in its own epoll: exclusive wake-ups (watchlist.py).
+        self._watch = WatchList(listeners, exclusive=not accept_while_busy and max_threads == 1)
         self._crew = Crew(min_spare, max_spare, max_threads, spare_idle_time)  # who waits where
         self._admission = Admission(
             self._watch,
@@ -198,6 +198,11 @@ class Dispatcher:
             self._stop_graceful = self._stop_graceful and graceful
             self._stop_deadline = min(self._stop_deadline, time.monotonic() + timeout)
             self._admission.close()
+            if self._watch.exclusive and self._stop_retire:
+                # Our listeners are out of the epoll now, but the kernel may have picked us for a connection
+                # just before (exclusive wake-ups: no sibling heard of it). Whatever waits goes on to one.
+                for listener in self._watch.listeners.values():
+                    self._pass_on_locked(listener)
         self._control.wake()
 
     def pause_accepting(self) -> None:
@@ -647,7 +652,33 @@ class Dispatcher:
                 close_quietly(parked)
                 return None
             return parked
+        if self._watch.exclusive and not self._admission.allowed():
+            # The kernel woke us, not a sibling that waits too, for a connection we may not take now.
+            self._watch.declined(fd)
+            self._pass_on_locked(listener)
+            return None
         return self._admission.take(listener)
+
+    def _pass_on_locked(self, listener: socket.socket) -> None:
+        """Hand what waits on ``listener`` to the hand-off channel, where a sibling that may take it does.
+        Not on a real stop: connections then wait in the backlog for whoever listens next (socket
+        activation, a supervisor's restart)."""
+        if self._hand_off is None or (self._stop_requested and not self._stop_retire):
+            return
+        waiting: list[socket.socket] = []
+        try:
+            # All first, then give: the hand-off channel is one of the listeners, and what we give to it
+            # must not come back to this loop.
+            while len(waiting) < _HAND_OFF_BATCH and (new := accept(listener)) is not None:
+                waiting.append(new[0])
+        except AcceptFailed:
+            pass
+        for sock in waiting:
+            try:
+                self._hand_off(sock)
+            except BaseException:
+                log.exception("passing a new connection on failed; closing it")
+                close_quietly(sock)
 
     def _open_new(self, accepted: list[NewConnection]) -> None:
         """Open new connections (outside the lock) and park them until their first byte.

@@ -10,7 +10,10 @@ every idle one. With one-shot entries every idle child woke for each new connect
 the others found the backlog empty and re-armed (five failed ``accept`` calls per connection with six
 children). Such an entry cannot be modified, only added and removed, so arming registers it and disarming
 removes it; an event leaves it armed, and a child that takes a connection keeps it armed while it serves
-(it is not waiting in its epoll, so the kernel does not pick it).
+(it is not waiting in its epoll, so the kernel does not pick it). Only a child with one thread does this: a
+child whose other thread waited in the epoll while it served would be woken for connections it declines.
+The kernel's choice is final (the siblings that wait are not told), so a child woken for a connection it
+may not take (it is stopping, or at ``max_connections``) passes it on through the hand-off channel.
 
 This class keeps no lock: the dispatcher holds its own around every call that reads or changes the tables
 (``poll`` and ``wake_all`` need none). It knows nothing of threads or of what a connection speaks; the
@@ -50,7 +53,7 @@ class WatchList:
 
     def __init__(self, listeners: Sequence[socket.socket], exclusive: bool = False) -> None:
         self.listeners = {listener.fileno(): listener for listener in listeners}
-        self._exclusive = exclusive  # listeners registered with EPOLLEXCLUSIVE (module docstring)
+        self.exclusive = exclusive  # listeners registered with EPOLLEXCLUSIVE (module docstring)
         # fd -> (connection, when it expires, new: it has not sent a byte yet): kept-alive connections, and
         # new ones waiting for their first byte
         self.parked: dict[int, tuple[ServedConnection, float, bool]] = {}
@@ -71,7 +74,7 @@ class WatchList:
         if len(self._armed) == len(self.listeners):
             return  # the common case on the request path: nothing to do
         for fd in self.listeners.keys() - self._armed:
-            if self._exclusive:
+            if self.exclusive:
                 self._epoll.register(fd, _SHARED_LISTENER)
             else:
                 self._epoll.modify(fd, _ARMED)
@@ -80,7 +83,7 @@ class WatchList:
     def disarm_listeners(self) -> None:
         if self._armed:
             for fd in self._armed:
-                if self._exclusive:
+                if self.exclusive:
                     self._epoll.unregister(fd)
                 else:
                     self._epoll.modify(fd, 0)
@@ -90,14 +93,14 @@ class WatchList:
         """The listener an event on ``fd`` came from, or None for another fd. A one-shot event disarmed it;
         an exclusive listener stays armed (``declined`` disarms it when the event is not taken up)."""
         listener = self.listeners.get(fd)
-        if listener is not None and not self._exclusive:
+        if listener is not None and not self.exclusive:
             self._armed.discard(fd)
         return listener
 
     def declined(self, fd: int) -> None:
         """The event on listener ``fd`` is left to others (busy, paused): stop hearing of it until re-armed.
         A level-triggered exclusive listener would otherwise report the same backlog again at once."""
-        if self._exclusive and fd in self._armed:
+        if self.exclusive and fd in self._armed:
             self._epoll.unregister(fd)
             self._armed.discard(fd)
 

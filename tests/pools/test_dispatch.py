@@ -865,3 +865,69 @@ def test_a_terminating_stop_after_no_retire_closes_as_before() -> None:
             assert sink.sockets == []
             assert client.read_line() == ""
     sink.close()
+
+
+@contextlib.contextmanager
+def _one_thread_child(**options: Any) -> Iterator[tuple[Dispatcher, _Sink, socket.socket, socket.socket]]:
+    """A one-thread prefork child's dispatcher (exclusive wake-ups) with a connection waiting in its
+    listener's backlog, the kernel having picked this child's epoll for it: (dispatcher, hand-off sink,
+    listener, client). Not serving: the test plays the worker."""
+    sink = _Sink()
+    with tcp_listener() as listener:
+        d = Dispatcher(
+            [listener],
+            LineFactory(),
+            min_spare=1,
+            max_spare=1,
+            max_threads=1,
+            accept_while_busy=False,
+            hand_off=sink,
+            **options,
+        )
+        d._watch.arm_listeners()
+        client = socket.create_connection(listener.getsockname())
+        try:
+            assert [fd for fd, _ in d._watch.poll(2.0, 1)] == [listener.fileno()]  # picked, not a sibling
+            yield d, sink, listener, client
+        finally:
+            d._watch.close()
+            d._control.close()
+            sink.close()
+            client.close()
+
+
+def _handed_over(sink: _Sink, client: socket.socket, listener: socket.socket) -> bool:
+    listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing left behind in the backlog
+    return [sock.getpeername() for sock in sink.sockets] == [client.getsockname()]
+
+
+def test_a_retiring_child_passes_on_what_waits_in_its_backlog() -> None:
+    """With exclusive wake-ups no sibling heard of that connection: left in the backlog, it would wait for the
+    next connection to wake somebody (a request lost after a reload on a quiet server)."""
+    with _one_thread_child() as (d, sink, listener, client):
+        d.stop(retire=True)
+        assert _handed_over(sink, client, listener)
+        with d._lock:
+            assert d._take_locked(listener.fileno()) is None  # the event the worker then finds: nothing
+
+
+def test_a_child_picked_for_a_connection_it_may_not_take_passes_it_on() -> None:
+    with _one_thread_child(max_connections=1) as (d, sink, listener, client):
+        with d._lock:
+            d._admission.open = 1  # at max_connections since the kernel picked it
+            assert d._take_locked(listener.fileno()) is None
+        assert _handed_over(sink, client, listener)
+
+
+def test_on_a_real_stop_the_connection_stays_in_the_backlog() -> None:
+    """Whoever listens next (a restarted service, a socket systemd holds) takes it; nobody here serves on."""
+    with _one_thread_child() as (d, sink, listener, client):
+        d.stop(retire=False)
+        with d._lock:
+            assert d._take_locked(listener.fileno()) is None
+        assert sink.sockets == []
+        accepted, peer = listener.accept()
+        assert peer == client.getsockname()
+        accepted.close()
