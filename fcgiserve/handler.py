@@ -384,7 +384,7 @@ class ServedConnection:
             if len(self._requests) > 1:
                 self._multiplexed = True
         elif isinstance(event, ParamsComplete):
-            self._params_complete(event.request_id, event.params)
+            self._params_complete(event.request_id, event.params, event.pairs)
         elif isinstance(event, (StdinData, StdinEnd, Data, DataEnd)):
             request = self._requests.get(event.request_id)
             stream = (
@@ -459,11 +459,14 @@ class ServedConnection:
         self._broken = True
         self._abort_all()
 
-    def _params_complete(self, request_id: int, params: list[tuple[bytes, bytes]]) -> None:
+    def _params_complete(
+        self, request_id: int, params: dict[str, str], pairs: list[tuple[str, str]] | None
+    ) -> None:
         request = self._requests.get(request_id)
         if request is None:
             return
         request.params = params
+        request.pairs = pairs
         threshold = self._options.wsgi.spool_threshold
         fill = None if self._multiplexed else self._fill
         if request.role is not Role.AUTHORIZER:
@@ -585,8 +588,9 @@ class ServedConnection:
         wsgi_options = options.wsgi
         if wsgi_options.debug and not (self._trusted and debug_allowed(True, request.params)):
             wsgi_options = self._factory.wsgi_no_debug
-        environ = build_environ(request.params, wsgi_options, ROLE_NAMES[request.role])
-        environ["fcgiserve.request_id"] = request.request_id
+        environ = build_environ(
+            request.params, wsgi_options, ROLE_NAMES[request.role], request.request_id, request.pairs
+        )
         if options.extra_environ:
             environ.update(options.extra_environ)
         if observer is not None:

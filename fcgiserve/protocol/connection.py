@@ -43,6 +43,7 @@ from .records import (
     PairLimitError,
     RecordReader,
     decode_pairs,
+    decode_params,
     encode_end_request,
     encode_pairs,
     encode_record,
@@ -364,17 +365,17 @@ class ServerConnection:
         events: list[Event],
     ) -> None:
         if request_input is _PARAMS:
-            params = request.params
-            if len(params) + len(content) > self._limits.max_params_bytes:
+            received = request.params
+            if len(received) + len(content) > self._limits.max_params_bytes:
                 msg = f"PARAMS exceed max_params_bytes ({self._limits.max_params_bytes})"
                 self._fail_unannounced(request_id, request, msg, ProtocolStatus.OVERLOADED, events)
                 return
-            params += content
+            received += content
         elif request_input is _STDIN:
             events.append(StdinData(request_id, content))
         elif request_input is _PARAMS_END:
             try:
-                pairs = decode_pairs(request.params, self._limits.max_params_count)
+                params, pairs = decode_params(request.params, self._limits.max_params_count)
             except PairLimitError as error:
                 self._fail_unannounced(request_id, request, error.msg, ProtocolStatus.OVERLOADED, events)
                 return
@@ -384,7 +385,7 @@ class ServerConnection:
                 return
             request.params = bytearray()  # announced requests hold no params
             events.append(RequestStarted(request_id, request.role, request.keep_conn))
-            events.append(ParamsComplete(request_id, pairs))
+            events.append(ParamsComplete(request_id, params, pairs))
         elif request_input is _STDIN_END:
             events.append(StdinEnd(request_id))
         elif request_input is _DATA:

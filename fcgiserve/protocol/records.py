@@ -21,6 +21,7 @@ __all__ = [
     "PairLimitError",
     "RecordReader",
     "decode_pairs",
+    "decode_params",
     "encode_end_request",
     "encode_pairs",
     "encode_record",
@@ -149,7 +150,58 @@ def decode_pairs(data: Buffer, max_count: int | None = None) -> list[tuple[bytes
     return pairs
 
 
-def _long_lengths(buf: bytes, pos: int) -> tuple[int, int, int]:
+def decode_params(
+    data: Buffer, max_count: int | None = None
+) -> tuple[dict[str, str], list[tuple[str, str]] | None]:
+    """Decode a request's complete PARAMS stream (S-C) in one pass, straight into text.
+
+    Returns ``(params, pairs)``: ``params`` maps every name to its value, both decoded latin-1 (PEP 3333's
+    "native strings": byte ``n`` becomes code point ``n``, so nothing is lost), the last value of a repeated
+    name winning; ``pairs`` is None, unless some name came more than once (S-C4): then it lists every pair in
+    arrival order, for a caller that merges repeated names. Errors as ``decode_pairs``.
+    """
+    buf = bytes(data) if isinstance(data, memoryview) else data
+    # Latin-1 maps each byte to one character, so an offset in ``buf`` is the same offset in ``text``: one
+    # decode of the whole stream, then slices, instead of decoding every name and value (the hot path).
+    text = buf.decode("latin-1")
+    end = len(buf)
+    bound = end // 2 + 1  # as in decode_pairs: the loop bound doubles as the count check
+    limit = bound if max_count is None else min(max_count, bound)
+    params: dict[str, str] = {}
+    pos = 0
+    count = 0  # pairs decoded so far
+    try:
+        for count in range(limit):  # noqa: B007 (the pair number, read by the errors below)
+            if pos >= end:
+                break
+            name_len = buf[pos]
+            value_len = buf[pos + 1]
+            if (name_len | value_len) & 0x80:
+                name_len, value_len, pos = _long_lengths(buf, pos)
+            else:
+                pos += 2
+            value_start = pos + name_len
+            stop = value_start + value_len
+            params[text[pos:value_start]] = text[value_start:stop]
+            pos = stop
+        else:
+            count = limit
+            if pos < end:
+                raise PairLimitError(f"more than {max_count} name-value pairs (the configured limit)")
+    except IndexError:
+        raise RemoteProtocolError(f"name-value stream ends inside the lengths of pair {count + 1}") from None
+    if pos > end:
+        raise RemoteProtocolError(
+            f"name-value pair {count} declares more bytes than the stream holds ({pos - end} missing)"
+        )
+    if len(params) == count:
+        return params, None
+    # A repeated name (rare): the order and every value matter to whoever merges them; decode again.
+    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in decode_pairs(buf)]
+    return params, pairs
+
+
+def _long_lengths(buf: bytes | bytearray, pos: int) -> tuple[int, int, int]:
     """Name and value lengths at ``pos`` when either uses the 4-byte form (S-C1); also the new position."""
     lengths = []
     for _ in range(2):

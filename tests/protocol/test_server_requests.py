@@ -40,7 +40,7 @@ def test_s_g1_responder_get_yields_started_params_and_stdin_end(feed: Feeder) ->
     events = feed(conn, wire.simple_get(1))
     assert events == [
         RequestStarted(1, Role.RESPONDER, keep_conn=False),
-        ParamsComplete(1, PARAMS),
+        ParamsComplete(1, *wire.decoded(PARAMS)),
         StdinEnd(1),
     ]
     assert conn.data_to_send() == b""
@@ -61,7 +61,7 @@ def test_s_f2_nothing_is_announced_before_the_empty_params_record(feed: Feeder) 
     assert conn.request_state(1) is RequestState.PARAMS
     assert feed(conn, wire.rec(wire.PARAMS, 1)) == [
         RequestStarted(1, Role.RESPONDER, False),
-        ParamsComplete(1, PARAMS),
+        ParamsComplete(1, *wire.decoded(PARAMS)),
     ]
 
 
@@ -70,7 +70,7 @@ def test_s_g2_authorizer_needs_no_body(feed: Feeder) -> None:
     events = feed(ServerConnection(), data + wire.stdin(2))
     assert events == [
         RequestStarted(2, Role.AUTHORIZER, keep_conn=True),
-        ParamsComplete(2, [(b"REMOTE_USER", b"ann")]),
+        ParamsComplete(2, *wire.decoded([(b"REMOTE_USER", b"ann")])),
         StdinEnd(2),
     ]
 
@@ -89,7 +89,7 @@ def test_s_g3_filter_gets_stdin_then_data(feed: Feeder) -> None:
     events = feed(conn, data)
     assert events == [
         RequestStarted(3, Role.FILTER, False),
-        ParamsComplete(3, filter_params),
+        ParamsComplete(3, *wire.decoded(filter_params)),
         StdinData(3, b"in"),
         StdinEnd(3),
         Data(3, b"file"),
@@ -142,7 +142,7 @@ def test_s_g3_data_for_a_role_that_reads_none_is_passed_on_and_the_request_goes_
     records, body, data_events = DATA_CASES[case]
     conn = ServerConnection()
     events = feed(conn, wire.begin(1, role) + wire.params(1, PARAMS) + records)
-    assert events[:2] == [RequestStarted(1, Role(role), False), ParamsComplete(1, PARAMS)]
+    assert events[:2] == [RequestStarted(1, Role(role), False), ParamsComplete(1, *wire.decoded(PARAMS))]
     stdin = [e for e in events[2:] if isinstance(e, (StdinData, StdinEnd))]
     assert b"".join(e.data for e in stdin if isinstance(e, StdinData)) == body and stdin[-1] == StdinEnd(1)
     assert [e for e in events[2:] if not isinstance(e, (StdinData, StdinEnd))] == data_events
@@ -159,7 +159,7 @@ def test_s_g3_empty_data_stream_to_a_responder_is_one_data_end_event(feed: Feede
     events = feed(ServerConnection(), wire.simple_get(1) + wire.rec(wire.DATA, 1))
     assert events == [
         RequestStarted(1, Role.RESPONDER, False),
-        ParamsComplete(1, PARAMS),
+        ParamsComplete(1, *wire.decoded(PARAMS)),
         StdinEnd(1),
         DataEnd(1),
     ]
@@ -376,9 +376,9 @@ def test_multiplexed_connection_interleaves_requests(feed: Feeder) -> None:
     events = feed(conn, data)
     assert events == [
         RequestStarted(2, Role.RESPONDER, True),
-        ParamsComplete(2, PARAMS),
+        ParamsComplete(2, *wire.decoded(PARAMS)),
         RequestStarted(1, Role.RESPONDER, True),
-        ParamsComplete(1, []),
+        ParamsComplete(1, *wire.decoded([])),
         StdinData(2, b"two"),
         StdinEnd(1),
         StdinEnd(2),
