@@ -194,8 +194,11 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         """Replies the layer composed by itself (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST of requests it
         rejected); empties the buffer. Call it after every ``receive_data``."""
-        out = b"".join(self._outbox)
-        self._outbox.clear()
+        outbox = self._outbox
+        if not outbox:
+            return b""  # the usual case, once per read: no join, no clear
+        out = b"".join(outbox)
+        outbox.clear()
         return out
 
     # -- input ----------------------------------------------------------------------------------------
@@ -227,14 +230,18 @@ class ServerConnection:
                 request = requests.get(request_id)
                 stream_inputs = _STREAM_INPUTS.get(record_type)
                 if request is None or stream_inputs is None:
-                    self._on_application_record(record_type, request_id, content, events)
+                    self._on_application_record(
+                        record_type, request_id, request, stream_inputs, content, events
+                    )
                     continue
                 # Hot path, inlined: a PARAMS / STDIN / DATA record for an active request.
                 request_input = stream_inputs[0] if content else stream_inputs[1]
-                transition = TRANSITIONS.get((request.state, request_input))
-                if transition is None:
+                try:  # a subscript, not .get(): a missing transition (a peer's violation) is the rare case
+                    transition = TRANSITIONS[(request.state, request_input)]
+                except KeyError:
                     self._peer_violation(request_id, request, request_input, events)
-                elif transition.act:
+                    continue
+                if transition.act:
                     self._act(request_id, request, request_input, transition.next_state, content, events)
         except RemoteProtocolError as error:
             self._error = error
@@ -289,10 +296,16 @@ class ServerConnection:
         return encode_record(RecordType.GET_VALUES_RESULT, 0, encode_pairs(answer.items()))
 
     def _on_application_record(
-        self, record_type: int, request_id: int, content: bytes, events: list[Event]
+        self,
+        record_type: int,
+        request_id: int,
+        request: _Request | None,
+        stream_inputs: tuple[RequestInput, RequestInput] | None,
+        content: bytes,
+        events: list[Event],
     ) -> None:
-        request = self._requests.get(request_id)
-        stream_inputs = _STREAM_INPUTS.get(record_type)
+        """Every record of a non-zero id but a stream record of an active request (``receive_data`` looked
+        up ``request`` and ``stream_inputs`` already)."""
         if stream_inputs is not None:
             request_input = stream_inputs[0] if content else stream_inputs[1]
         elif record_type == _BEGIN_REQUEST:
