@@ -678,13 +678,14 @@ class ServedConnection:
                 if not (self._broken or self._closed):
                     try:
                         rid = request.request_id
-                        out = self._stdout_locked(rid, request.tail)
-                        end = self._proto.end_request(rid, app_status)
-                        if isinstance(out, bytes):
-                            self._send_locked(out + end)
+                        tail = request.tail
+                        out: bytes | list[Buffer]
+                        if len(tail) < _GATHER_FROM:  # the response's last bytes and the end: one string
+                            out = self._proto.end_request(rid, app_status, stdout=tail)
                         else:
-                            out.append(end)
-                            self._send_locked(out)
+                            out = self._proto.send_stdout_parts(rid, tail)
+                            out.append(self._proto.end_request(rid, app_status))
+                        self._send_locked(out)
                     except Exception:
                         log.exception("request %d: could not end the request", request.request_id)
                         self._broken = True

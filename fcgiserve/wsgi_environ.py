@@ -78,15 +78,17 @@ def build_environ(
     if "HTTP_CONTENT_TYPE" in environ:
         environ.setdefault("CONTENT_TYPE", environ.pop("HTTP_CONTENT_TYPE"))
 
-    https = environ.get("HTTPS")
-    if https and https.lower() in _TRUE_HTTPS:
+    # Membership tests and subscripts rather than .get() calls below: this runs once per request.
+    if "HTTPS" in environ and environ["HTTPS"].lower() in _TRUE_HTTPS:
         scheme = "https"
     else:
-        scheme = environ.get("REQUEST_SCHEME", "").lower()
+        scheme = environ.get("REQUEST_SCHEME", "")
         if scheme != "http" and scheme != "https":
-            scheme = options.url_scheme_default
+            scheme = scheme.lower()
+            if scheme != "http" and scheme != "https":
+                scheme = options.url_scheme_default
     for key in _REQUIRED:
-        if not environ.get(key):
+        if key not in environ or not environ[key]:
             _fill_default(environ, key, scheme)
     if "QUERY_STRING" not in environ:
         environ["QUERY_STRING"] = ""

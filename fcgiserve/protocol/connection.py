@@ -488,9 +488,15 @@ class ServerConnection:
         request_id: int,
         app_status: int = 0,
         protocol_status: ProtocolStatus = ProtocolStatus.REQUEST_COMPLETE,
+        *,
+        stdout: Buffer = b"",
     ) -> bytes:
         """The empty STDOUT (and empty STDERR if STDERR was written), then END_REQUEST; the id becomes
-        inactive. Exactly once per request (S-D7): a second call raises ``LocalProtocolError``."""
+        inactive. Exactly once per request (S-D7): a second call raises ``LocalProtocolError``.
+
+        ``stdout``: the response's last STDOUT data, put first: the same bytes as ``send_stdout(request_id,
+        stdout) + end_request(...)`` in one call and one string (a small response leaves in one write).
+        """
         if not 0 <= app_status <= 0xFFFFFFFF:
             raise LocalProtocolError(f"app_status {app_status} does not fit in 32 bits (S-F6)")
         if protocol_status not in _STATUSES:
@@ -499,13 +505,21 @@ class ServerConnection:
         request.state = TRANSITIONS[(request.state, _END)].next_state
         self._end(request_id, request)
         if request.stderr_open:
-            return encode_end_request(
+            end = encode_end_request(
                 request_id, app_status, protocol_status, close_stdout=True, close_stderr=True
             )
-        # Hot path: the empty STDOUT and END_REQUEST packed in one call.
-        return STDOUT_END_AND_END_REQUEST.pack(
-            1, 6, request_id, 0, 0, 1, 3, request_id, 8, 0, app_status, protocol_status
-        )
+        else:
+            # Hot path: the empty STDOUT and END_REQUEST packed in one call.
+            end = STDOUT_END_AND_END_REQUEST.pack(
+                1, 6, request_id, 0, 0, 1, 3, request_id, 8, 0, app_status, protocol_status
+            )
+        if not stdout:
+            return end
+        length = len(stdout)
+        if length <= MAX_CONTENT_LENGTH:
+            pad = -length & 7
+            return b"".join((HEADER.pack(1, 6, request_id, length, pad), stdout, _PADDING[pad], end))
+        return encode_record(RecordType.STDOUT, request_id, stdout) + end
 
     def reject_request(self, request_id: int, status: ProtocolStatus) -> bytes:
         """END_REQUEST with ``status`` in place of processing (S-F6), e.g. OVERLOADED when saturated.

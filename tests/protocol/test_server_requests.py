@@ -312,6 +312,31 @@ def test_s_f4_stdout_parts_are_stdout_as_buffers_to_gather() -> None:
         conn.send_stdout_parts(1, b"after the end")
 
 
+@pytest.mark.parametrize("size", [1, 7, 8, 65535, 70000])
+def test_s_f4_end_request_with_the_last_stdout_is_the_records_of_both_in_order(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    records = wire.rec(wire.STDOUT, 1, payload[:65535])
+    if size > 65535:
+        records += wire.rec(wire.STDOUT, 1, payload[65535:])
+    conn = started(1)
+    assert conn.end_request(1, 3, stdout=memoryview(payload)) == (
+        records + wire.rec(wire.STDOUT, 1) + wire.end_request(1, 3)
+    )
+    assert conn.should_close
+    with pytest.raises(LocalProtocolError):
+        conn.end_request(1, stdout=b"again")
+    conn = started(2)
+    conn.send_stderr(2, b"e")
+    assert conn.end_request(2, stdout=b"out") == (
+        wire.rec(wire.STDOUT, 2, b"out")
+        + wire.rec(wire.STDOUT, 2)
+        + wire.rec(wire.STDERR, 2)
+        + wire.end_request(2)
+    )
+    with pytest.raises(LocalProtocolError):  # a request never announced gets no output, with the end or not
+        ServerConnection().end_request(1, stdout=b"x")
+
+
 def test_s_f5_a_responder_may_write_before_stdin_ends() -> None:
     conn = ServerConnection()
     conn.receive_data(wire.begin(1) + wire.params(1, PARAMS) + wire.stdin(1, b"partial"))
