@@ -693,11 +693,10 @@ class ServedConnection:
             body, data = request.body, request.data
             if (body is not None and not body.finished) or (data is not None and not data.finished):
                 self._input_open = True  # the peer may still send: close with a lingering close
-            last_out = request.threaded and not self._requests
+            if not (request.threaded and not self._requests):
+                return  # not the last threaded request out (an inline one: the serving thread goes on)
             orphaned = self._orphaned
             finished = self._proto.should_close or self._broken
-        if not last_out:
-            return
         if orphaned:
             self.close()
         elif finished:

@@ -60,11 +60,16 @@ _BEGIN, _BEGIN_FILTER, _ABORT = _I.BEGIN, _I.BEGIN_FILTER, _I.ABORT
 _PARAMS, _PARAMS_END, _STDIN, _STDIN_END, _DATA, _DATA_END = (
     _I.PARAMS, _I.PARAMS_END, _I.STDIN, _I.STDIN_END, _I.DATA, _I.DATA_END,
 )  # fmt: skip
-_STREAM_INPUTS = {
-    RecordType.PARAMS.value: (_PARAMS, _PARAMS_END),
-    RecordType.STDIN.value: (_STDIN, _STDIN_END),
-    RecordType.DATA.value: (_DATA, _DATA_END),
-}
+# The (non-empty, empty) record inputs of each stream type, indexed by record type (a byte; None for the
+# types that are no stream): looked up for every record, and a tuple index costs less than a dict's .get().
+_STREAM_INPUTS: tuple[tuple[RequestInput, RequestInput] | None, ...] = tuple(
+    {
+        RecordType.PARAMS.value: (_PARAMS, _PARAMS_END),
+        RecordType.STDIN.value: (_STDIN, _STDIN_END),
+        RecordType.DATA.value: (_DATA, _DATA_END),
+    }.get(record_type)
+    for record_type in range(256)
+)
 _PADDING = [bytes(n) for n in range(8)]
 # Types a web server never sends (S-B4) and management types: either is fatal for a non-zero id.
 _APP_OUTPUT_TYPES = frozenset({RecordType.END_REQUEST, RecordType.STDOUT, RecordType.STDERR})
@@ -228,7 +233,7 @@ class ServerConnection:
                     self._on_management_record(record_type, content)
                     continue
                 request = requests.get(request_id)
-                stream_inputs = _STREAM_INPUTS.get(record_type)
+                stream_inputs = _STREAM_INPUTS[record_type]
                 if request is None or stream_inputs is None:
                     self._on_application_record(
                         record_type, request_id, request, stream_inputs, content, events
