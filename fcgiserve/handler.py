@@ -508,7 +508,7 @@ class ServedConnection:
             self._start_threads()
             return False
         request = self._runnable.pop()
-        watched = self._watch_while_running(request)
+        watched = self._factory.watch is not None and self._watch_while_running(request)
         self._run(request)
         return watched
 

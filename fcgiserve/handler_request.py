@@ -115,7 +115,9 @@ def content_length(params: Mapping[str, str]) -> int | None:
     absent, empty or not a number: the body is then whatever STDIN carries until it ends (nginx with
     ``fastcgi_request_buffering off`` and a chunked upload sends it empty)."""
     value = params.get("CONTENT_LENGTH")
-    return _parse_length(params.get("HTTP_CONTENT_LENGTH") if value is None else value)
+    if value is None:
+        value = params.get("HTTP_CONTENT_LENGTH")
+    return _parse_length(value) if value else None  # nginx sends CONTENT_LENGTH "" with every GET
 
 
 def data_length(params: Mapping[str, str]) -> int | None:
