@@ -104,14 +104,14 @@ class SCGIRequestParser:
             raise SCGIError(f"more than {self._limits.max_headers} headers")
         names = fields[0::2]
         params = dict(zip(names, fields[1::2], strict=True))
-        if len(params) != len(names):
+        if len(params) != len(names) or "" in params:  # find the first offender, in the order sent
             seen = set()
             for name in names:
+                if not name:
+                    raise SCGIError("empty header name")
                 if name in seen:
                     raise SCGIError(f"duplicate header {name!r}")
                 seen.add(name)
-        if "" in params:
-            raise SCGIError("empty header name")
         if names[0] != "CONTENT_LENGTH":
             raise SCGIError("the first header must be CONTENT_LENGTH")
         value = params["CONTENT_LENGTH"]
