@@ -132,6 +132,19 @@ def test_s_c_pairs_round_trip_for_arbitrary_names_and_values(items: list[tuple[b
     assert decode_params(encoded) == wire.decoded(items)
 
 
+@given(st.binary(max_size=64), st.none() | st.integers(1, 8))
+def test_decode_params_agrees_with_decode_pairs_on_any_input(data: bytes, max_count: int | None) -> None:
+    """The one-pass text decoder accepts, refuses and reports exactly what the byte-pair decoder does."""
+    try:
+        expected = wire.decoded(decode_pairs(data, max_count))
+    except RemoteProtocolError as error:
+        with pytest.raises(type(error)) as raised:
+            decode_params(data, max_count)
+        assert str(raised.value) == str(error)
+    else:
+        assert decode_params(data, max_count) == expected
+
+
 @given(
     st.lists(st.tuples(NAMES, VALUES), min_size=1, max_size=4), st.lists(st.integers(0, 1 << 20), max_size=5)
 )
