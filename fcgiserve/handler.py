@@ -718,7 +718,7 @@ class ServedConnection:
         if self._broken or self._closed:
             return False
         try:
-            if isinstance(data, bytes):
+            if type(data) is bytes or isinstance(data, bytes):  # the exact type first: no call
                 self._sock.sendall(data)
             else:
                 send_gathered(self._sock, data)

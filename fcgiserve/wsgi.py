@@ -190,7 +190,7 @@ class _Response:
 
     def send(self, data: bytes, last: bool) -> None:
         """Send a body chunk (with the header block first, in the same write); see ``RequestIO.write``."""
-        if not isinstance(data, bytes):
+        if type(data) is not bytes and not isinstance(data, bytes):  # the exact type first: no call
             raise TypeError(f"WSGI response body chunks must be bytes, not {type(data).__name__}")
         if not data:
             return
@@ -229,7 +229,7 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, in
     """Validate and encode the CGI header block; also return the Content-Length, if any."""
     if status not in _CHECKED_STATUSES:
         _check_status(status)
-    if not isinstance(headers, list):
+    if type(headers) is not list and not isinstance(headers, list):  # the exact type first: no call
         raise TypeError(f"response_headers must be a list of (name, value), not {type(headers).__name__}")
     parts = ["Status: ", status, "\r\n"]
     content_length: int | None = None
