@@ -1,6 +1,7 @@
 """What one kept-alive hello request costs inside fcgiserve, without nginx, wrk or a pool in the way.
 
     python benchmarks/hotpath.py [--requests N]
+    valgrind --tool=callgrind python benchmarks/hotpath.py --serve-only N   # twice, with two N: instructions
 
 One ``ServedConnection`` (the real handler, the real WSGI adapter and protocol core) on one end of a unix
 socketpair; this script plays nginx on the other end: it writes the records nginx sends for ``GET /hello``
@@ -80,6 +81,13 @@ class CountingSocket:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument(
+        "--serve-only",
+        type=int,
+        metavar="N",
+        help="serve N requests and print nothing: under callgrind, the difference between two N, divided by "
+        "the difference in N, is the instructions per request (start-up cancels out)",
+    )
     args = parser.parse_args(argv)
     n = args.requests
 
@@ -98,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     assert conn is not None and counted is not None
 
     answer = b""
+    if args.serve_only is not None:
+        for _ in range(args.serve_only):
+            near.sendall(request)
+            conn.serve()
+            near.recv(65536)
+        return 0
 
     def loop(count: int, served: Any = conn, peer: socket.socket = near) -> None:
         nonlocal answer

@@ -6,6 +6,7 @@ Split from ``handler.py``, which owns the connection; this module owns what belo
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from fcgiserve.protocol import Role
@@ -33,6 +34,8 @@ NOT_STORED = (
     b"Request body could not be stored\n"
 )
 
+_ASCII_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips; str.strip() would also take "\x85", "\xa0"
+
 ROLE_NAMES = {Role.RESPONDER: "RESPONDER", Role.AUTHORIZER: "AUTHORIZER", Role.FILTER: "FILTER"}
 
 
@@ -53,6 +56,7 @@ class Request:
         "keep_conn",
         "length",
         "output",
+        "pairs",
         "params",
         "received",
         "refused",
@@ -67,7 +71,8 @@ class Request:
         self.request_id = request_id
         self.role = role
         self.keep_conn = keep_conn
-        self.params: list[tuple[bytes, bytes]] | None = None
+        self.params: dict[str, str] | None = None  # ParamsComplete.params
+        self.pairs: list[tuple[str, str]] | None = None  # ParamsComplete.pairs: only when a name repeats
         self.length: int | None = 0  # CONTENT_LENGTH as sent; None when absent, empty or unparsable
         self.tail = b""  # the response's last STDOUT bytes, sent together with END_REQUEST
         self.body: RequestBody | None = None
@@ -105,30 +110,27 @@ class RequestOutput:
         return self._request.aborted
 
 
-def content_length(params: list[tuple[bytes, bytes]]) -> int | None:
+def content_length(params: Mapping[str, str]) -> int | None:
     """CONTENT_LENGTH as the environ will show it (the last one sent, else HTTP_CONTENT_LENGTH); None when
     absent, empty or not a number: the body is then whatever STDIN carries until it ends (nginx with
     ``fastcgi_request_buffering off`` and a chunked upload sends it empty)."""
-    value = _last(params, b"CONTENT_LENGTH")
-    return _parse_length(_last(params, b"HTTP_CONTENT_LENGTH") if value is None else value)
+    value = params.get("CONTENT_LENGTH")
+    if value is None:
+        value = params.get("HTTP_CONTENT_LENGTH")
+    return _parse_length(value) if value else None  # nginx sends CONTENT_LENGTH "" with every GET
 
 
-def data_length(params: list[tuple[bytes, bytes]]) -> int | None:
-    return _parse_length(_last(params, b"FCGI_DATA_LENGTH"))
+def data_length(params: Mapping[str, str]) -> int | None:
+    return _parse_length(params.get("FCGI_DATA_LENGTH"))
 
 
-def _last(params: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    found = None
-    for key, value in params:
-        if key == name:
-            found = value  # the environ keeps the last value of a CGI variable (S-C4)
-    return found
-
-
-def _parse_length(value: bytes | None) -> int | None:
-    """Like ``wsgi.body_length``: ASCII digits around optional whitespace (int() also takes "-1", "1_0")."""
-    value = value.strip() if value else value
-    return int(value) if value and value.isdigit() else None
+def _parse_length(value: str | None) -> int | None:
+    """Like ``wsgi.body_length``: ASCII digits around optional ASCII whitespace (int() also takes "-1",
+    "1_0", and str.isdigit() "²")."""
+    if not value:
+        return None
+    value = value.strip(_ASCII_SPACE)
+    return int(value) if value.isdigit() and value.isascii() else None
 
 
 def describe_peer(peer: Any) -> str:

@@ -25,7 +25,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -109,20 +109,20 @@ def is_trusted_peer(peer: Any, allow_list_active: bool) -> bool:
         return False
 
 
-def remote_addr_is_loopback(params: list[tuple[bytes, bytes]]) -> bool:
+def remote_addr_is_loopback(params: Mapping[str, str]) -> bool:
     """True when the HTTP client (the ``REMOTE_ADDR`` param) is on loopback; False when absent or garbage."""
-    for name, value in params:
-        if name == b"REMOTE_ADDR":
-            try:
-                address = ipaddress.ip_address(value.decode("ascii").strip())
-            except (UnicodeDecodeError, ValueError):
-                return False
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
-            return address.is_loopback
-    return False
+    value = params.get("REMOTE_ADDR")
+    if value is None or not value.isascii():
+        return False
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
-def debug_allowed(trusted_peer: bool, params: list[tuple[bytes, bytes]]) -> bool:
+def debug_allowed(trusted_peer: bool, params: Mapping[str, str]) -> bool:
     """Whether this request may get a traceback in its 500 response (see the module docstring)."""
     return trusted_peer and remote_addr_is_loopback(params)

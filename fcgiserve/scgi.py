@@ -31,7 +31,7 @@ class SCGILimits:
 
 @dataclass(frozen=True, slots=True)
 class SCGIRequest:
-    params: list[tuple[bytes, bytes]]  # in the order sent, CONTENT_LENGTH first
+    params: dict[str, str]  # names and values decoded latin-1 (as ParamsComplete.params), in the order sent
     content_length: int
     body_start: bytes  # body bytes that arrived together with the header
 
@@ -93,27 +93,30 @@ class SCGIRequestParser:
         self._done = True
         return SCGIRequest(params, content_length, body_start)
 
-    def _parse_header(self, header: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    def _parse_header(self, header: bytes) -> tuple[dict[str, str], int]:
         if not header.endswith(b"\0"):
             raise SCGIError("the header block does not end with NUL")
-        fields = header[:-1].split(b"\0")
+        # Latin-1, as for FastCGI params: PEP 3333's native strings, every byte kept.
+        fields = header[:-1].decode("latin-1").split("\0")
         if len(fields) % 2:
             raise SCGIError("a header name has no value")
         if len(fields) // 2 > self._limits.max_headers:
             raise SCGIError(f"more than {self._limits.max_headers} headers")
-        params = list(zip(fields[0::2], fields[1::2], strict=True))
-        names = set()
-        for name, _ in params:
-            if not name:
-                raise SCGIError("empty header name")
-            if name in names:
-                raise SCGIError(f"duplicate header {name.decode('latin-1')!r}")
-            names.add(name)
-        if params[0][0] != b"CONTENT_LENGTH":
+        names = fields[0::2]
+        params = dict(zip(names, fields[1::2], strict=True))
+        if len(params) != len(names) or "" in params:  # find the first offender, in the order sent
+            seen = set()
+            for name in names:
+                if not name:
+                    raise SCGIError("empty header name")
+                if name in seen:
+                    raise SCGIError(f"duplicate header {name!r}")
+                seen.add(name)
+        if names[0] != "CONTENT_LENGTH":
             raise SCGIError("the first header must be CONTENT_LENGTH")
-        value = params[0][1]
-        if not value.isdigit():
-            raise SCGIError(f"CONTENT_LENGTH {value.decode('latin-1')!r} is not a number")
-        if (b"SCGI", b"1") not in params:
+        value = params["CONTENT_LENGTH"]
+        if not (value.isdigit() and value.isascii()):
+            raise SCGIError(f"CONTENT_LENGTH {value!r} is not a number")
+        if params.get("SCGI") != "1":
             raise SCGIError("the SCGI header (with value 1) is missing")
         return params, int(value)

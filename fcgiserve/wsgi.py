@@ -69,11 +69,14 @@ _HOP_BY_HOP = frozenset(
 )  # fmt: skip
 _SPECIAL = _HOP_BY_HOP | {"status", "content-length"}
 # Statuses and (name, value) headers that passed validation: most responses repeat the same few, so the
-# regular expressions run once per distinct header, not once per response. Bounded; Content-Length (whose
-# value changes and must be parsed) is never cached. Adding to a set is atomic under the GIL.
+# regular expressions run once per distinct header, not once per response. Bounded; Content-Length headers
+# have a cache of their own with the parsed value (its values vary more, and must not crowd out the others).
+# Adding to a set or dict is atomic under the GIL.
 _CHECKED_MAX = 4096
 _CHECKED_STATUSES: set[str] = set()
 _CHECKED_HEADERS: set[tuple[str, str]] = set()
+_CHECKED_LENGTHS_MAX = 1024
+_CHECKED_LENGTHS: dict[tuple[str, str], int] = {}
 
 
 class RequestIO(Protocol):
@@ -187,7 +190,7 @@ class _Response:
 
     def send(self, data: bytes, last: bool) -> None:
         """Send a body chunk (with the header block first, in the same write); see ``RequestIO.write``."""
-        if not isinstance(data, bytes):
+        if type(data) is not bytes and not isinstance(data, bytes):  # the exact type first: no call
             raise TypeError(f"WSGI response body chunks must be bytes, not {type(data).__name__}")
         if not data:
             return
@@ -226,15 +229,25 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, in
     """Validate and encode the CGI header block; also return the Content-Length, if any."""
     if status not in _CHECKED_STATUSES:
         _check_status(status)
-    if not isinstance(headers, list):
+    if type(headers) is not list and not isinstance(headers, list):  # the exact type first: no call
         raise TypeError(f"response_headers must be a list of (name, value), not {type(headers).__name__}")
     parts = ["Status: ", status, "\r\n"]
     content_length: int | None = None
     checked = _CHECKED_HEADERS
+    lengths = _CHECKED_LENGTHS
     for header in headers:
-        if type(header) is tuple and header in checked:  # the common case: seen and validated before
-            parts += (header[0], ": ", header[1], "\r\n")
-            continue
+        if type(header) is tuple:
+            if header in checked:  # the common case: seen and validated before
+                parts += (header[0], ": ", header[1], "\r\n")
+                continue
+            if header in lengths:  # a Content-Length seen before: valid, but still only one per response
+                if content_length is not None:
+                    raise ValueError(
+                        f"header {header[0]!r}: invalid or repeated Content-Length {header[1]!r}"
+                    )
+                content_length = lengths[header]
+                parts += (header[0], ": ", header[1], "\r\n")
+                continue
         if not isinstance(header, tuple) or len(header) != 2:
             raise TypeError(f"each response header must be a (name, value) tuple, not {header!r}")
         name, value = header
@@ -251,6 +264,8 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, in
             if content_length is not None or not (value.isdigit() and value.isascii()):
                 raise ValueError(f"header {name!r}: invalid or repeated Content-Length {value!r}")
             content_length = int(value)
+            if type(header) is tuple and len(lengths) < _CHECKED_LENGTHS_MAX:
+                lengths[header] = content_length
         elif len(checked) < _CHECKED_MAX and _latin1(value):
             checked.add(header)
         parts += (name, ": ", value, "\r\n")

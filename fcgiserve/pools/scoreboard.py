@@ -251,12 +251,13 @@ class SlotWriter:
         """A thread entered serve(): the child accepts nothing now, even before a request arrives."""
         with self._lock:
             self._serving += 1
-            self._write_header(self._state)
+            self._publish_header()
 
     def serving_finished(self) -> None:
         with self._lock:
-            self._serving = max(self._serving - 1, 0)
-            self._write_header(self._state)
+            if self._serving > 0:
+                self._serving -= 1
+            self._publish_header()
 
     def busy_threads(self) -> dict[int, str]:
         """Thread ident -> request line of every request in progress that holds a lane."""
@@ -269,22 +270,25 @@ class SlotWriter:
         thread = threading.get_ident()
         with self._lock:
             self._active += 1
-            self._begin_write()
+            seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
+            _SEQ.pack_into(self._map, self._base, (seq - 1) & 0xFFFFFFFF)  # odd: being written
             if self._free_lanes and thread not in self._held:
                 lane = self._free_lanes.pop()
                 self._held[thread] = _Held(lane, now, info)
                 _LANE.pack_into(self._map, self._lane_offset(lane), now, len(line), line)
             self._pack_header()
-            self._end_write()
+            _SEQ.pack_into(self._map, self._base, seq)
 
     def request_finished(self) -> None:
         thread = threading.get_ident()
         with self._lock:
-            self._active = max(self._active - 1, 0)
+            if self._active > 0:
+                self._active -= 1
             self._served += 1
             if self._served == self.retire_after:
                 self._state = SlotState.STOPPING
-            self._begin_write()
+            seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
+            _SEQ.pack_into(self._map, self._base, (seq - 1) & 0xFFFFFFFF)  # odd: being written
             held = self._held.pop(thread, None)
             if held is None and len(self._held) > self._active:
                 # Finished on another thread than it started (should not happen): a lane must not
@@ -294,16 +298,35 @@ class SlotWriter:
                 self._free_lanes.append(held.lane)
                 _LANE.pack_into(self._map, self._lane_offset(held.lane), 0.0, 0, b"")
             self._pack_header()
-            self._end_write()
+            _SEQ.pack_into(self._map, self._base, seq)
 
     def _lane_offset(self, lane: int) -> int:
         return self._base + _LANES_AT + lane * _LANE.size
 
     def _write_header(self, state: SlotState) -> None:
         self._state = state
-        self._begin_write()
-        self._pack_header()
-        self._end_write()
+        self._publish_header()
+
+    def _publish_header(self) -> None:
+        """Write the header under the seqlock: the counter odd, the fields, the counter even again.
+
+        Called on every request (twice, around serve()): inlined rather than composed of the helpers below.
+        """
+        seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
+        mapping, base = self._map, self._base
+        _SEQ.pack_into(mapping, base, (seq - 1) & 0xFFFFFFFF)
+        _HEADER.pack_into(
+            mapping,
+            base + _HEADER_AT,
+            self._state,
+            self._pid,
+            self._generation,
+            self._active,
+            self._serving,
+            self._served,
+            self._started_at,
+        )
+        _SEQ.pack_into(mapping, base, seq)
 
     def _pack_header(self) -> None:
         _HEADER.pack_into(

@@ -39,7 +39,15 @@ from .events import (
     StdoutEnd,
     UnknownType,
 )
-from .records import Buffer, RecordReader, decode_pairs, encode_pairs, encode_record, encode_record_parts
+from .records import (
+    Buffer,
+    RecordReader,
+    decode_pairs,
+    decode_params,
+    encode_pairs,
+    encode_record,
+    encode_record_parts,
+)
 from .state import RequestInput, RequestState
 
 __all__ = [
@@ -83,6 +91,7 @@ __all__ = [
     "StdoutEnd",
     "UnknownType",
     "decode_pairs",
+    "decode_params",
     "encode_pairs",
     "encode_record",
     "encode_record_parts",

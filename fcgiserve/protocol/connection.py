@@ -43,6 +43,7 @@ from .records import (
     PairLimitError,
     RecordReader,
     decode_pairs,
+    decode_params,
     encode_end_request,
     encode_pairs,
     encode_record,
@@ -59,11 +60,16 @@ _BEGIN, _BEGIN_FILTER, _ABORT = _I.BEGIN, _I.BEGIN_FILTER, _I.ABORT
 _PARAMS, _PARAMS_END, _STDIN, _STDIN_END, _DATA, _DATA_END = (
     _I.PARAMS, _I.PARAMS_END, _I.STDIN, _I.STDIN_END, _I.DATA, _I.DATA_END,
 )  # fmt: skip
-_STREAM_INPUTS = {
-    RecordType.PARAMS.value: (_PARAMS, _PARAMS_END),
-    RecordType.STDIN.value: (_STDIN, _STDIN_END),
-    RecordType.DATA.value: (_DATA, _DATA_END),
-}
+# The (non-empty, empty) record inputs of each stream type, indexed by record type (a byte; None for the
+# types that are no stream): looked up for every record, and a tuple index costs less than a dict's .get().
+_STREAM_INPUTS: tuple[tuple[RequestInput, RequestInput] | None, ...] = tuple(
+    {
+        RecordType.PARAMS.value: (_PARAMS, _PARAMS_END),
+        RecordType.STDIN.value: (_STDIN, _STDIN_END),
+        RecordType.DATA.value: (_DATA, _DATA_END),
+    }.get(record_type)
+    for record_type in range(256)
+)
 _PADDING = [bytes(n) for n in range(8)]
 # Types a web server never sends (S-B4) and management types: either is fatal for a non-zero id.
 _APP_OUTPUT_TYPES = frozenset({RecordType.END_REQUEST, RecordType.STDOUT, RecordType.STDERR})
@@ -193,8 +199,11 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         """Replies the layer composed by itself (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST of requests it
         rejected); empties the buffer. Call it after every ``receive_data``."""
-        out = b"".join(self._outbox)
-        self._outbox.clear()
+        outbox = self._outbox
+        if not outbox:
+            return b""  # the usual case, once per read: no join, no clear
+        out = b"".join(outbox)
+        outbox.clear()
         return out
 
     # -- input ----------------------------------------------------------------------------------------
@@ -224,16 +233,20 @@ class ServerConnection:
                     self._on_management_record(record_type, content)
                     continue
                 request = requests.get(request_id)
-                stream_inputs = _STREAM_INPUTS.get(record_type)
+                stream_inputs = _STREAM_INPUTS[record_type]
                 if request is None or stream_inputs is None:
-                    self._on_application_record(record_type, request_id, content, events)
+                    self._on_application_record(
+                        record_type, request_id, request, stream_inputs, content, events
+                    )
                     continue
                 # Hot path, inlined: a PARAMS / STDIN / DATA record for an active request.
                 request_input = stream_inputs[0] if content else stream_inputs[1]
-                transition = TRANSITIONS.get((request.state, request_input))
-                if transition is None:
+                try:  # a subscript, not .get(): a missing transition (a peer's violation) is the rare case
+                    transition = TRANSITIONS[(request.state, request_input)]
+                except KeyError:
                     self._peer_violation(request_id, request, request_input, events)
-                elif transition.act:
+                    continue
+                if transition.act:
                     self._act(request_id, request, request_input, transition.next_state, content, events)
         except RemoteProtocolError as error:
             self._error = error
@@ -288,10 +301,16 @@ class ServerConnection:
         return encode_record(RecordType.GET_VALUES_RESULT, 0, encode_pairs(answer.items()))
 
     def _on_application_record(
-        self, record_type: int, request_id: int, content: bytes, events: list[Event]
+        self,
+        record_type: int,
+        request_id: int,
+        request: _Request | None,
+        stream_inputs: tuple[RequestInput, RequestInput] | None,
+        content: bytes,
+        events: list[Event],
     ) -> None:
-        request = self._requests.get(request_id)
-        stream_inputs = _STREAM_INPUTS.get(record_type)
+        """Every record of a non-zero id but a stream record of an active request (``receive_data`` looked
+        up ``request`` and ``stream_inputs`` already)."""
         if stream_inputs is not None:
             request_input = stream_inputs[0] if content else stream_inputs[1]
         elif record_type == _BEGIN_REQUEST:
@@ -364,17 +383,17 @@ class ServerConnection:
         events: list[Event],
     ) -> None:
         if request_input is _PARAMS:
-            params = request.params
-            if len(params) + len(content) > self._limits.max_params_bytes:
+            received = request.params
+            if len(received) + len(content) > self._limits.max_params_bytes:
                 msg = f"PARAMS exceed max_params_bytes ({self._limits.max_params_bytes})"
                 self._fail_unannounced(request_id, request, msg, ProtocolStatus.OVERLOADED, events)
                 return
-            params += content
+            received += content
         elif request_input is _STDIN:
             events.append(StdinData(request_id, content))
         elif request_input is _PARAMS_END:
             try:
-                pairs = decode_pairs(request.params, self._limits.max_params_count)
+                params, pairs = decode_params(request.params, self._limits.max_params_count)
             except PairLimitError as error:
                 self._fail_unannounced(request_id, request, error.msg, ProtocolStatus.OVERLOADED, events)
                 return
@@ -384,7 +403,7 @@ class ServerConnection:
                 return
             request.params = bytearray()  # announced requests hold no params
             events.append(RequestStarted(request_id, request.role, request.keep_conn))
-            events.append(ParamsComplete(request_id, pairs))
+            events.append(ParamsComplete(request_id, params, pairs))
         elif request_input is _STDIN_END:
             events.append(StdinEnd(request_id))
         elif request_input is _DATA:
@@ -474,9 +493,15 @@ class ServerConnection:
         request_id: int,
         app_status: int = 0,
         protocol_status: ProtocolStatus = ProtocolStatus.REQUEST_COMPLETE,
+        *,
+        stdout: Buffer = b"",
     ) -> bytes:
         """The empty STDOUT (and empty STDERR if STDERR was written), then END_REQUEST; the id becomes
-        inactive. Exactly once per request (S-D7): a second call raises ``LocalProtocolError``."""
+        inactive. Exactly once per request (S-D7): a second call raises ``LocalProtocolError``.
+
+        ``stdout``: the response's last STDOUT data, put first: the same bytes as ``send_stdout(request_id,
+        stdout) + end_request(...)`` in one call and one string (a small response leaves in one write).
+        """
         if not 0 <= app_status <= 0xFFFFFFFF:
             raise LocalProtocolError(f"app_status {app_status} does not fit in 32 bits (S-F6)")
         if protocol_status not in _STATUSES:
@@ -485,13 +510,21 @@ class ServerConnection:
         request.state = TRANSITIONS[(request.state, _END)].next_state
         self._end(request_id, request)
         if request.stderr_open:
-            return encode_end_request(
+            end = encode_end_request(
                 request_id, app_status, protocol_status, close_stdout=True, close_stderr=True
             )
-        # Hot path: the empty STDOUT and END_REQUEST packed in one call.
-        return STDOUT_END_AND_END_REQUEST.pack(
-            1, 6, request_id, 0, 0, 1, 3, request_id, 8, 0, app_status, protocol_status
-        )
+        else:
+            # Hot path: the empty STDOUT and END_REQUEST packed in one call.
+            end = STDOUT_END_AND_END_REQUEST.pack(
+                1, 6, request_id, 0, 0, 1, 3, request_id, 8, 0, app_status, protocol_status
+            )
+        if not stdout:
+            return end
+        length = len(stdout)
+        if length <= MAX_CONTENT_LENGTH:
+            pad = -length & 7
+            return b"".join((HEADER.pack(1, 6, request_id, length, pad), stdout, _PADDING[pad], end))
+        return encode_record(RecordType.STDOUT, request_id, stdout) + end
 
     def reject_request(self, request_id: int, status: ProtocolStatus) -> bytes:
         """END_REQUEST with ``status`` in place of processing (S-F6), e.g. OVERLOADED when saturated.

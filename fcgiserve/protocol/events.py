@@ -66,10 +66,16 @@ class RequestStarted(Event):
 
 @dataclass(frozen=True, slots=True)
 class ParamsComplete(Event):
-    """The PARAMS stream ended (S-F2); raw pairs, duplicates kept, in arrival order (S-C4)."""
+    """The PARAMS stream ended (S-F2), decoded in one pass (``records.decode_params``).
+
+    ``params``: every name and value as text decoded latin-1 (PEP 3333's "native strings": byte ``n`` is code
+    point ``n``, so the bytes are all there), a repeated name's last value winning. ``pairs``: None, unless a
+    name came more than once (S-C4): then every pair in arrival order, for the caller that merges them.
+    """
 
     request_id: int
-    params: list[tuple[bytes, bytes]]
+    params: dict[str, str]
+    pairs: list[tuple[str, str]] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.request_id <= MAX_REQUEST_ID:

@@ -21,6 +21,7 @@ __all__ = [
     "PairLimitError",
     "RecordReader",
     "decode_pairs",
+    "decode_params",
     "encode_end_request",
     "encode_pairs",
     "encode_record",
@@ -37,6 +38,9 @@ _LENGTH4 = struct.Struct("!I")
 _PADDING = [bytes(n) for n in range(8)]
 _MAX_PAIR_LENGTH = 0x7FFFFFFF  # S-C1: 31-bit lengths
 MAX_RECORD_LENGTH = HEADER_LENGTH + MAX_CONTENT_LENGTH + 255  # the most RecordReader ever holds
+# A read this small is copied whole once (a request's records, nginx's usual read) rather than sliced as a
+# view and copied record by record; larger reads (uploads) are parsed in place.
+_COPY_READS_UP_TO = 4096
 
 Buffer = bytes | bytearray | memoryview
 
@@ -149,7 +153,58 @@ def decode_pairs(data: Buffer, max_count: int | None = None) -> list[tuple[bytes
     return pairs
 
 
-def _long_lengths(buf: bytes, pos: int) -> tuple[int, int, int]:
+def decode_params(
+    data: Buffer, max_count: int | None = None
+) -> tuple[dict[str, str], list[tuple[str, str]] | None]:
+    """Decode a request's complete PARAMS stream (S-C) in one pass, straight into text.
+
+    Returns ``(params, pairs)``: ``params`` maps every name to its value, both decoded latin-1 (PEP 3333's
+    "native strings": byte ``n`` becomes code point ``n``, so nothing is lost), the last value of a repeated
+    name winning; ``pairs`` is None, unless some name came more than once (S-C4): then it lists every pair in
+    arrival order, for a caller that merges repeated names. Errors as ``decode_pairs``.
+    """
+    buf = bytes(data) if type(data) is memoryview else data
+    # Latin-1 maps each byte to one character, so an offset in ``buf`` is the same offset in ``text``: one
+    # decode of the whole stream, then slices, instead of decoding every name and value (the hot path).
+    text = buf.decode("latin-1")
+    end = len(buf)
+    bound = end // 2 + 1  # as in decode_pairs: the loop bound doubles as the count check
+    limit = bound if max_count is None else min(max_count, bound)
+    params: dict[str, str] = {}
+    pos = 0
+    count = 0  # pairs decoded so far
+    try:
+        for count in range(limit):  # noqa: B007 (the pair number, read by the errors below)
+            if pos >= end:
+                break
+            name_len = buf[pos]
+            value_len = buf[pos + 1]
+            if (name_len | value_len) & 0x80:
+                name_len, value_len, pos = _long_lengths(buf, pos)
+            else:
+                pos += 2
+            value_start = pos + name_len
+            stop = value_start + value_len
+            params[text[pos:value_start]] = text[value_start:stop]
+            pos = stop
+        else:
+            count = limit
+            if pos < end:
+                raise PairLimitError(f"more than {max_count} name-value pairs (the configured limit)")
+    except IndexError:
+        raise RemoteProtocolError(f"name-value stream ends inside the lengths of pair {count + 1}") from None
+    if pos > end:
+        raise RemoteProtocolError(
+            f"name-value pair {count} declares more bytes than the stream holds ({pos - end} missing)"
+        )
+    if len(params) == count:
+        return params, None
+    # A repeated name (rare): the order and every value matter to whoever merges them; decode again.
+    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in decode_pairs(buf)]
+    return params, pairs
+
+
+def _long_lengths(buf: bytes | bytearray, pos: int) -> tuple[int, int, int]:
     """Name and value lengths at ``pos`` when either uses the 4-byte form (S-C1); also the new position."""
     lengths = []
     for _ in range(2):
@@ -188,7 +243,13 @@ class RecordReader:
         # A caller's buffer (the handler's receive buffer, reused for the next read) is parsed in place and
         # each record's content copied out, rather than copying the whole read first: an upload arrives in
         # reads of up to 256 KiB, and a copy that size is also a large allocation (see docs/performance.md).
-        buf = data if isinstance(data, bytes) else memoryview(data).cast("B")
+        copy = False  # whether _parse must copy each record's content out of ``buf``
+        if type(data) is bytes:
+            buf: bytes | memoryview = data
+        elif len(data) <= _COPY_READS_UP_TO:
+            buf = bytes(data)  # one small copy: then each record's content is a plain slice of it
+        else:
+            buf, copy = memoryview(data).cast("B"), True
         records: list[tuple[int, int, bytes]] = []
         pos = 0
         end = len(buf)
@@ -203,18 +264,21 @@ class RecordReader:
             pending += buf[pos : pos + take]
             pos += take
             with memoryview(pending) as view:
-                used = self._parse(view, 0, records)
+                used = self._parse(view, 0, records, True)
             # Either the record it completed, or nothing: only its header was complete, and _need now
             # covers the whole record.
             del pending[:used]
-        pos = self._parse(buf, pos, records)
+        pos = self._parse(buf, pos, records, copy)
         if pos < end:
             pending += buf[pos:]
         return records
 
-    def _parse(self, buf: bytes | memoryview, pos: int, records: list[tuple[int, int, bytes]]) -> int:
+    def _parse(
+        self, buf: bytes | memoryview, pos: int, records: list[tuple[int, int, bytes]], copy: bool
+    ) -> int:
         """Append the complete records in ``buf`` from ``pos``; return where the first incomplete one begins
-        (setting ``_need`` to its whole length, or to a header's when not even its header is there)."""
+        (setting ``_need`` to its whole length, or to a header's when not even its header is there).
+        ``copy``: ``buf`` is a view, whose slices must be copied out as bytes."""
         append = records.append
         unpack = HEADER.unpack_from
         end = len(buf)
@@ -231,7 +295,8 @@ class RecordReader:
                 self._need = HEADER_LENGTH + length + padding
                 return pos
             content = buf[start:stop]
-            append((record_type, request_id, content if isinstance(content, bytes) else bytes(content)))
+            # Without ``copy``, ``buf`` is bytes and so is the slice (mypy cannot follow the flag).
+            append((record_type, request_id, bytes(content) if copy else content))  # type: ignore[arg-type]
             pos = stop + padding
         self._need = HEADER_LENGTH
         return pos

@@ -225,7 +225,9 @@ def test_debug_trust_rules() -> None:
     assert not is_trusted_peer(("10.231.0.1", 5000), allow_list_active=False)
     assert not is_trusted_peer(("2001:db8::1", 5000, 0, 0), allow_list_active=False)
     assert is_trusted_peer(("10.231.0.1", 5000), allow_list_active=True)
-    loopback = [(b"REMOTE_ADDR", b"127.0.0.1")]
-    assert remote_addr_is_loopback(loopback) and not remote_addr_is_loopback([])
+    loopback = {"REMOTE_ADDR": "127.0.0.1"}  # params as ParamsComplete carries them (latin-1 text)
+    assert remote_addr_is_loopback(loopback) and not remote_addr_is_loopback({})
+    assert remote_addr_is_loopback({"REMOTE_ADDR": "::ffff:127.0.0.1"})
     assert debug_allowed(True, loopback) and not debug_allowed(False, loopback)
-    assert not debug_allowed(True, [(b"REMOTE_ADDR", b"\xff\xfe")])
+    assert not debug_allowed(True, {"REMOTE_ADDR": "\xff\xfe"})
+    assert not debug_allowed(True, {"REMOTE_ADDR": "10.0.0.1"})

@@ -186,7 +186,7 @@ def test_pair_responder_round_trip() -> None:
     events = server.receive_data(request + client.send_stdin(1, b""))
     assert events == [
         RequestStarted(1, Role.RESPONDER, False),
-        ParamsComplete(1, PARAMS),
+        ParamsComplete(1, *wire.decoded(PARAMS)),
         StdinData(1, b"hello"),
         StdinEnd(1),
     ]

@@ -31,7 +31,7 @@ from fcgiserve.protocol import (
 
 REQUEST_EVENTS: list[Callable[[int], object]] = [
     lambda rid: RequestStarted(rid, Role.RESPONDER, False),
-    lambda rid: ParamsComplete(rid, []),
+    lambda rid: ParamsComplete(rid, {}),
     lambda rid: StdinData(rid, b"x"),
     lambda rid: StdinEnd(rid),
     lambda rid: Data(rid, b"x"),

@@ -69,7 +69,7 @@ def expected_events(spec: RequestSpec) -> list[Event]:
     rid = spec.request_id
     events: list[Event] = [
         RequestStarted(rid, Role(spec.role), spec.keep_conn),
-        ParamsComplete(rid, spec.params),
+        ParamsComplete(rid, *wire.decoded(spec.params)),
     ]
     events += [StdinData(rid, chunk) for chunk in spec.stdin] + [StdinEnd(rid)]
     if spec.role == wire.FILTER:

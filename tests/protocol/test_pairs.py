@@ -12,6 +12,7 @@ from fcgiserve.protocol import (
     RemoteProtocolError,
     ServerConnection,
     decode_pairs,
+    decode_params,
     encode_pairs,
 )
 from fcgiserve.protocol.records import PairLimitError
@@ -41,6 +42,30 @@ def test_s_c1_four_length_layouts_decode(name: bytes, value: bytes, encoded: byt
     assert decode_pairs(bytearray(encoded)) == [(name, value)]
 
 
+@pytest.mark.parametrize(("name", "value", "encoded"), LAYOUTS)
+def test_s_c1_decode_params_reads_the_four_layouts_as_latin1_text(
+    name: bytes, value: bytes, encoded: bytes
+) -> None:
+    expected = ({name.decode("latin-1"): value.decode("latin-1")}, None)
+    assert decode_params(encoded) == expected
+    assert decode_params(bytearray(encoded)) == expected
+    assert decode_params(memoryview(encoded)) == expected
+
+
+def test_s_c2_decode_params_keeps_every_byte_as_one_code_point() -> None:
+    binary = bytes(range(256))
+    params, pairs = decode_params(encode_pairs([(b"\x00name\xff", binary), (b"", b"")]))
+    assert params == {"\x00name\xff": binary.decode("latin-1"), "": ""} and pairs is None
+    assert params["\x00name\xff"].encode("latin-1") == binary
+
+
+def test_s_c4_decode_params_lists_every_pair_only_when_a_name_repeats() -> None:
+    items = [(b"HTTP_COOKIE", b"a=1"), (b"X", b"1"), (b"HTTP_COOKIE", b"b=2")]
+    params, pairs = decode_params(wire.pairs(items))
+    assert params == {"HTTP_COOKIE": "b=2", "X": "1"}
+    assert pairs == [("HTTP_COOKIE", "a=1"), ("X", "1"), ("HTTP_COOKIE", "b=2")]
+
+
 def test_s_c2_values_are_binary_safe() -> None:
     binary = bytes(range(256))
     encoded = encode_pairs([(b"\x00name\xff", binary), (b"", b"")])
@@ -65,8 +90,11 @@ def test_s_c4_duplicate_names_are_kept_in_order() -> None:
     ],
 )
 def test_a_pair_whose_lengths_overrun_the_stream_is_a_remote_error(encoded: bytes) -> None:
-    with pytest.raises(RemoteProtocolError, match="name-value"):
+    with pytest.raises(RemoteProtocolError, match="name-value") as pairs_error:
         decode_pairs(encoded)
+    with pytest.raises(RemoteProtocolError, match="name-value") as params_error:
+        decode_params(encoded)
+    assert str(params_error.value) == str(pairs_error.value)  # one message, whichever decoder
 
 
 def test_decode_pairs_enforces_a_maximum_count() -> None:
@@ -74,6 +102,10 @@ def test_decode_pairs_enforces_a_maximum_count() -> None:
     assert len(decode_pairs(encoded, max_count=5)) == 5
     with pytest.raises(PairLimitError, match="more than 4"):
         decode_pairs(encoded, max_count=4)
+    assert len(decode_params(wire.pairs([(b"a", b""), (b"b", b"")] * 2), max_count=4)[0]) == 2
+    assert decode_params(encoded, max_count=5) == ({"a": ""}, [("a", "")] * 5)
+    with pytest.raises(PairLimitError, match="more than 4"):
+        decode_params(encoded, max_count=4)
 
 
 def test_encode_pairs_refuses_text_and_oversized_lengths() -> None:
@@ -97,6 +129,20 @@ def test_s_c_pairs_round_trip_for_arbitrary_names_and_values(items: list[tuple[b
     encoded = encode_pairs(items)
     assert encoded == wire.pairs(items)
     assert decode_pairs(encoded) == items
+    assert decode_params(encoded) == wire.decoded(items)
+
+
+@given(st.binary(max_size=64), st.none() | st.integers(1, 8))
+def test_decode_params_agrees_with_decode_pairs_on_any_input(data: bytes, max_count: int | None) -> None:
+    """The one-pass text decoder accepts, refuses and reports exactly what the byte-pair decoder does."""
+    try:
+        expected = wire.decoded(decode_pairs(data, max_count))
+    except RemoteProtocolError as error:
+        with pytest.raises(type(error)) as raised:
+            decode_params(data, max_count)
+        assert str(raised.value) == str(error)
+    else:
+        assert decode_params(data, max_count) == expected
 
 
 @given(
@@ -113,7 +159,7 @@ def test_s_c3_a_pair_may_be_split_across_params_records_at_any_byte(
         wire.begin(1) + b"".join(wire.rec(wire.PARAMS, 1, p) for p in pieces if p) + wire.rec(wire.PARAMS, 1)
     )
     events = ServerConnection().receive_data(stream)
-    assert events[1] == ParamsComplete(1, items)
+    assert events[1] == ParamsComplete(1, *wire.decoded(items))
 
 
 def test_s_c3_split_pair_fed_every_way(feed: Feeder) -> None:
@@ -127,4 +173,4 @@ def test_s_c3_split_pair_fed_every_way(feed: Feeder) -> None:
         + wire.rec(wire.PARAMS, 1)
     )
     events = feed(ServerConnection(), stream)
-    assert events[1] == ParamsComplete(1, [(b"SCRIPT_NAME", b"/app"), (b"Q" * 130, b"z")])
+    assert events[1] == ParamsComplete(1, *wire.decoded([(b"SCRIPT_NAME", b"/app"), (b"Q" * 130, b"z")]))

@@ -99,6 +99,18 @@ def test_reader_accepts_bytearray_and_memoryview() -> None:
     assert reader.feed(memoryview(data)[3:]) == [(wire.STDIN, 2, b"xyz")]
 
 
+@pytest.mark.parametrize("size", [10, 4000, 5000, 70000])
+def test_reader_gives_bytes_content_from_small_and_large_reads_of_a_reused_buffer(size: int) -> None:
+    """Small reads are copied whole, large ones parsed in place: either way each record's content is bytes
+    of its own, unchanged when the caller's buffer is reused for the next read."""
+    stream = wire.rec(wire.STDIN, 1, b"a" * (size // 2)) + wire.rec(wire.STDIN, 1, b"b" * (size - size // 2))
+    buffer = bytearray(stream)
+    records = RecordReader().feed(memoryview(buffer))
+    buffer[:] = bytes(len(buffer))
+    assert [type(content) for _, _, content in records] == [bytes, bytes]
+    assert b"".join(content for _, _, content in records) == b"a" * (size // 2) + b"b" * (size - size // 2)
+
+
 def test_reader_holds_at_most_one_incomplete_record() -> None:
     reader = RecordReader()
     biggest = wire.rec(wire.STDIN, 1, b"x" * MAX_CONTENT_LENGTH, padding=255)

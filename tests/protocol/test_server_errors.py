@@ -73,7 +73,7 @@ def test_s_e3_get_values_between_records_of_an_active_request(feed: Feeder) -> N
     events = feed(conn, data)
     assert events == [
         RequestStarted(1, Role.RESPONDER, True),
-        ParamsComplete(1, [(b"A", b"1")]),
+        ParamsComplete(1, *wire.decoded([(b"A", b"1")])),
         StdinData(1, b"body"),
         StdinEnd(1),
     ]

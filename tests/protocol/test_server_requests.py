@@ -40,7 +40,7 @@ def test_s_g1_responder_get_yields_started_params_and_stdin_end(feed: Feeder) ->
     events = feed(conn, wire.simple_get(1))
     assert events == [
         RequestStarted(1, Role.RESPONDER, keep_conn=False),
-        ParamsComplete(1, PARAMS),
+        ParamsComplete(1, *wire.decoded(PARAMS)),
         StdinEnd(1),
     ]
     assert conn.data_to_send() == b""
@@ -61,7 +61,7 @@ def test_s_f2_nothing_is_announced_before_the_empty_params_record(feed: Feeder) 
     assert conn.request_state(1) is RequestState.PARAMS
     assert feed(conn, wire.rec(wire.PARAMS, 1)) == [
         RequestStarted(1, Role.RESPONDER, False),
-        ParamsComplete(1, PARAMS),
+        ParamsComplete(1, *wire.decoded(PARAMS)),
     ]
 
 
@@ -70,7 +70,7 @@ def test_s_g2_authorizer_needs_no_body(feed: Feeder) -> None:
     events = feed(ServerConnection(), data + wire.stdin(2))
     assert events == [
         RequestStarted(2, Role.AUTHORIZER, keep_conn=True),
-        ParamsComplete(2, [(b"REMOTE_USER", b"ann")]),
+        ParamsComplete(2, *wire.decoded([(b"REMOTE_USER", b"ann")])),
         StdinEnd(2),
     ]
 
@@ -89,7 +89,7 @@ def test_s_g3_filter_gets_stdin_then_data(feed: Feeder) -> None:
     events = feed(conn, data)
     assert events == [
         RequestStarted(3, Role.FILTER, False),
-        ParamsComplete(3, filter_params),
+        ParamsComplete(3, *wire.decoded(filter_params)),
         StdinData(3, b"in"),
         StdinEnd(3),
         Data(3, b"file"),
@@ -142,7 +142,7 @@ def test_s_g3_data_for_a_role_that_reads_none_is_passed_on_and_the_request_goes_
     records, body, data_events = DATA_CASES[case]
     conn = ServerConnection()
     events = feed(conn, wire.begin(1, role) + wire.params(1, PARAMS) + records)
-    assert events[:2] == [RequestStarted(1, Role(role), False), ParamsComplete(1, PARAMS)]
+    assert events[:2] == [RequestStarted(1, Role(role), False), ParamsComplete(1, *wire.decoded(PARAMS))]
     stdin = [e for e in events[2:] if isinstance(e, (StdinData, StdinEnd))]
     assert b"".join(e.data for e in stdin if isinstance(e, StdinData)) == body and stdin[-1] == StdinEnd(1)
     assert [e for e in events[2:] if not isinstance(e, (StdinData, StdinEnd))] == data_events
@@ -159,7 +159,7 @@ def test_s_g3_empty_data_stream_to_a_responder_is_one_data_end_event(feed: Feede
     events = feed(ServerConnection(), wire.simple_get(1) + wire.rec(wire.DATA, 1))
     assert events == [
         RequestStarted(1, Role.RESPONDER, False),
-        ParamsComplete(1, PARAMS),
+        ParamsComplete(1, *wire.decoded(PARAMS)),
         StdinEnd(1),
         DataEnd(1),
     ]
@@ -312,6 +312,31 @@ def test_s_f4_stdout_parts_are_stdout_as_buffers_to_gather() -> None:
         conn.send_stdout_parts(1, b"after the end")
 
 
+@pytest.mark.parametrize("size", [1, 7, 8, 65535, 70000])
+def test_s_f4_end_request_with_the_last_stdout_is_the_records_of_both_in_order(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    records = wire.rec(wire.STDOUT, 1, payload[:65535])
+    if size > 65535:
+        records += wire.rec(wire.STDOUT, 1, payload[65535:])
+    conn = started(1)
+    assert conn.end_request(1, 3, stdout=memoryview(payload)) == (
+        records + wire.rec(wire.STDOUT, 1) + wire.end_request(1, 3)
+    )
+    assert conn.should_close
+    with pytest.raises(LocalProtocolError):
+        conn.end_request(1, stdout=b"again")
+    conn = started(2)
+    conn.send_stderr(2, b"e")
+    assert conn.end_request(2, stdout=b"out") == (
+        wire.rec(wire.STDOUT, 2, b"out")
+        + wire.rec(wire.STDOUT, 2)
+        + wire.rec(wire.STDERR, 2)
+        + wire.end_request(2)
+    )
+    with pytest.raises(LocalProtocolError):  # a request never announced gets no output, with the end or not
+        ServerConnection().end_request(1, stdout=b"x")
+
+
 def test_s_f5_a_responder_may_write_before_stdin_ends() -> None:
     conn = ServerConnection()
     conn.receive_data(wire.begin(1) + wire.params(1, PARAMS) + wire.stdin(1, b"partial"))
@@ -376,9 +401,9 @@ def test_multiplexed_connection_interleaves_requests(feed: Feeder) -> None:
     events = feed(conn, data)
     assert events == [
         RequestStarted(2, Role.RESPONDER, True),
-        ParamsComplete(2, PARAMS),
+        ParamsComplete(2, *wire.decoded(PARAMS)),
         RequestStarted(1, Role.RESPONDER, True),
-        ParamsComplete(1, []),
+        ParamsComplete(1, *wire.decoded([])),
         StdinData(2, b"two"),
         StdinEnd(1),
         StdinEnd(2),

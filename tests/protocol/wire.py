@@ -79,3 +79,11 @@ def simple_get(request_id: int = 1, keep_conn: bool = False) -> bytes:
     """What nginx sends for a GET: BEGIN_REQUEST, PARAMS, the empty PARAMS, the empty STDIN."""
     items = [(b"REQUEST_METHOD", b"GET"), (b"SCRIPT_NAME", b""), (b"REQUEST_URI", b"/a?b=c")]
     return begin(request_id, keep_conn=keep_conn) + params(request_id, items) + stdin(request_id)
+
+
+def decoded(items: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], list[tuple[str, str]] | None]:
+    """What ``ParamsComplete`` carries for ``items``: ``(params, pairs)`` as text decoded latin-1, the last
+    value of a repeated name winning in ``params``; ``pairs`` lists them all, but only when a name repeats."""
+    text = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in items]
+    params = dict(text)
+    return params, text if len(params) != len(text) else None

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fcgiserve.protocol import decode_params, encode_pairs
 from fcgiserve.wsgi import (
     WSGIOptions,
     body_length,
@@ -17,7 +18,7 @@ from fcgiserve.wsgi import (
     request_path,
     resolve_script_path,
 )
-from tests.wsgi.wsgi_support import NGINX_STOCK, to_params
+from tests.wsgi.wsgi_support import NGINX_STOCK, environ_for
 
 # ----------------------------------------------------------------------------------- the path rule, a table
 # (SCRIPT_NAME sent, PATH_INFO sent, REQUEST_URI sent, options.script_name) -> (SCRIPT_NAME, PATH_INFO)
@@ -125,7 +126,7 @@ def test_request_path(uri: str, path: str | None) -> None:
 
 
 def test_nginx_stock_environ() -> None:
-    environ = build_environ(to_params(NGINX_STOCK), WSGIOptions(), "RESPONDER", request_id=7)
+    environ = environ_for(NGINX_STOCK, WSGIOptions(), "RESPONDER", request_id=7)
     assert environ["SCRIPT_NAME"] == ""
     assert environ["PATH_INFO"] == "/app/caf\xc3\xa9"
     assert environ["PATH_INFO"].encode("latin-1").decode("utf-8") == "/app/café"
@@ -160,7 +161,8 @@ def test_nginx_stock_table_matches_this_machines_fastcgi_params() -> None:
 
 def test_every_value_is_a_latin1_native_string() -> None:
     params = [(b"HTTP_X_RAW", bytes(range(128, 256))), (b"REQUEST_URI", b"/")]
-    environ = build_environ(params, WSGIOptions())
+    decoded, pairs = decode_params(encode_pairs(params))  # the protocol's ParamsComplete, then the environ
+    environ = build_environ(decoded, WSGIOptions(), pairs=pairs)
     assert environ["HTTP_X_RAW"].encode("latin-1") == bytes(range(128, 256))
 
 
@@ -178,21 +180,21 @@ def test_every_value_is_a_latin1_native_string() -> None:
     ],
 )
 def test_url_scheme(pairs: list[tuple[str, str]], scheme: str) -> None:
-    assert build_environ(to_params(pairs), WSGIOptions())["wsgi.url_scheme"] == scheme
+    assert environ_for(pairs, WSGIOptions())["wsgi.url_scheme"] == scheme
 
 
 def test_url_scheme_default_option() -> None:
-    assert build_environ([], WSGIOptions(url_scheme_default="https"))["wsgi.url_scheme"] == "https"
+    assert build_environ({}, WSGIOptions(url_scheme_default="https"))["wsgi.url_scheme"] == "https"
 
 
 @pytest.mark.parametrize(("multithread", "multiprocess"), [(True, False), (False, True), (True, True)])
 def test_multithread_multiprocess_follow_the_options(multithread: bool, multiprocess: bool) -> None:
-    environ = build_environ([], WSGIOptions(multithread=multithread, multiprocess=multiprocess))
+    environ = build_environ({}, WSGIOptions(multithread=multithread, multiprocess=multiprocess))
     assert environ["wsgi.multithread"] is multithread and environ["wsgi.multiprocess"] is multiprocess
 
 
 def test_missing_required_variables_get_defaults() -> None:
-    environ = build_environ([], WSGIOptions())
+    environ = build_environ({}, WSGIOptions())
     assert environ["REQUEST_METHOD"] == "GET"
     assert environ["SERVER_PROTOCOL"] == "HTTP/1.0"
     assert environ["SERVER_NAME"] == "localhost"
@@ -215,7 +217,7 @@ def test_missing_required_variables_get_defaults() -> None:
 def test_server_name_and_port_defaults_come_from_host(
     pairs: list[tuple[str, str]], name: str, port: str
 ) -> None:
-    environ = build_environ(to_params(pairs), WSGIOptions())
+    environ = environ_for(pairs, WSGIOptions())
     assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == (name, port)
 
 
@@ -236,7 +238,7 @@ def test_duplicate_headers_are_merged_as_http_requires() -> None:
         ("SERVER_NAME", "first"),
         ("SERVER_NAME", "second"),
     ]
-    environ = build_environ(to_params(pairs), WSGIOptions())
+    environ = environ_for(pairs, WSGIOptions())
     assert environ["HTTP_ACCEPT"] == "text/html, application/json"
     assert environ["HTTP_COOKIE"] == "a=1; b=2"
     assert environ["HTTP_X_FORWARDED_FOR"] == "10.0.0.1, 10.0.0.2"
@@ -247,7 +249,7 @@ def test_duplicate_headers_are_merged_as_http_requires() -> None:
 
 def test_http_prefixed_body_headers_become_cgi_variables() -> None:
     pairs = [("HTTP_CONTENT_TYPE", "text/plain"), ("HTTP_CONTENT_LENGTH", "5"), ("CONTENT_TYPE", "a/b")]
-    environ = build_environ(to_params(pairs), WSGIOptions())
+    environ = environ_for(pairs, WSGIOptions())
     assert "HTTP_CONTENT_TYPE" not in environ and "HTTP_CONTENT_LENGTH" not in environ
     assert environ["CONTENT_TYPE"] == "a/b"  # the CGI variable wins
     assert environ["CONTENT_LENGTH"] == "5"
@@ -256,7 +258,7 @@ def test_http_prefixed_body_headers_become_cgi_variables() -> None:
 def test_authorizer_role_has_no_content_length_and_routes_on_the_request_uri() -> None:
     """S-G2: the authorizer gets no body and no CONTENT_LENGTH; PATH_INFO still names what is authorized."""
     pairs = [("REQUEST_URI", "/private/doc?x"), ("CONTENT_LENGTH", "12"), ("REQUEST_METHOD", "POST")]
-    environ = build_environ(to_params(pairs), WSGIOptions(), "AUTHORIZER")
+    environ = environ_for(pairs, WSGIOptions(), "AUTHORIZER")
     assert environ["FCGI_ROLE"] == "AUTHORIZER"
     assert "CONTENT_LENGTH" not in environ
     assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", "/private/doc")
@@ -265,7 +267,7 @@ def test_authorizer_role_has_no_content_length_and_routes_on_the_request_uri() -
 def test_filter_role_passes_the_data_variables() -> None:
     """S-G3: FCGI_DATA_LAST_MOD and FCGI_DATA_LENGTH reach the application."""
     pairs = [("FCGI_DATA_LAST_MOD", "1700000000"), ("FCGI_DATA_LENGTH", "42"), ("REQUEST_URI", "/f.html")]
-    environ = build_environ(to_params(pairs), WSGIOptions(), "FILTER")
+    environ = environ_for(pairs, WSGIOptions(), "FILTER")
     assert environ["FCGI_ROLE"] == "FILTER"
     assert environ["FCGI_DATA_LAST_MOD"] == "1700000000"
     assert body_length(environ, "FCGI_DATA_LENGTH") == 42
@@ -273,11 +275,11 @@ def test_filter_role_passes_the_data_variables() -> None:
 
 def test_unknown_role_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown FastCGI role"):
-        build_environ([], WSGIOptions(), "1")
+        build_environ({}, WSGIOptions(), "1")
 
 
 def test_mount_option_is_applied() -> None:
-    environ = build_environ(to_params(NGINX_STOCK), WSGIOptions(script_name="/app/"))
+    environ = environ_for(NGINX_STOCK, WSGIOptions(script_name="/app/"))
     assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/app", "/caf\xc3\xa9")
 
 

@@ -105,7 +105,10 @@ def serve_one(
                 stdin += content
         pairs = decode_pairs(params)
         seen.append(pairs)
-        environ = build_environ(pairs, options, "RESPONDER", request_id=request_id)
+        text = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in pairs]
+        params = dict(text)  # what ParamsComplete carries: the pairs only when a name repeats
+        repeated = text if len(params) != len(text) else None
+        environ = build_environ(params, options, "RESPONDER", request_id, repeated)
         with RequestBody(body_length(environ), options.spool_threshold) as body:
             body.feed(stdin)
             body.finish()

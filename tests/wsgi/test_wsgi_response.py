@@ -233,6 +233,18 @@ def test_start_response_rejects(status: Any, headers: Any, error: type[Exception
     assert parse_cgi(io.output)[0] == "500 Internal Server Error"
 
 
+def test_a_content_length_validated_before_is_still_one_per_response() -> None:
+    """Content-Length headers seen before skip validation (cached with their value), not the repeat check."""
+    for _ in range(2):  # the second round finds both headers cached
+        status, io = run(app_returning([b"abc"], headers=[("Content-Length", "3")]))
+        assert status == APP_STATUS_OK and parse_cgi(io.output)[2] == b"abc"
+        status, io = run(app_returning([b"abcd"], headers=[("Content-Length", "4")]))
+        assert status == APP_STATUS_OK and parse_cgi(io.output)[2] == b"abcd"
+    for repeated in ([("Content-Length", "3")] * 2, [("Content-Length", "3"), ("Content-Length", "4")]):
+        status, io = run(app_returning([b"abc"], headers=repeated))
+        assert status == APP_STATUS_ERROR and parse_cgi(io.output)[0] == "500 Internal Server Error"
+
+
 def test_second_start_response_without_exc_info_is_an_error() -> None:
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         start_response("200 OK", [])

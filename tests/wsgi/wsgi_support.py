@@ -44,8 +44,14 @@ def parse_cgi(output: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
     return lines[0][len("Status: ") :], headers, body  # type: ignore[return-value]
 
 
-def to_params(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
+def environ_for(
+    pairs: Iterable[tuple[str, str]], options: WSGIOptions, role: str = "RESPONDER", request_id: int = 0
+) -> dict[str, Any]:
+    """``build_environ`` as the handler calls it with ``ParamsComplete``: the params as a dict, and every
+    pair in order only when a name repeats."""
+    text = list(pairs)
+    params = dict(text)
+    return build_environ(params, options, role, request_id, text if len(params) != len(text) else None)
 
 
 def finished_body(data: bytes = b"", expected: int | None = None, threshold: int = 1 << 20) -> RequestBody:
@@ -68,7 +74,7 @@ def run(
     """Build an environ from ``pairs`` and run ``app``; return (appStatus, the io)."""
     options = options or WSGIOptions()
     io = io if io is not None else RecordingIO()
-    environ = build_environ(to_params(pairs), options, role, request_id=1)
+    environ = environ_for(pairs, options, role, request_id=1)
     status = run_application(app, environ, body or finished_body(), io, options, data)
     return status, io
 
