@@ -1,6 +1,7 @@
 """The backends under test, their one-off setup (benchmark venv, C build), and the nginx in front of them.
 
-Nothing is installed globally except Debian's libfcgi-dev when the C ceiling needs it: flup 1.0.3, gunicorn,
+Nothing is installed globally except Debian packages when a row needs them (libfcgi-dev for the C ceiling,
+uwsgi-core and uwsgi-plugin-python3 for uWSGI), each announced before apt-get runs: flup 1.0.3, gunicorn,
 Django and matplotlib go into benchmarks/.venv, builds and nginx state into benchmarks/.work (both
 gitignored). Every process started here is stopped here, by pid.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "prepare",
     "start_backends",
     "stop_all",
+    "uwsgi_argv",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +53,9 @@ NGINX = "/usr/sbin/nginx"
 PROCESSES = 2  # prefork children = gunicorn sync workers
 THREADS = 8  # gunicorn gthread threads
 C_THREADS = 64  # >= the largest client concurrency: a kept connection holds its thread while idle
+UWSGI = "uwsgi"
+UWSGI_PLUGIN = Path("/usr/lib/uwsgi/plugins/python3_plugin.so")  # Debian's uwsgi-plugin-python3
+UWSGI_PACKAGES = ["uwsgi-core", "uwsgi-plugin-python3"]
 
 
 @dataclass
@@ -69,9 +74,11 @@ class Backend:
     label: str
     protocol: str  # "fcgi" or "http"
     keep_conn: bool
-    needs: str  # "" (always there), "venv" or "libfcgi"
+    needs: str  # "" (always there), "venv", "libfcgi" or "uwsgi"
     argv: Callable[[int], list[str]]
     django: bool = True  # serves /django/ (the C responder does not)
+    # uWSGI takes SIGTERM as "reload" unless --die-on-term; SIGINT stops its master and workers at once.
+    stop_signal: int = signal.SIGTERM
 
 
 def _fcgiserve(method: str, shape: list[str] | None = None) -> Callable[[int], list[str]]:
@@ -111,6 +118,20 @@ def _gunicorn(worker: str) -> Callable[[int], list[str]]:
     return argv
 
 
+def uwsgi_argv(port: int, venv: Path, shape: list[str]) -> list[str]:
+    """uWSGI's own FastCGI server over the benchmark app: Debian's python3 plugin, a master, ``shape`` the
+    process/thread options. The app is imported by the master before it forks (uWSGI's default, like
+    --preload); the benchmark venv (Django) through --virtualenv; no request log, as for every other row."""
+    argv = [UWSGI, "--plugin", "python3", "--fastcgi-socket", f"127.0.0.1:{port}", *shape, "--master"]
+    argv += ["--die-on-term", "--need-app", "--disable-logging", "--pythonpath", str(APPS)]
+    argv += ["--wsgi-file", str(APPS / "bench_app.py"), "--callable", "application"]
+    return argv + (["--virtualenv", str(venv)] if venv.exists() else [])
+
+
+def _uwsgi(shape: list[str]) -> Callable[[int], list[str]]:
+    return lambda port: uwsgi_argv(port, VENV, shape)
+
+
 BACKENDS: list[Backend] = [
     Backend("flup-threaded", "flup 1.0.3 threaded", "fcgi", False, "venv", _flup("threaded")),
     Backend(
@@ -143,6 +164,25 @@ BACKENDS: list[Backend] = [
     ),
     Backend(
         "gunicorn-gthread", f"gunicorn gthread (1x{THREADS})", "http", False, "venv", _gunicorn("gthread")
+    ),
+    # uWSGI closes every FastCGI connection after its request (no FCGI_KEEP_CONN), hence no kept rows.
+    Backend(
+        "uwsgi-processes",
+        f"uWSGI --processes {PROCESSES}, new conns",
+        "fcgi",
+        False,
+        "uwsgi",
+        _uwsgi(["--processes", str(PROCESSES)]),
+        stop_signal=signal.SIGINT,
+    ),
+    Backend(
+        "uwsgi-threads",
+        f"uWSGI --processes 1 --threads {THREADS}, new conns",
+        "fcgi",
+        False,
+        "uwsgi",
+        _uwsgi(["--processes", "1", "--threads", str(THREADS)]),
+        stop_signal=signal.SIGINT,
     ),
     Backend(
         "libfcgi-c",
@@ -191,15 +231,28 @@ def _setup_venv(install: bool, setup: Setup) -> None:
     setup.has_matplotlib = "matplotlib" not in missing
 
 
+def _apt_install(packages: list[str], why: str) -> None:
+    _say(f"{why} needs Debian's {', '.join(packages)}: running apt-get install -y {' '.join(packages)}")
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], timeout=600, check=False, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *packages], timeout=600, check=False, env=env)
+
+
+def _uwsgi_installed() -> bool:
+    return shutil.which(UWSGI) is not None and UWSGI_PLUGIN.exists()
+
+
+def _setup_uwsgi(install: bool, setup: Setup) -> None:
+    if not _uwsgi_installed() and install:
+        _apt_install(UWSGI_PACKAGES, "uWSGI")
+    if not _uwsgi_installed():
+        setup.missing["uwsgi"] = f"uWSGI is not installed (apt-get install {' '.join(UWSGI_PACKAGES)})"
+
+
 def _setup_libfcgi(install: bool, setup: Setup) -> None:
     if not Path("/usr/include/fcgiapp.h").exists() and install:
-        _say("the C ceiling needs Debian's libfcgi-dev: running apt-get install -y libfcgi-dev")
-        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], timeout=600, check=False, env=env)
-        subprocess.run(
-            [*sudo, "apt-get", "install", "-y", "-qq", "libfcgi-dev"], timeout=600, check=False, env=env
-        )
+        _apt_install(["libfcgi-dev"], "the C ceiling")
     if not Path("/usr/include/fcgiapp.h").exists():
         setup.missing["libfcgi"] = "libfcgi-dev is not installed (apt-get install libfcgi-dev)"
         return
@@ -220,6 +273,7 @@ def prepare(install: bool) -> Setup:
     setup = Setup()
     _setup_venv(install, setup)
     _setup_libfcgi(install, setup)
+    _setup_uwsgi(install, setup)
     return setup
 
 
@@ -250,14 +304,15 @@ class Running:
 
 
 def stop_all(backends: list[Running], grace: float = 3.0) -> None:
-    """SIGTERM every root (each stops its own children); after ``grace`` s SIGKILL whatever is left.
+    """Signal every root (SIGTERM, or the backend's own stop signal; each stops its own children); after
+    ``grace`` s SIGKILL whatever is left.
 
     Measuring is over by then, so a slow graceful exit (flup's prefork master waits 10 s for children that
     miss its close) is not worth waiting for; each tree is listed first so no orphan survives."""
     trees = {r.process.pid: process_tree(r.process.pid) for r in backends if r.process.poll() is None}
     for running in backends:
         if running.process.pid in trees:
-            running.process.send_signal(signal.SIGTERM)
+            running.process.send_signal(running.backend.stop_signal)
     deadline = time.monotonic() + grace
     for running in backends:
         if running.process.pid not in trees:
