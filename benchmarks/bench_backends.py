@@ -158,6 +158,7 @@ def _fcgiserve(method: str, shape: list[str] | None = None) -> Callable[[int, In
         # (.pth files) can add megabytes to every process. Prefork with --preload: flup and uWSGI import
         # the app before they fork, so their children share the app's pages; ours do too with --preload.
         extra = ["--minspare", str(PROCESSES), "--maxspare", str(PROCESSES), "--maxchildren", str(PROCESSES)]
+        extra += ["--threads", "1"]
         base = [python.runner(), "-m", "fcgiserve", "bench_app:application", "--method", method]
         base += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         if shape is not None:
@@ -212,7 +213,7 @@ BACKENDS: list[Backend] = [
     ),
     Backend(
         "fcgiserve-prefork-new",
-        f"fcgiserve prefork ({PROCESSES}), new conns",
+        f"fcgiserve prefork ({PROCESSES}x1), new conns",
         "fcgi",
         False,
         "",
@@ -220,11 +221,15 @@ BACKENDS: list[Backend] = [
     ),
     Backend(
         "fcgiserve-prefork-keep",
-        f"fcgiserve prefork ({PROCESSES}), kept conns",
+        f"fcgiserve prefork ({PROCESSES}x1), kept conns",
         "fcgi",
         True,
         "",
         _fcgiserve("prefork"),
+    ),
+    # No pool size option at all (minspare 2, maxspare 5, up to 8 children of 1 thread): what sizing costs.
+    fcgiserve_backend(
+        "fcgiserve-prefork-default", "fcgiserve prefork (default sizing), kept conns", "prefork", []
     ),
     Backend(
         "gunicorn-sync", f"gunicorn sync ({PROCESSES} workers)", "http", False, "venv", _gunicorn("sync")

@@ -27,6 +27,7 @@ BACKENDS = [
     "fcgiserve-threaded-keep",
     "fcgiserve-prefork-new",
     "fcgiserve-prefork-keep",
+    "fcgiserve-prefork-default",
     "gunicorn-sync",
     "gunicorn-gthread",
     "uwsgi-processes",
