@@ -119,3 +119,38 @@ def test_run_takes_python_with_debians_interpreter_by_default() -> None:
 
 def test_gitignore_keeps_the_per_interpreter_venvs_out() -> None:
     assert "benchmarks/.venv-*/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def _run(backend: str, workload: str, rps: float, cpu_us: float, p99: float = 1.0) -> dict[str, object]:
+    requests = int(rps * 5)
+    return {"workload": workload, "backend": backend, "rep": 0, "requests": requests, "seconds": 5.0,
+            "p50_ms": p99 / 2, "p99_ms": p99, "errors": 0, "cpu_s": cpu_us * requests / 1e6}  # fmt: skip
+
+
+def test_report_states_the_uwsgi_targets_met_and_not_met() -> None:
+    report = _module("bench_report")
+    runs = [
+        _run("fcgiserve-threaded-keep", "hello-8", 9000, 35),
+        _run("fcgiserve-prefork-keep", "hello-8", 7000, 60, p99=2.0),
+        _run("fcgiserve-prefork-default", "hello-8", 7000, 65, p99=3.0),
+        _run("uwsgi-processes", "hello-8", 8000, 30),
+    ]
+    memory = {
+        "fcgiserve-threaded-keep": {"idle": [[1, 30000]]},
+        "uwsgi-processes": {"idle": [[2, 9], [3, 31000]]},
+    }
+    data = {"mode": "test", "finished": "now", "machine": "m", "reps": 1, "duration": 5, "command": "c",
+            "workloads": [], "backends": [], "unavailable": {}, "runs": runs, "memory": memory}  # fmt: skip
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.render_markdown(data).splitlines()}
+    verdict = {name: line.split(" | ")[1] for name, line in rows.items() if name.startswith("uWSGI:")}
+    assert verdict["uWSGI: hello-8 fcgiserve-threaded-keep >= 1.0x uWSGI --processes 2 req/s"] == "met"
+    assert (
+        verdict["uWSGI: hello-8 fcgiserve-prefork-keep >= 1.0x uWSGI --processes 2 req/s"]
+        == "**not yet met**"
+    )
+    assert verdict["uWSGI: hello-8 fcgiserve-threaded-keep backend CPU <= 40 µs/request"] == "met"
+    assert verdict["uWSGI: hello-8 fcgiserve-prefork-keep backend CPU <= 40 µs/request"] == "**not yet met**"
+    assert verdict["uWSGI: idle RSS, fcgiserve-threaded-keep process <= a uWSGI worker"] == "met"
+    assert verdict["uWSGI: hello-8 prefork default sizing p99 within 10 % of 2x1"] == "**not yet met**"
+    assert verdict["uWSGI: hello-8 prefork default sizing cpu_us within 10 % of 2x1"] == "met"
+    assert verdict["uWSGI: big-8 fcgiserve-threaded-keep >= 1.0x uWSGI req/s"] == "n/a"
