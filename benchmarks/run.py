@@ -117,7 +117,7 @@ def machine_line(python: Interpreter) -> str:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="hello-8, big-8, post-8 at 2 s x 2 reps: about 2.5 minutes"
+        "--quick", action="store_true", help="hello-8, big-8, post-8 at 2 s x 2 reps: about 3 minutes"
     )
     parser.add_argument("--only", default="", help="comma-separated backend names (default: all)")
     parser.add_argument("--workloads", default="", help="comma-separated workload names")
