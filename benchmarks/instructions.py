@@ -11,8 +11,11 @@ lazy imports and shut-down cancel out. Requests go one after another from this p
 client on fcgiserve.protocol: on one kept-alive connection (FCGI_KEEP_CONN) for fcgiserve and flup, on a new
 connection each for uWSGI, which closes every connection after its request. What also runs during the
 extra wall-clock time of N2 - N1 requests (a prefork master's tick, a pool's control thread) counts too, as
-it does in production, but callgrind makes that time ~50x longer: a backend that ticks while idle is
-overcharged, a little.
+it does in production, but callgrind makes that time ~50x longer: a backend that ticks is overcharged, and
+its figure moves with the machine's speed. A third run sends N1 requests and then idles --idle seconds:
+its extra instructions per second are shown, and the per-request figure once that rate times the extra
+wall-clock time of the N2 run is taken off (an estimate: a pool may tick faster busy than idle). Callgrind
+counts user-space instructions only: the kernel's work for each system call is not in these figures.
 
 Prints a markdown table, then (unless --no-extras) benchmarks/hotpath.py's Python function calls per request
 and benchmarks/syscalls.py's syscalls per request on a kept connection. Needs valgrind (Debian package
@@ -54,7 +57,7 @@ from syscalls import PARAMS, send_requests
 
 from fcgiserve.protocol import ClientConnection, EndRequest
 
-__all__ = ["Sample", "main", "per_request", "totals"]
+__all__ = ["Sample", "idle_rate", "main", "per_request", "per_request_without_idle", "totals"]
 
 _TOTALS = re.compile(r"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
 APP = "hello_app:application"
@@ -66,6 +69,21 @@ class Sample:
 
     requests: int
     instructions: int
+    seconds: float = 0.0  # wall-clock time from the first request sent to the stop signal
+
+
+def idle_rate(first: Sample, idled: Sample) -> float:
+    """Instructions per second of a server doing nothing: ``idled`` served as many requests as ``first``
+    and then waited longer before it was stopped."""
+    if idled.requests != first.requests or idled.seconds <= first.seconds:
+        raise ValueError("the idle run must serve the same requests and last longer")
+    return (idled.instructions - first.instructions) / (idled.seconds - first.seconds)
+
+
+def per_request_without_idle(first: Sample, second: Sample, rate: float) -> float:
+    """``per_request`` once ``rate`` instructions per second of the N2 run's extra wall-clock time are off."""
+    extra = per_request(first, second) * (second.requests - first.requests)
+    return (extra - rate * (second.seconds - first.seconds)) / (second.requests - first.requests)
 
 
 def per_request(first: Sample, second: Sample) -> float:
@@ -161,8 +179,9 @@ def _new_connection_requests(port: int, count: int, deadline: float) -> int:
     return done
 
 
-def measure(server: Server, python: Interpreter, requests: int, timeout: float) -> Sample:
-    """Start ``server`` under callgrind, send ``requests`` hello requests, stop it; sum every process."""
+def measure(server: Server, python: Interpreter, requests: int, timeout: float, idle: float = 0.0) -> Sample:
+    """Start ``server`` under callgrind, send ``requests`` hello requests, wait ``idle`` seconds, stop it;
+    sum every process."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APPS), str(HERE.parent)])}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -183,7 +202,10 @@ def measure(server: Server, python: Interpreter, requests: int, timeout: float) 
                     raise RuntimeError(f"{server.name} did not listen: {process.stderr.read()[-500:]!r}")  # type: ignore[union-attr]
                 time.sleep(0.2)
             send = send_requests if server.kept else _new_connection_requests
+            began = time.monotonic()
             sent = send(port, requests, deadline)
+            time.sleep(idle)
+            seconds = time.monotonic() - began
             if sent != requests:
                 raise RuntimeError(f"{server.name}: {sent} of {requests} requests before the timeout")
         finally:
@@ -195,7 +217,7 @@ def measure(server: Server, python: Interpreter, requests: int, timeout: float) 
                 process.kill()
                 process.wait(timeout=10)
         counted = sum(totals(out.read_text(errors="replace")) for out in Path(tmp).glob("out.*"))
-    return Sample(requests, counted)
+    return Sample(requests, counted, seconds)
 
 
 def _unavailable(server: Server, python: Interpreter) -> str:
@@ -251,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", type=Path, default=DEFAULT_PYTHON, help="as run.py's --python")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per callgrind run at most")
     parser.add_argument("--no-extras", action="store_true", help="skip hotpath.py and syscalls.py")
+    parser.add_argument("--idle", type=float, default=10, help="seconds of the idle run (0: no idle run)")
     args = parser.parse_args(argv)
     try:
         n1, n2 = (int(n) for n in args.requests.split(","))
@@ -270,19 +293,26 @@ def main(argv: list[str] | None = None) -> int:
             continue
         reason = _unavailable(server, python)
         if reason:
-            rows.append(f"| {server.name} | unavailable: {reason} |  |  |  |")
+            rows.append(f"| {server.name} | unavailable: {reason} |  |  |  |  |  |")
             continue
         started = time.monotonic()
         first = measure(server, python, n1, args.timeout)
         second = measure(server, python, n2, args.timeout)
+        idled = measure(server, python, n1, args.timeout, idle=args.idle) if args.idle else None
+        rate = idle_rate(first, idled) if idled else 0.0
         print(f"{server.name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        corrected = f"{per_request_without_idle(first, second, rate):,.0f}" if idled else "n/a"
         rows.append(
-            f"| {server.name} | {per_request(first, second):,.0f} | {first.instructions:,} "
-            f"| {second.instructions:,} | {'kept' if server.kept else 'new each'} |"
+            f"| {server.name} | {per_request(first, second):,.0f} | {rate:,.0f} | {corrected} "
+            f"| {first.instructions:,} | {second.instructions:,} | {'kept' if server.kept else 'new each'} |"
         )
-    print(f"{python.describe()}; GET /hello, {n1} then {n2} requests, callgrind over every process\n")
-    print(f"| backend | instructions per request | I({n1}) | I({n2}) | connection |")
-    print("|---|---:|---:|---:|---|")
+    idle = f", idle run {args.idle:g} s" if args.idle else ""
+    print(f"{python.describe()}; GET /hello, {n1} then {n2} requests{idle}, callgrind over every process\n")
+    print(
+        f"| backend | instructions per request | idle instructions/s | per request, idle rate off "
+        f"| I({n1}) | I({n2}) | connection |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
     print("\n".join(rows))
     if not args.no_extras:
         print()

@@ -154,3 +154,16 @@ def test_report_states_the_uwsgi_targets_met_and_not_met() -> None:
     assert verdict["uWSGI: hello-8 prefork default sizing p99 within 10 % of 2x1"] == "**not yet met**"
     assert verdict["uWSGI: hello-8 prefork default sizing cpu_us within 10 % of 2x1"] == "met"
     assert verdict["uWSGI: big-8 fcgiserve-threaded-keep >= 1.0x uWSGI req/s"] == "n/a"
+
+
+def test_instructions_take_the_idle_rate_off_the_extra_wall_clock_time() -> None:
+    ins = _module("instructions")
+    first = ins.Sample(200, 1_000_000 + 200 * 300 + 2 * 5_000, seconds=2.0)
+    second = ins.Sample(1200, 1_000_000 + 1200 * 300 + 12 * 5_000, seconds=12.0)
+    idled = ins.Sample(200, first.instructions + 10 * 5_000, seconds=12.0)
+    rate = ins.idle_rate(first, idled)
+    assert rate == 5_000
+    assert ins.per_request(first, second) == 350
+    assert ins.per_request_without_idle(first, second, rate) == 300
+    with pytest.raises(ValueError, match="idle run"):
+        ins.idle_rate(first, ins.Sample(201, 0, seconds=20.0))
