@@ -303,7 +303,13 @@ def _setup_venv(install: bool, setup: Setup, python: Interpreter) -> None:
             _say("pip install failed: the rows that need the venv are reported as unavailable")
         missing = _venv_missing(python)
     if {"flup", "gunicorn", "django"} & set(missing):
-        setup.missing["venv"] = f"benchmark venv {venv_dir(python.version).name} lacks {', '.join(missing)}"
+        name = python.venv.name
+        other = python.venv_python.exists() and not python.owns_venv()
+        setup.missing["venv"] = (
+            f"benchmark venv {name} was made by another Python {python.minor} (setup makes it anew)"
+            if other
+            else f"benchmark venv {name} lacks {', '.join(missing)}"
+        )
     setup.has_matplotlib = "matplotlib" not in missing
 
 
