@@ -1,13 +1,16 @@
 """The backends under test, their one-off setup (benchmark venv, C build), and the nginx in front of them.
 
-Nothing is installed globally except Debian's libfcgi-dev when the C ceiling needs it: flup 1.0.3, gunicorn,
-Django and matplotlib go into benchmarks/.venv, builds and nginx state into benchmarks/.work (both
-gitignored). Every process started here is stopped here, by pid.
+Nothing is installed globally except Debian packages when a row needs them (libfcgi-dev for the C ceiling,
+uwsgi-core and uwsgi-plugin-python3 for uWSGI), each announced before apt-get runs: flup 1.0.3, gunicorn,
+Django and matplotlib go into benchmarks/.venv-<major.minor> (one per interpreter, made with ``--python``'s
+``-m venv``), builds and nginx state into benchmarks/.work (all gitignored). Every process started here is
+stopped here, by pid.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,22 +26,28 @@ from bench_measure import process_tree
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_PYTHON",
     "Backend",
+    "Interpreter",
     "Nginx",
     "Running",
     "Setup",
     "fcgiserve_backend",
     "free_port",
+    "interpreter",
     "prepare",
     "start_backends",
     "stop_all",
+    "uwsgi_argv",
+    "venv_dir",
+    "venv_home_matches",
 ]
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
 WORK = HERE / ".work"
-VENV = HERE / ".venv"
-VENV_PYTHON = VENV / "bin" / "python"
+# Debian's interpreter, the one uWSGI's python3 plugin embeds: every Python row runs the same Python.
+DEFAULT_PYTHON = Path("/usr/bin/python3")
 VENV_PACKAGES = {
     "flup": "flup==1.0.3",
     "gunicorn": "gunicorn",
@@ -51,6 +60,9 @@ NGINX = "/usr/sbin/nginx"
 PROCESSES = 2  # prefork children = gunicorn sync workers
 THREADS = 8  # gunicorn gthread threads
 C_THREADS = 64  # >= the largest client concurrency: a kept connection holds its thread while idle
+UWSGI = "uwsgi"
+UWSGI_PLUGIN = Path("/usr/lib/uwsgi/plugins/python3_plugin.so")  # Debian's uwsgi-plugin-python3
+UWSGI_PACKAGES = ["uwsgi-core", "uwsgi-plugin-python3"]
 
 
 @dataclass
@@ -61,6 +73,67 @@ class Setup:
     has_matplotlib: bool = False
 
 
+def venv_dir(version: str) -> Path:
+    """The benchmark venv of a Python version ("3.11.2" -> benchmarks/.venv-3.11)."""
+    major, minor = version.split(".")[:2]
+    return HERE / f".venv-{major}.{minor}"
+
+
+def venv_home_matches(pyvenv_cfg: str, base_executable: str) -> bool:
+    """Whether a venv (its pyvenv.cfg text) was made from the interpreter whose base executable is given:
+    two Pythons of one major.minor (Debian's and a pyenv build) share the venv's name, not its packages."""
+    home = re.search(r"^home\s*=\s*(.+?)\s*$", pyvenv_cfg, re.MULTILINE)
+    return home is not None and Path(home.group(1)) == Path(base_executable).parent
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python every Python backend runs under (``--python``), and its benchmark venv."""
+
+    path: Path
+    version: str  # platform.python_version()
+    base_executable: str  # the interpreter a venv made with it points to
+
+    @property
+    def minor(self) -> str:
+        return ".".join(self.version.split(".")[:2])
+
+    @property
+    def venv(self) -> Path:
+        return venv_dir(self.version)
+
+    @property
+    def venv_python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def owns_venv(self) -> bool:
+        cfg = self.venv / "pyvenv.cfg"
+        return self.venv_python.exists() and venv_home_matches(cfg.read_text(), self.base_executable)
+
+    def runner(self) -> str:
+        """What runs a Python row: the venv's python (flup, gunicorn, Django) if it is this interpreter's,
+        else the interpreter itself (fcgiserve needs nothing installed)."""
+        return str(self.venv_python if self.owns_venv() else self.path)
+
+    def describe(self) -> str:
+        return f"Python {self.version} ({self.path})"
+
+
+def interpreter(path: Path = DEFAULT_PYTHON) -> Interpreter:
+    """Ask ``path`` its version; SystemExit if it does not run."""
+    probe = "import platform, sys; print(platform.python_version()); print(sys._base_executable)"
+    try:
+        done = subprocess.run(
+            [str(path), "-c", probe], capture_output=True, text=True, timeout=60, check=False
+        )
+    except OSError as error:
+        raise SystemExit(f"--python {path}: {error}") from error
+    if done.returncode != 0:
+        raise SystemExit(f"--python {path} failed: {done.stderr.strip()[-300:]}")
+    version, base = done.stdout.splitlines()[:2]
+    return Interpreter(path, version, base)
+
+
 @dataclass(frozen=True)
 class Backend:
     """One row of the results: how to start it and how nginx talks to it."""
@@ -69,22 +142,24 @@ class Backend:
     label: str
     protocol: str  # "fcgi" or "http"
     keep_conn: bool
-    needs: str  # "" (always there), "venv" or "libfcgi"
-    argv: Callable[[int], list[str]]
+    needs: str  # "" (always there), "venv", "libfcgi" or "uwsgi"
+    argv: Callable[[int, Interpreter], list[str]]  # (port, interpreter) -> command line
     django: bool = True  # serves /django/ (the C responder does not)
+    # uWSGI takes SIGTERM as "reload" unless --die-on-term; SIGINT stops its master and workers at once.
+    stop_signal: int = signal.SIGTERM
 
 
-def _fcgiserve(method: str, shape: list[str] | None = None) -> Callable[[int], list[str]]:
+def _fcgiserve(method: str, shape: list[str] | None = None) -> Callable[[int, Interpreter], list[str]]:
     """``shape``: the prefork pool's options instead of PROCESSES children (benchmarks/keepalive_p99.py)."""
 
-    def argv(port: int) -> list[str]:
-        # The same interpreter as flup and gunicorn (the benchmark venv; fcgiserve from the working tree via
-        # PYTHONPATH), so memory compares like with like: a system Python's site-packages hooks (.pth
-        # files) can add megabytes to every process. Prefork with --preload: flup always imports the app
-        # before it forks, so its children share the app's pages; ours do too with --preload.
-        python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+    def argv(port: int, python: Interpreter) -> list[str]:
+        # The same interpreter as flup, gunicorn and uWSGI (the benchmark venv; fcgiserve from the working
+        # tree via PYTHONPATH), so memory compares like with like: another Python's site-packages hooks
+        # (.pth files) can add megabytes to every process. Prefork with --preload: flup and uWSGI import
+        # the app before they fork, so their children share the app's pages; ours do too with --preload.
         extra = ["--minspare", str(PROCESSES), "--maxspare", str(PROCESSES), "--maxchildren", str(PROCESSES)]
-        base = [python, "-m", "fcgiserve", "bench_app:application", "--method", method]
+        extra += ["--threads", "1"]
+        base = [python.runner(), "-m", "fcgiserve", "bench_app:application", "--method", method]
         base += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         if shape is not None:
             extra = shape
@@ -98,17 +173,31 @@ def fcgiserve_backend(name: str, label: str, method: str, shape: list[str] | Non
     return Backend(name, label, "fcgi", True, "", _fcgiserve(method, shape))
 
 
-def _flup(method: str) -> Callable[[int], list[str]]:
-    return lambda port: [str(VENV_PYTHON), str(APPS / "flup_server.py"), method, str(port)]
+def _flup(method: str) -> Callable[[int, Interpreter], list[str]]:
+    return lambda port, python: [python.runner(), str(APPS / "flup_server.py"), method, str(port)]
 
 
-def _gunicorn(worker: str) -> Callable[[int], list[str]]:
-    def argv(port: int) -> list[str]:
+def _gunicorn(worker: str) -> Callable[[int, Interpreter], list[str]]:
+    def argv(port: int, python: Interpreter) -> list[str]:
         shape = ["-w", str(PROCESSES)] if worker == "sync" else ["-w", "1", "--threads", str(THREADS)]
         bind = ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench_app:application"]
-        return [str(VENV_PYTHON), "-m", "gunicorn", "-k", worker, *shape, *bind]
+        return [python.runner(), "-m", "gunicorn", "-k", worker, *shape, *bind]
 
     return argv
+
+
+def uwsgi_argv(port: int, venv: Path, shape: list[str]) -> list[str]:
+    """uWSGI's own FastCGI server over the benchmark app: Debian's python3 plugin, a master, ``shape`` the
+    process/thread options. The app is imported by the master before it forks (uWSGI's default, like
+    --preload); the benchmark venv (Django) through --virtualenv; no request log, as for every other row."""
+    argv = [UWSGI, "--plugin", "python3", "--fastcgi-socket", f"127.0.0.1:{port}", *shape, "--master"]
+    argv += ["--die-on-term", "--need-app", "--disable-logging", "--pythonpath", str(APPS)]
+    argv += ["--wsgi-file", str(APPS / "bench_app.py"), "--callable", "application"]
+    return argv + (["--virtualenv", str(venv)] if venv.exists() else [])
+
+
+def _uwsgi(shape: list[str]) -> Callable[[int, Interpreter], list[str]]:
+    return lambda port, python: uwsgi_argv(port, python.venv, shape)
 
 
 BACKENDS: list[Backend] = [
@@ -124,7 +213,7 @@ BACKENDS: list[Backend] = [
     ),
     Backend(
         "fcgiserve-prefork-new",
-        f"fcgiserve prefork ({PROCESSES}), new conns",
+        f"fcgiserve prefork ({PROCESSES}x1), new conns",
         "fcgi",
         False,
         "",
@@ -132,11 +221,15 @@ BACKENDS: list[Backend] = [
     ),
     Backend(
         "fcgiserve-prefork-keep",
-        f"fcgiserve prefork ({PROCESSES}), kept conns",
+        f"fcgiserve prefork ({PROCESSES}x1), kept conns",
         "fcgi",
         True,
         "",
         _fcgiserve("prefork"),
+    ),
+    # No pool size option at all (minspare 2, maxspare 5, up to 8 children of 1 thread): what sizing costs.
+    fcgiserve_backend(
+        "fcgiserve-prefork-default", "fcgiserve prefork (default sizing), kept conns", "prefork", []
     ),
     Backend(
         "gunicorn-sync", f"gunicorn sync ({PROCESSES} workers)", "http", False, "venv", _gunicorn("sync")
@@ -144,26 +237,45 @@ BACKENDS: list[Backend] = [
     Backend(
         "gunicorn-gthread", f"gunicorn gthread (1x{THREADS})", "http", False, "venv", _gunicorn("gthread")
     ),
+    # uWSGI closes every FastCGI connection after its request (no FCGI_KEEP_CONN), hence no kept rows.
+    Backend(
+        "uwsgi-processes",
+        f"uWSGI --processes {PROCESSES}, new conns",
+        "fcgi",
+        False,
+        "uwsgi",
+        _uwsgi(["--processes", str(PROCESSES)]),
+        stop_signal=signal.SIGINT,
+    ),
+    Backend(
+        "uwsgi-threads",
+        f"uWSGI --processes 1 --threads {THREADS}, new conns",
+        "fcgi",
+        False,
+        "uwsgi",
+        _uwsgi(["--processes", "1", "--threads", str(THREADS)]),
+        stop_signal=signal.SIGINT,
+    ),
     Backend(
         "libfcgi-c",
         f"C libfcgi ({C_THREADS} threads, kept) ceiling",
         "fcgi",
         True,
         "libfcgi",
-        lambda port: [str(C_BINARY), str(port), str(C_THREADS)],
+        lambda port, _python: [str(C_BINARY), str(port), str(C_THREADS)],
         django=False,
     ),
 ]
 
 
-def _venv_missing() -> list[str]:
-    if not VENV_PYTHON.exists():
+def _venv_missing(python: Interpreter) -> list[str]:
+    if not python.owns_venv():
         return list(VENV_PACKAGES)
     probe = (
         "import importlib.util as u,sys;print(' '.join(n for n in sys.argv[1:] if u.find_spec(n) is None))"
     )
     done = subprocess.run(
-        [str(VENV_PYTHON), "-c", probe, *VENV_PACKAGES],
+        [str(python.venv_python), "-c", probe, *VENV_PACKAGES],
         capture_output=True,
         text=True,
         timeout=60,
@@ -176,30 +288,64 @@ def _say(message: str) -> None:
     print(f"[setup] {message}", file=sys.stderr, flush=True)
 
 
-def _setup_venv(install: bool, setup: Setup) -> None:
-    missing = _venv_missing()
+def _setup_venv(install: bool, setup: Setup, python: Interpreter) -> None:
+    missing = _venv_missing(python)
     if missing and install:
-        _say(f"benchmark venv {VENV}: installing {', '.join(VENV_PACKAGES[n] for n in missing)} (pip)")
-        if not VENV_PYTHON.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
-        pip = [str(VENV_PYTHON), "-m", "pip", "install", "-q", *(VENV_PACKAGES[n] for n in missing)]
+        venv = python.venv
+        _say(f"benchmark venv {venv}: installing {', '.join(VENV_PACKAGES[n] for n in missing)} (pip)")
+        if not python.owns_venv():
+            if python.venv_python.exists():
+                _say(f"{venv} was made by another Python {python.minor}: making it anew with {python.path}")
+            create = [str(python.path), "-m", "venv", "--clear", str(venv)]
+            subprocess.run(create, check=True, timeout=300)
+        pip = [str(python.venv_python), "-m", "pip", "install", "-q", *(VENV_PACKAGES[n] for n in missing)]
         if subprocess.run(pip, timeout=900, check=False).returncode != 0:
             _say("pip install failed: the rows that need the venv are reported as unavailable")
-        missing = _venv_missing()
+        missing = _venv_missing(python)
     if {"flup", "gunicorn", "django"} & set(missing):
-        setup.missing["venv"] = f"benchmark venv lacks {', '.join(missing)}"
+        name = python.venv.name
+        other = python.venv_python.exists() and not python.owns_venv()
+        setup.missing["venv"] = (
+            f"benchmark venv {name} was made by another Python {python.minor} (setup makes it anew)"
+            if other
+            else f"benchmark venv {name} lacks {', '.join(missing)}"
+        )
     setup.has_matplotlib = "matplotlib" not in missing
+
+
+def _apt_install(packages: list[str], why: str) -> None:
+    _say(f"{why} needs Debian's {', '.join(packages)}: running apt-get install -y {' '.join(packages)}")
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], timeout=600, check=False, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *packages], timeout=600, check=False, env=env)
+
+
+def _uwsgi_installed() -> bool:
+    return shutil.which(UWSGI) is not None and UWSGI_PLUGIN.exists()
+
+
+def uwsgi_python() -> str:
+    """The major.minor of the libpython uWSGI's python3 plugin is linked with ("" if unknown)."""
+    done = subprocess.run(["ldd", str(UWSGI_PLUGIN)], capture_output=True, text=True, timeout=30, check=False)
+    found = re.search(r"libpython(\d+\.\d+)", done.stdout)
+    return found.group(1) if found else ""
+
+
+def _setup_uwsgi(install: bool, setup: Setup, python: Interpreter) -> None:
+    if not _uwsgi_installed() and install:
+        _apt_install(UWSGI_PACKAGES, "uWSGI")
+    if not _uwsgi_installed():
+        setup.missing["uwsgi"] = f"uWSGI is not installed (apt-get install {' '.join(UWSGI_PACKAGES)})"
+    elif (embedded := uwsgi_python()) != python.minor:
+        setup.missing["uwsgi"] = f"uWSGI's python3 plugin embeds Python {embedded or '?'}, not {python.minor}"
+    elif "venv" in setup.missing:
+        setup.missing["uwsgi"] = setup.missing["venv"]  # bench_app imports Django
 
 
 def _setup_libfcgi(install: bool, setup: Setup) -> None:
     if not Path("/usr/include/fcgiapp.h").exists() and install:
-        _say("the C ceiling needs Debian's libfcgi-dev: running apt-get install -y libfcgi-dev")
-        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], timeout=600, check=False, env=env)
-        subprocess.run(
-            [*sudo, "apt-get", "install", "-y", "-qq", "libfcgi-dev"], timeout=600, check=False, env=env
-        )
+        _apt_install(["libfcgi-dev"], "the C ceiling")
     if not Path("/usr/include/fcgiapp.h").exists():
         setup.missing["libfcgi"] = "libfcgi-dev is not installed (apt-get install libfcgi-dev)"
         return
@@ -212,14 +358,16 @@ def _setup_libfcgi(install: bool, setup: Setup) -> None:
         setup.missing["libfcgi"] = f"gcc failed: {done.stderr.strip()[:300]}"
 
 
-def prepare(install: bool) -> Setup:
+def prepare(install: bool, python: Interpreter | None = None) -> Setup:
     """Check (and with ``install``, provide) what the backends need; never raises for a missing extra."""
     for tool in ("wrk", NGINX):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required (Debian packages wrk and nginx-light)")
     setup = Setup()
-    _setup_venv(install, setup)
+    python = python or interpreter()
+    _setup_venv(install, setup, python)
     _setup_libfcgi(install, setup)
+    _setup_uwsgi(install, setup, python)
     return setup
 
 
@@ -250,14 +398,15 @@ class Running:
 
 
 def stop_all(backends: list[Running], grace: float = 3.0) -> None:
-    """SIGTERM every root (each stops its own children); after ``grace`` s SIGKILL whatever is left.
+    """Signal every root (SIGTERM, or the backend's own stop signal; each stops its own children); after
+    ``grace`` s SIGKILL whatever is left.
 
     Measuring is over by then, so a slow graceful exit (flup's prefork master waits 10 s for children that
     miss its close) is not worth waiting for; each tree is listed first so no orphan survives."""
     trees = {r.process.pid: process_tree(r.process.pid) for r in backends if r.process.poll() is None}
     for running in backends:
         if running.process.pid in trees:
-            running.process.send_signal(signal.SIGTERM)
+            running.process.send_signal(running.backend.stop_signal)
     deadline = time.monotonic() + grace
     for running in backends:
         if running.process.pid not in trees:
@@ -285,9 +434,13 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float)
     return False
 
 
-def start_backends(backends: list[Backend]) -> tuple[list[Running], dict[str, str]]:
-    """Start every backend on a free loopback port at once, then wait until each accepts connections (30 s
-    at most); return the running ones and, for the others, why they are not running."""
+def start_backends(
+    backends: list[Backend], python: Interpreter | None = None
+) -> tuple[list[Running], dict[str, str]]:
+    """Start every backend on a free loopback port at once (Python rows under ``python``, by default
+    DEFAULT_PYTHON), then wait until each accepts connections (30 s at most); return the running ones and,
+    for the others, why they are not running."""
+    python = python or interpreter()
     WORK.mkdir(exist_ok=True)
     # The repository root too, so the working tree's fcgiserve runs whether or not it is installed.
     path = os.pathsep.join([str(APPS), str(HERE.parent)])
@@ -300,7 +453,7 @@ def start_backends(backends: list[Backend]) -> tuple[list[Running], dict[str, st
         try:
             with log.open("wb") as sink:
                 process = subprocess.Popen(
-                    backend.argv(port), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
+                    backend.argv(port, python), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
                 )
         except OSError as error:
             failed[backend.name] = f"could not start: {error}"

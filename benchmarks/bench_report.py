@@ -214,7 +214,70 @@ def _target_rows(data: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         lambda a, b: a <= b,
         "largest child {0:,.0f} vs {1:,.0f} KiB",
     )
+    _uwsgi_targets(get, check, memory)
     return rows
+
+
+UWSGI = "uwsgi-processes"  # uWSGI --processes 2: the issue's reference
+TOLERANCE = 1.10  # "default sizing costs nothing": within 10 % of right-sized, beyond wrk's run-to-run noise
+
+
+def _largest_child(memory: dict[str, Any], backend: str, key: str = "idle") -> float | None:
+    """The largest RSS among a tree's processes after the root (the root alone for a single process)."""
+    tree = memory.get(backend, {}).get(key)
+    if not tree:
+        return None
+    return float(max(k for _p, k in (tree[1:] or tree)))
+
+
+def _uwsgi_targets(
+    get: Callable[[str, str, str], float | None],
+    check: Callable[[str, list[float | None], Callable[..., bool], str], None],
+    memory: dict[str, Any],
+) -> None:
+    """The targets of "as fast as uWSGI's C FastCGI server", each against uWSGI --processes 2."""
+    thr, pre, default = "fcgiserve-threaded-keep", "fcgiserve-prefork-keep", "fcgiserve-prefork-default"
+    req = "{0:,.0f} vs {1:,.0f} req/s"
+    for mine in (thr, pre):
+        check(
+            f"uWSGI: hello-8 {mine} >= 1.0x uWSGI --processes 2 req/s",
+            [get("hello-8", mine, "rps"), get("hello-8", UWSGI, "rps")],
+            lambda a, b: a >= b,
+            req,
+        )
+        check(
+            f"uWSGI: hello-8 {mine} backend CPU <= 40 µs/request",
+            [get("hello-8", mine, "cpu_us"), get("hello-8", UWSGI, "cpu_us")],
+            lambda a, _u: a <= 40,
+            "{0:,.0f} µs (uWSGI {1:,.0f} µs)",
+        )
+        for key in ("p50", "p99"):
+            check(
+                f"uWSGI: hello-1 {mine} {key} <= uWSGI's",
+                [get("hello-1", mine, key), get("hello-1", UWSGI, key)],
+                lambda a, b: a <= b,
+                "{0:.2f} vs {1:.2f} ms",
+            )
+        for workload in ("big-8", "post-8"):
+            check(
+                f"uWSGI: {workload} {mine} >= 1.0x uWSGI req/s",
+                [get(workload, mine, "rps"), get(workload, UWSGI, "rps")],
+                lambda a, b: a >= b,
+                req,
+            )
+        check(
+            f"uWSGI: idle RSS, {mine} {'process' if mine == thr else 'largest child'} <= a uWSGI worker",
+            [_largest_child(memory, mine), _largest_child(memory, UWSGI)],
+            lambda a, b: a <= b,
+            "{0:,.0f} vs {1:,.0f} KiB",
+        )
+    for key, unit in (("p99", "{0:.2f} vs {1:.2f} ms"), ("cpu_us", "{0:,.0f} vs {1:,.0f} µs")):
+        check(
+            f"uWSGI: hello-8 prefork default sizing {key} within 10 % of 2x1",
+            [get("hello-8", default, key), get("hello-8", pre, key)],
+            lambda a, b: a <= TOLERANCE * b,
+            unit,
+        )
 
 
 def render_markdown(data: dict[str, Any]) -> str:

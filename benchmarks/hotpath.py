@@ -1,6 +1,6 @@
 """What one kept-alive hello request costs inside fcgiserve, without nginx, wrk or a pool in the way.
 
-    python benchmarks/hotpath.py [--requests N]
+    python benchmarks/hotpath.py [--requests N] [--top N]
     valgrind --tool=callgrind python benchmarks/hotpath.py --serve-only N   # twice, with two N: instructions
 
 One ``ServedConnection`` (the real handler, the real WSGI adapter and protocol core) on one end of a unix
@@ -9,7 +9,9 @@ with the benchmark's fastcgi_params (BEGIN_REQUEST, PARAMS, the empty PARAMS, th
 calls ``serve()`` (which returns when the connection is idle again, as the pool sees it), and reads the
 answer. Prints, per request: CPU time of the whole loop and of the client side alone (the difference is the
 server's share), records and bytes each way, the server's socket calls, and the Python function calls made
-(cProfile's count: the measure of interpreted work that does not depend on the machine's speed).
+(cProfile's count: the measure of interpreted work that does not depend on the machine's speed). With
+``--top N``, also the N functions of most own time under cProfile, per request: where the server's
+microseconds go (cProfile's overhead inflates each call alike, so read shares, not absolute times).
 """
 
 from __future__ import annotations
@@ -78,9 +80,25 @@ class CountingSocket:
         return attribute
 
 
+def _print_top(stats: pstats.Stats, requests: int, top: int) -> None:
+    """The functions of most own time (tottime), per request, with their share of the profiled total."""
+    rows = stats.stats  # type: ignore[attr-defined]
+    total = sum(row[2] for row in rows.values()) or 1.0
+    print()
+    print(f"| function (cProfile, own time, top {top}) | calls per request | own µs per request | share |")
+    print("|---|---:|---:|---:|")
+    for (filename, line, name), (_cc, calls, tottime, _ct, _callers) in sorted(
+        rows.items(), key=lambda item: -item[1][2]
+    )[:top]:
+        where = f"{os.path.basename(filename)}:{line} {name}" if line else name
+        own = f"{tottime / requests * 1e6:.2f} | {100 * tottime / total:.1f} %"
+        print(f"| `{where}` | {calls / requests:.1f} | {own} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--top", type=int, default=0, help="list the N functions of most own time")
     parser.add_argument(
         "--serve-only",
         type=int,
@@ -158,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in sorted(calls):
         print(f"| server socket `{name}` calls | {calls[name]:.2f} |")
     print(f"| Python function calls (cProfile, builtins included) | {functions:.0f} |")
+    if args.top:
+        _print_top(stats, n // 4, args.top)
     for sock in (near, counted_near):
         sock.close()
     conn.close()

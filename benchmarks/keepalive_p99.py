@@ -26,7 +26,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backends import Nginx, fcgiserve_backend, prepare, start_backends, stop_all
+from bench_backends import (
+    DEFAULT_PYTHON,
+    Nginx,
+    fcgiserve_backend,
+    interpreter,
+    prepare,
+    start_backends,
+    stop_all,
+)
 from bench_report import figures
 from run import WORKLOADS, _bench, _warm_up
 
@@ -46,6 +54,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (1..30, default 5)")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (1..5, default 3)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument(
+        "--python", type=Path, default=DEFAULT_PYTHON, help="the servers' interpreter (as run.py)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 30 or not 1 <= args.reps <= 5 or not 1 <= args.connections <= 256:
         parser.error("--duration must be 1..30, --reps 1..5, --connections 1..256")
@@ -79,9 +90,10 @@ def _table(runs: list[dict[str, Any]], workload: str, unavailable: dict[str, str
 def main(argv: list[str] | None = None) -> int:
     """Measure and print the table; the exit status is 1 when a backend could not be measured."""
     args = _parse(argv)
-    prepare(install=False)  # wrk and nginx must be there; nothing else is needed
+    python = interpreter(args.python)
+    prepare(install=False, python=python)  # wrk and nginx must be there; nothing else is needed
     unavailable: dict[str, str] = {}
-    live, failed = start_backends(BACKENDS)
+    live, failed = start_backends(BACKENDS, python)
     unavailable.update(failed)
     nginx = Nginx(live)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -23,12 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backends import BACKENDS, VENV, Nginx, start_backends, stop_all
+from bench_backends import BACKENDS, Nginx, interpreter, start_backends, stop_all
 from bench_measure import run_wrk
 
 __all__ = ["main", "summarise"]
-
-PY_SPY = VENV / "bin" / "py-spy"
 
 
 def summarise(collapsed: str, top: int) -> str:
@@ -66,12 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL (Python CPU time)")
     args = parser.parse_args(argv)
-    if not PY_SPY.exists() and (VENV / "bin" / "pip").exists():
-        print(f"installing py-spy into {VENV} (pip)", file=sys.stderr)
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "py-spy"], timeout=600, check=False)
-    if not PY_SPY.exists():
+    venv = interpreter().venv  # the default interpreter's benchmark venv
+    py_spy = venv / "bin" / "py-spy"
+    if not py_spy.exists() and (venv / "bin" / "pip").exists():
+        print(f"installing py-spy into {venv} (pip)", file=sys.stderr)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "py-spy"], timeout=600, check=False)
+    if not py_spy.exists():
         raise SystemExit(
-            f"{PY_SPY} is missing: run benchmarks/run.py once, then {VENV}/bin/pip install py-spy"
+            f"{py_spy} is missing: run benchmarks/run.py once, then {venv}/bin/pip install py-spy"
         )
     backend = next(b for b in BACKENDS if b.name == args.backend)
     live, failed = start_backends([backend])
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             nginx.get(backend.name, args.path)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "profile.txt"
-            spy = [str(PY_SPY), "record", "--format", "raw", "-o", str(out), "-d", str(args.seconds - 1)]
+            spy = [str(py_spy), "record", "--format", "raw", "-o", str(out), "-d", str(args.seconds - 1)]
             spy += [
                 "-r",
                 "200",

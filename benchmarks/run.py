@@ -2,10 +2,14 @@
 
     python benchmarks/run.py [--quick] [--only NAME[,NAME..]] [--workloads NAME[,NAME..]]
                              [--duration S] [--reps N] [--no-setup] [--results-dir DIR] [--no-chart]
+                             [--python PATH]
 
 Setup (skipped with --no-setup, which installs nothing and reports missing extras as unavailable rows):
-a benchmark-only venv in benchmarks/.venv (flup 1.0.3, gunicorn, Django, matplotlib; pip), the C libfcgi
-responder built into benchmarks/.work (apt-get install libfcgi-dev if it is missing). Then every backend is
+a benchmark-only venv per interpreter in benchmarks/.venv-<major.minor>, made by --python's ``-m venv``
+(flup 1.0.3, gunicorn, Django, matplotlib; pip), the C libfcgi responder built into benchmarks/.work
+(apt-get install libfcgi-dev if it is missing), uWSGI (apt-get install uwsgi-core uwsgi-plugin-python3 if
+missing). Every Python row runs under --python (default /usr/bin/python3, Debian's, which uWSGI's plugin
+embeds). Then every backend is
 started on its own loopback port, one nginx fronts them all, and wrk runs each workload against each backend
 in turn, repetition after repetition (A B C A B C ...), so drift of the machine hits every backend alike.
 Writes results/latest.json, results/latest.md and the chart results/latest.png (or .svg).
@@ -29,11 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backends import (
     BACKENDS,
-    VENV_PYTHON,
+    DEFAULT_PYTHON,
+    UWSGI,
     WORK,
     Backend,
+    Interpreter,
     Nginx,
     Running,
+    interpreter,
     prepare,
     start_backends,
     stop_all,
@@ -86,8 +93,8 @@ WORKLOADS = [
 ]  # fmt: skip
 
 
-def machine_line() -> str:
-    """nproc, CPU model, kernel, Python, nginx and wrk versions."""
+def machine_line(python: Interpreter) -> str:
+    """nproc, CPU model, kernel, the Python rows' interpreter, nginx, wrk and uWSGI versions."""
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -96,16 +103,21 @@ def machine_line() -> str:
     nginx = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True, timeout=10, check=False)
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10, check=False)
     wrk_version = (wrk.stdout + wrk.stderr).split(" [")[0].strip()
+    try:
+        uwsgi = subprocess.run([UWSGI, "--version"], capture_output=True, text=True, timeout=10, check=False)
+        uwsgi_version = f", uWSGI {uwsgi.stdout.strip()}"
+    except OSError:
+        uwsgi_version = ""
     return (
-        f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python {platform.python_version()}, "
-        f"{nginx.stderr.strip().removeprefix('nginx version: ')}, {wrk_version}"
+        f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, {python.describe()}, "
+        f"{nginx.stderr.strip().removeprefix('nginx version: ')}, {wrk_version}{uwsgi_version}"
     )
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="hello-8, big-8, post-8 at 2 s x 2 reps: about 2.5 minutes"
+        "--quick", action="store_true", help="hello-8, big-8, post-8 at 2 s x 2 reps: about 3 minutes"
     )
     parser.add_argument("--only", default="", help="comma-separated backend names (default: all)")
     parser.add_argument("--workloads", default="", help="comma-separated workload names")
@@ -118,6 +130,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-setup", action="store_true", help="install nothing (no pip, no apt-get)")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--no-chart", action="store_true", help="skip the chart")
+    parser.add_argument(
+        "--python",
+        type=Path,
+        default=DEFAULT_PYTHON,
+        help="the interpreter of every Python row; its venv is benchmarks/.venv-<major.minor> "
+        f"(default {DEFAULT_PYTHON}, which uWSGI's python3 plugin embeds)",
+    )
     args = parser.parse_args(argv)
     names = {b.name for b in BACKENDS}
     args.backends = [b for b in BACKENDS if not args.only or b.name in args.only.split(",")]
@@ -217,8 +236,8 @@ def _bench(
     return runs, memory
 
 
-def _chart(json_path: Path, stem: Path, use_venv: bool) -> str:
-    python = str(VENV_PYTHON) if use_venv else sys.executable
+def _chart(json_path: Path, stem: Path, venv: Interpreter | None) -> str:
+    python = str(venv.venv_python) if venv is not None else sys.executable
     env = {**os.environ, "PYTHONPATH": str(HERE)}
     done = subprocess.run(
         [python, str(HERE / "bench_chart.py"), str(json_path), str(stem)],
@@ -232,14 +251,15 @@ def _chart(json_path: Path, stem: Path, use_venv: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; the exit status is 0 when every selected backend was measured."""
     args = _parse(argv)
-    setup = prepare(install=not args.no_setup)
+    python = interpreter(args.python)
+    setup = prepare(install=not args.no_setup, python=python)
     unavailable = {b.name: setup.missing[b.needs] for b in args.backends if b.needs in setup.missing}
     chosen: list[Backend] = [b for b in args.backends if b.name not in unavailable]
     live: list[Running] = []
     nginx: Nginx | None = None
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
-        live, failed = start_backends(chosen)
+        live, failed = start_backends(chosen, python)
         unavailable.update(failed)
         nginx = Nginx(live)
         nginx.start()
@@ -254,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         "mode": ("quick" if args.quick else "full") + (" (filtered)" if args.only or args.workloads else ""),
         "started": started,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine_line(),
+        "machine": machine_line(python),
+        "python": {"path": str(python.path), "version": python.version},
         "command": shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
         "duration": args.duration,
         "reps": args.reps,
@@ -270,9 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.results_dir / "latest.md").write_text(render_markdown(data))
     print(f"wrote {args.results_dir / 'latest.md'}", file=sys.stderr)
     if not args.no_chart:
-        print(
-            f"chart: {_chart(json_path, args.results_dir / 'latest', setup.has_matplotlib)}", file=sys.stderr
-        )
+        chart = _chart(json_path, args.results_dir / "latest", python if setup.has_matplotlib else None)
+        print(f"chart: {chart}", file=sys.stderr)
     return 1 if unavailable else 0
 
 
