@@ -340,11 +340,3 @@ class SlotWriter:
             self._served,
             self._started_at,
         )
-
-    def _begin_write(self) -> None:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(self._map, self._base, self._seq)
-
-    def _end_write(self) -> None:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(self._map, self._base, self._seq)
