@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -184,7 +185,9 @@ def test_release_resets_a_slot_left_mid_write() -> None:
         index = board.allocate(generation=1, now=0.0)
         assert index == 0
         writer = board.writer(index)
-        writer._begin_write()  # a child killed between the two counter writes
+        # A child killed between the two counter writes: the counter stays odd from then on.
+        writer._seq += 1
+        struct.pack_into("=I", board._map, 0, writer._seq)
         writer.request_started("GET /a")
         snap = board.read(index)
         assert (snap.active, snap.consistent) == (1, False)  # what it read, flagged
