@@ -98,7 +98,6 @@ class Admission:
         """What an event on a listener yields: one new connection (a prefork child), a burst of them (a
         threaded pool), or None (nothing waits, or accepting is not allowed now)."""
         if not self.allowed() or self.declining():
-            self._watch.declined(listener.fileno())
             return None  # paused, stopping, or busy: the connection waits for a sibling or for us
         if not self.accept_while_busy:
             return self._accept(listener)

@@ -98,7 +98,7 @@ class WatchList:
         return listener
 
     def declined(self, fd: int) -> None:
-        """The event on listener ``fd`` is left to others (busy, paused): stop hearing of it until re-armed.
+        """The event on listener ``fd`` is left to others (stopping, at max_connections): stop hearing of it.
         A level-triggered exclusive listener would otherwise report the same backlog again at once."""
         if self.exclusive and fd in self._armed:
             self._epoll.unregister(fd)
