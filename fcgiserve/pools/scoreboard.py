@@ -308,25 +308,11 @@ class SlotWriter:
         self._publish_header()
 
     def _publish_header(self) -> None:
-        """Write the header under the seqlock: the counter odd, the fields, the counter even again.
-
-        Called on every request (twice, around serve()): inlined rather than composed of the helpers below.
-        """
+        """Write the header under the seqlock: the counter odd, the fields, the counter even again."""
         seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
-        mapping, base = self._map, self._base
-        _SEQ.pack_into(mapping, base, (seq - 1) & 0xFFFFFFFF)
-        _HEADER.pack_into(
-            mapping,
-            base + _HEADER_AT,
-            self._state,
-            self._pid,
-            self._generation,
-            self._active,
-            self._serving,
-            self._served,
-            self._started_at,
-        )
-        _SEQ.pack_into(mapping, base, seq)
+        _SEQ.pack_into(self._map, self._base, (seq - 1) & 0xFFFFFFFF)
+        self._pack_header()
+        _SEQ.pack_into(self._map, self._base, seq)
 
     def _pack_header(self) -> None:
         _HEADER.pack_into(
