@@ -99,7 +99,7 @@ def test_the_venv_is_per_interpreter_version() -> None:
     assert python.venv_python == BENCH / ".venv-3.12" / "bin" / "python"
     cfg = "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.2\n"
     assert backends.venv_home_matches(cfg, "/usr/bin/python3.11")
-    assert not backends.venv_home_matches(cfg, "/root/.pyenv/versions/3.11.7/bin/python3.11")
+    assert not backends.venv_home_matches(cfg, "/opt/python-3.11.7/bin/python3.11")
     assert not backends.venv_home_matches("version = 3.11.2\n", "/usr/bin/python3.11")
 
 
