@@ -8,7 +8,7 @@ on the mapping plus ``time.monotonic()`` (a vDSO call on Linux; CLOCK_MONOTONIC 
 the master can compare a child's timestamps with its own clock).
 
 A slot is a header (state, pid, generation, requests in progress, threads in ``serve()``, requests
-served) followed by one
+served, seconds spent in requests) followed by one
 *lane* per concurrently tracked request (busy-since and the request line, truncated). A child runs
 several worker threads, so each request in progress takes a lane for its duration; that is how the
 master finds one stuck request among several and how the child's stack dump names its thread.
@@ -37,8 +37,8 @@ LINE_BYTES = 200  # request line bytes kept per lane; longer lines are truncated
 
 _SEQ = struct.Struct("=I")
 # state, pid, generation, requests in progress, threads in serve(), requests served,
-# started_at (monotonic, set by the master)
-_HEADER = struct.Struct("=BxxxiIIIQd")
+# started_at (monotonic, set by the master), seconds spent in finished requests (summed over threads)
+_HEADER = struct.Struct("=BxxxiIIIQdd")
 # busy_since (0.0 = lane free), line length, line
 _LANE = struct.Struct(f"=dH{LINE_BYTES}s")
 _HEADER_AT = 8  # after the counter (struct needs no alignment; slots start on 8-byte boundaries)
@@ -70,6 +70,7 @@ class SlotSnapshot:
     served: int  # requests finished
     started_at: float
     requests: tuple[RequestInProgress, ...]
+    busy_seconds: float = 0.0  # time spent in the requests finished so far (pools/cpudemand.py)
     consistent: bool = True  # False: read while its writer was stuck mid-write (or died there)
 
     @property
@@ -83,6 +84,10 @@ class SlotSnapshot:
         if self.state is SlotState.READY:
             return "busy" if self.active or self.serving else "idle"
         return self.state.name.lower()
+
+    def time_in_requests(self, now: float) -> float:
+        """Seconds spent in requests so far, the ones in progress until ``now`` (monotonic) included."""
+        return self.busy_seconds + sum(now - request.busy_since for request in self.requests)
 
     def oldest_busy_since(self) -> float | None:
         return min((r.busy_since for r in self.requests), default=None)
@@ -164,7 +169,7 @@ class Scoreboard:
         mapping, size, unpack = self._map, self._slot_size, _HEADER.unpack_from
         glances = []
         for base in range(_HEADER_AT, self.slots * size, size):
-            state, _pid, _generation, active, serving, served, _started_at = unpack(mapping, base)
+            state, _pid, _generation, active, serving, served, _started_at, _busy = unpack(mapping, base)
             glances.append((state, active, serving, served))
         return glances
 
@@ -175,10 +180,11 @@ class Scoreboard:
     def _reset(self, index: int, state: SlotState, generation: int, now: float) -> None:
         base = index * self._slot_size
         self._map[base : base + self._slot_size] = bytes(self._slot_size)
-        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, 0, now)
+        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, 0, now, 0.0)
 
     def _decode(self, index: int, data: bytes, consistent: bool) -> SlotSnapshot:
-        state, pid, generation, active, serving, served, started_at = _HEADER.unpack_from(data, _HEADER_AT)
+        header = _HEADER.unpack_from(data, _HEADER_AT)
+        state, pid, generation, active, serving, served, started_at, busy = header
         requests = []
         for lane in range(self.lanes):
             busy_since, length, line = _LANE.unpack_from(data, _LANES_AT + lane * _LANE.size)
@@ -194,6 +200,7 @@ class Scoreboard:
             served=served,
             started_at=started_at,
             requests=tuple(requests),
+            busy_seconds=busy,
             consistent=consistent,
         )
 
@@ -229,6 +236,7 @@ class SlotWriter:
         self._serving: int = header[4]
         self._served: int = header[5]
         self._started_at: float = header[6]
+        self._busy: float = header[7]
 
     @property
     def served(self) -> int:
@@ -295,6 +303,7 @@ class SlotWriter:
                 # stay busy forever, or the master would take it for a stuck request.
                 held = self._held.pop(min(self._held, key=lambda t: self._held[t].since))
             if held is not None:
+                self._busy += time.monotonic() - held.since
                 self._free_lanes.append(held.lane)
                 _LANE.pack_into(self._map, self._lane_offset(held.lane), 0.0, 0, b"")
             self._pack_header()
@@ -325,4 +334,5 @@ class SlotWriter:
             self._serving,
             self._served,
             self._started_at,
+            self._busy,
         )

@@ -72,6 +72,11 @@ class LineConnection:
             if command == "SLEEP":
                 time.sleep(float(arg))
                 reply = "SLEPT"
+            elif command == "SPIN":  # compute for that much CPU time, however long it takes
+                until = time.thread_time() + float(arg)
+                while time.thread_time() < until:
+                    pass
+                reply = "SPUN"
             elif command == "ECHO":
                 reply = arg
             elif command == "PID":

@@ -49,7 +49,10 @@ def main() -> int:
     parser.add_argument("--boot-control", type=Path)
     parser.add_argument("--in-thread", action="store_true")
     parser.add_argument("--no-pdeathsig", action="store_true")
+    parser.add_argument("--pin-cpu", type=int, help="run the master and its children on this CPU only")
     args = parser.parse_args()
+    if args.pin_cpu is not None:
+        os.sched_setaffinity(0, {args.pin_cpu})
     if args.no_pdeathsig:
         child._die_with_parent = lambda: None
     logging.basicConfig(  # DEBUG: a failing test shows every fork, exit and retirement, timed

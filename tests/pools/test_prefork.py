@@ -132,6 +132,7 @@ def _master(
     boot_control: Path | None = None,
     in_thread: bool = False,
     no_pdeathsig: bool = False,
+    pin_cpu: int | None = None,
     **settings: Any,
 ) -> Iterator[Master]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -147,6 +148,8 @@ def _master(
         command.append("--in-thread")
     if no_pdeathsig:
         command.append("--no-pdeathsig")
+    if pin_cpu is not None:
+        command += ["--pin-cpu", str(pin_cpu)]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             command, cwd=ROOT, pass_fds=[listener.fileno()], stdout=log_file, stderr=subprocess.STDOUT
@@ -252,6 +255,74 @@ def test_never_more_than_max_children_under_load(tmp_path: Path) -> None:
         assert max(counts) == 4
         assert "reached max_children (4)" in master.log()
         assert master.stats()["max_children_reached"] >= 1
+
+
+def test_no_growth_while_busy_children_saturate_the_cpus(tmp_path: Path) -> None:
+    """CPU-bound requests on a pool confined to one CPU: once two children take turns on it, a third would
+    only take turns too (pools/cpudemand.py), so the pool holds its size. Sleeping requests still grow it
+    (test_growth_is_prompt_when_all_children_are_busy)."""
+    counts: list[int] = []
+    cpu = min(os.sched_getaffinity(0))
+    with _master(tmp_path, pin_cpu=cpu, min_spare=1, max_spare=1, max_children=8) as master:
+        _ready(master)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                counts.append(len(master.children()))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            replies = _concurrently(master, ["SPIN 0.3"] * 5)
+        finally:
+            done.set()
+            sampler.join(5)
+        assert [r[0] for r in replies] == ["SPUN"] * 5, master.log()
+        stats = master.stats()
+        assert stats["growth_held"] >= 1, master.log()
+        assert max(counts) <= 3, (counts, master.log())
+        assert "all children busy on saturated CPUs" in master.log()
+
+
+def test_busy_children_beyond_saturated_cpus_retire_and_lose_nothing(tmp_path: Path) -> None:
+    """Three children computing without pause on one CPU: after SATURATED_BEFORE_RETIRE the youngest busy
+    one retires (its kept connection goes to a sibling), and every request on every kept connection is
+    answered."""
+    cpu = min(os.sched_getaffinity(0))
+    failures: list[str] = []
+    answered = [0, 0, 0]
+    with _master(tmp_path, pin_cpu=cpu, min_spare=1, max_spare=5, max_children=8) as master:
+        _ready(master, 3)  # start-up: min_spare plus half the gap to max_spare
+
+        def client(index: int) -> None:
+            try:
+                conn, _pid = master.connect()
+                deadline = time.monotonic() + 5.0
+                try:
+                    for n in range(2000):  # bounded: about 100 in 5 s
+                        if time.monotonic() > deadline:
+                            break
+                        if _kept_request(conn, f"ECHO {index}-{n}") != f"{index}-{n}":
+                            failures.append(f"{index}-{n} unanswered")
+                        if _kept_request(conn, "SPIN 0.03") != "SPUN":
+                            failures.append(f"{index}-{n} SPIN unanswered")
+                        answered[index] += 1
+                finally:
+                    conn.close()
+            except OSError as exc:
+                failures.append(repr(exc))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert failures == [], (failures[:5], master.log()[-3000:])
+        assert min(answered) > 5, answered
+        assert "retiring busy worker" in master.log(), master.log()[-3000:]
+        assert master.stats()["saturated_retired"] >= 1
 
 
 def test_each_child_serves_at_most_max_requests(tmp_path: Path) -> None:
