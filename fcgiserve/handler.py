@@ -130,6 +130,9 @@ class HandlerOptions:
 class ConnectionFactory:
     """Builds a ``ServedConnection`` per accepted socket; handed to a pool (see ``pools/base.py``)."""
 
+    # serve() reads what is there and parks a connection whose request is incomplete (pools/base.py).
+    serve_never_waits = True
+
     def __init__(self, app: WSGIApp, options: HandlerOptions) -> None:
         self.app = app
         self.options = options

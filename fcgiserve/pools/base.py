@@ -71,6 +71,10 @@ class ConnectionFactory(Protocol):
     # Then ``serve()`` returns True when that request ends, and the pool already holds the connection; a
     # worker it lends may call ``serve()`` (as the connection's reader) while the request still runs.
     watch: Callable[[Any], bool] | None
+    # Optional: a class attribute ``serve_never_waits = True`` says that ``serve()`` never waits for a
+    # request to arrive (it returns True to park a connection whose request is incomplete). A prefork child
+    # then counts a thread busy only while a request runs (pools/child.py, ``tracked``); otherwise from the
+    # moment it enters ``serve()``, so that a silent connection makes the master fork another child.
 
     def open(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
         """Wrap an accepted socket; None means refused (the factory has closed the socket)."""

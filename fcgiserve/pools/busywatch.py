@@ -47,7 +47,8 @@ class BusyWatch:
                 continue
             if active or serving:
                 serving_any = True
-                if serving >= self._threads:
+                # A request on each thread, or each thread in serve() (a factory whose serve() may wait).
+                if max(active, serving) >= self._threads:
                     full[slot] = served
             else:
                 idle |= 1 << slot

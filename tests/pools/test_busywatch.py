@@ -93,3 +93,24 @@ def test_a_child_with_threads_is_full_only_when_every_thread_serves() -> None:
     thread.start()
     thread.join()
     assert results == [([], True), ([0], True)]
+
+
+def test_a_request_on_every_thread_is_full_without_a_serve_count() -> None:
+    """A FastCGI child counts no threads in serve() (its serve() never waits: pools/child.py, tracked): its
+    requests in progress make it full."""
+    board, (busy, idle) = _board(2, lanes=2)
+    watch = BusyWatch(board, threads_per_child=2)
+    busy.request_started("GET /slow")
+    watch.look()
+    assert watch.look() == ([], True)  # one thread of two
+    threading.Thread(target=busy.request_started, args=("GET /slow too",)).start()  # a lane per thread
+    assert _until_full(watch) == [0]
+    del idle
+
+
+def _until_full(watch: BusyWatch) -> list[int]:
+    for _ in range(100):
+        stuck, _serving = watch.look()
+        if stuck:
+            return stuck
+    return []
