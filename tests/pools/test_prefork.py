@@ -233,24 +233,29 @@ def test_growth_is_prompt_when_all_children_are_busy(tmp_path: Path) -> None:
         assert max(r[2] for r in replies) < 1.85, replies
 
 
-def test_never_more_than_max_children_under_load(tmp_path: Path) -> None:
+def _counting_children(master: Master, lines: list[str]) -> tuple[list[tuple[str, int, float]], list[int]]:
+    """``_concurrently(master, lines)`` while the number of live children is sampled every 20 ms."""
     counts: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            counts.append(len(master.children()))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return _concurrently(master, lines), counts
+    finally:
+        done.set()
+        sampler.join(5)
+
+
+def test_never_more_than_max_children_under_load(tmp_path: Path) -> None:
     with _master(tmp_path, min_spare=1, max_spare=2, max_children=4) as master:
         _ready(master)
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                counts.append(len(master.children()))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            replies = _concurrently(master, ["SLEEP 0.3"] * 20)
-        finally:
-            done.set()
-            sampler.join(5)
+        replies, counts = _counting_children(master, ["SLEEP 0.3"] * 20)
         assert [r[0] for r in replies] == ["SLEPT"] * 20
         assert max(counts) == 4
         assert "reached max_children (4)" in master.log()
@@ -261,24 +266,10 @@ def test_no_growth_while_busy_children_saturate_the_cpus(tmp_path: Path) -> None
     """CPU-bound requests on a pool confined to one CPU: once two children take turns on it, a third would
     only take turns too (pools/cpudemand.py), so the pool holds its size. Sleeping requests still grow it
     (test_growth_is_prompt_when_all_children_are_busy)."""
-    counts: list[int] = []
     cpu = min(os.sched_getaffinity(0))
     with _master(tmp_path, pin_cpu=cpu, min_spare=1, max_spare=1, max_children=8) as master:
         _ready(master)
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                counts.append(len(master.children()))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            replies = _concurrently(master, ["SPIN 0.3"] * 5)
-        finally:
-            done.set()
-            sampler.join(5)
+        replies, counts = _counting_children(master, ["SPIN 0.3"] * 5)
         assert [r[0] for r in replies] == ["SPUN"] * 5, master.log()
         stats = master.stats()
         assert stats["growth_held"] >= 1, master.log()
