@@ -15,7 +15,8 @@ compute on saturated CPUs, and the pool holds its size. Time in epoll between re
 a child that is idle half the time but computes whenever it serves is CPU-bound. Where the kernel does not
 tell (no ``/proc``, or schedstat compiled out), the pool grows as before.
 
-Nothing here reads the scoreboard or forks; prefork.py asks, with the pids of its busy children.
+Nothing here reads the scoreboard or forks; prefork.py asks, with its busy children's pids and their time
+in requests.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class CpuDemand:
     interval never spans a quiet spell."""
 
     def __init__(self) -> None:
-        # pid -> (monotonic time, seconds in finished requests, ran ns, queued ns) at the previous look
+        # pid -> (monotonic time, seconds in requests, ran ns, queued ns) at the previous look
         self._last: dict[int, tuple[float, float, int, int]] = {}
         self.unavailable = cpu_times(os.getpid()) is None  # the kernel does not say: always GROW
 
