@@ -43,6 +43,7 @@ _HEADER = struct.Struct("=BxxxiIIIQdd")
 _LANE = struct.Struct(f"=dH{LINE_BYTES}s")
 _HEADER_AT = 8  # after the counter (struct needs no alignment; slots start on 8-byte boundaries)
 _LANES_AT = _HEADER_AT + _HEADER.size
+_LANE_FREE = struct.Struct("=d")  # a lane's busy_since alone: 0.0 frees it, and its line is then not read
 _READ_PATIENCE = 0.005  # seconds a reader retries a slot being written (its writer may be preempted)
 
 
@@ -205,13 +206,6 @@ class Scoreboard:
         )
 
 
-@dataclass(slots=True)
-class _Held:
-    lane: int
-    since: float
-    line: str
-
-
 class SlotWriter:
     """A child's writer for its own slot; also the pool's RequestObserver inside the child.
 
@@ -225,7 +219,7 @@ class SlotWriter:
         self._base = base
         self._lock = threading.Lock()
         self._free_lanes = list(range(lanes - 1, -1, -1))
-        self._held: dict[int, _Held] = {}  # thread ident -> its lane, for the stack dump too
+        self._held: dict[int, tuple[int, float, str]] = {}  # thread ident -> (lane, since, request line)
         header = _HEADER.unpack_from(buffer, base + _HEADER_AT)
         self._seq: int = _SEQ.unpack_from(buffer, base)[0]
         self._state = SlotState(header[0])
@@ -270,7 +264,7 @@ class SlotWriter:
     def busy_threads(self) -> dict[int, str]:
         """Thread ident -> request line of every request in progress that holds a lane."""
         with self._lock:
-            return {thread: held.line for thread, held in self._held.items()}
+            return {thread: line for thread, (_lane, _since, line) in self._held.items()}
 
     def request_started(self, info: str) -> None:
         now = time.monotonic()
@@ -279,12 +273,11 @@ class SlotWriter:
         with self._lock:
             self._active += 1
             seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
-            _SEQ.pack_into(self._map, self._base, (seq - 1) & 0xFFFFFFFF)  # odd: being written
+            self._pack_odd_and_header(seq)
             if self._free_lanes and thread not in self._held:
                 lane = self._free_lanes.pop()
-                self._held[thread] = _Held(lane, now, info)
-                _LANE.pack_into(self._map, self._lane_offset(lane), now, len(line), line)
-            self._pack_header()
+                self._held[thread] = (lane, now, info)
+                _LANE.pack_into(self._map, self._base + _LANES_AT + lane * _LANE.size, now, len(line), line)
             _SEQ.pack_into(self._map, self._base, seq)
 
     def request_finished(self) -> None:
@@ -295,22 +288,19 @@ class SlotWriter:
             self._served += 1
             if self._served == self.retire_after:
                 self._state = SlotState.STOPPING
-            seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
-            _SEQ.pack_into(self._map, self._base, (seq - 1) & 0xFFFFFFFF)  # odd: being written
             held = self._held.pop(thread, None)
             if held is None and len(self._held) > self._active:
                 # Finished on another thread than it started (should not happen): a lane must not
                 # stay busy forever, or the master would take it for a stuck request.
-                held = self._held.pop(min(self._held, key=lambda t: self._held[t].since))
+                held = self._held.pop(min(self._held, key=lambda t: self._held[t][1]))
             if held is not None:
-                self._busy += time.monotonic() - held.since
-                self._free_lanes.append(held.lane)
-                _LANE.pack_into(self._map, self._lane_offset(held.lane), 0.0, 0, b"")
-            self._pack_header()
+                self._busy += time.monotonic() - held[1]
+            seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
+            self._pack_odd_and_header(seq)
+            if held is not None:
+                self._free_lanes.append(held[0])
+                _LANE_FREE.pack_into(self._map, self._base + _LANES_AT + held[0] * _LANE.size, 0.0)
             _SEQ.pack_into(self._map, self._base, seq)
-
-    def _lane_offset(self, lane: int) -> int:
-        return self._base + _LANES_AT + lane * _LANE.size
 
     def _write_header(self, state: SlotState) -> None:
         self._state = state
@@ -319,14 +309,18 @@ class SlotWriter:
     def _publish_header(self) -> None:
         """Write the header under the seqlock: the counter odd, the fields, the counter even again."""
         seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
-        _SEQ.pack_into(self._map, self._base, (seq - 1) & 0xFFFFFFFF)
-        self._pack_header()
+        self._pack_odd_and_header(seq)
         _SEQ.pack_into(self._map, self._base, seq)
 
-    def _pack_header(self) -> None:
+    def _pack_odd_and_header(self, seq: int) -> None:
+        """The counter at ``seq - 1`` (odd: being written), then the header. Two calls, not one struct for
+        both: ``pack_into`` zeroes its whole target before it writes the fields, and a reader must never
+        find a zeroed header behind an even counter."""
+        mapping, base = self._map, self._base
+        _SEQ.pack_into(mapping, base, (seq - 1) & 0xFFFFFFFF)
         _HEADER.pack_into(
-            self._map,
-            self._base + _HEADER_AT,
+            mapping,
+            base + _HEADER_AT,
             self._state,
             self._pid,
             self._generation,
