@@ -46,7 +46,7 @@ from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolExit, PoolSet
 from fcgiserve.pools.busywatch import NUDGE_SIGNAL, WATCH_INTERVAL, BusyWatch
 from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
 from fcgiserve.pools.children import ChildRecord, CrashBackoff, describe_exit
-from fcgiserve.pools.cpudemand import CpuDemand, Verdict
+from fcgiserve.pools.cpudemand import SaturationSpell, Step
 from fcgiserve.pools.handoff import HandoffChannel
 from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
 from fcgiserve.signals import SignalQueue
@@ -59,8 +59,6 @@ TICK = 0.2  # scoreboard reading interval
 GROWING_TICK = 0.05  # while the pool grows or a generation boots
 KILL_DELAY = 1.0  # SIGUSR2 (stack dump) -> SIGKILL, graceful deadline -> SIGKILL, QUIT -> SIGKILL
 SPARE_IDLE_BEFORE_RETIRE = 2.0  # seconds a child above --maxspare stays idle before it retires
-SATURATED_BEFORE_RETIRE = 2.0  # seconds of saturated CPUs before a busy child beyond them retires
-LULL = 1.0  # seconds with min_spare idle children that end a spell of saturated CPUs
 MAX_CHILDREN_LOG_INTERVAL = 60.0  # seconds between two "reached max_children" warnings
 MAX_SPAWN_BATCH = 32
 
@@ -139,12 +137,7 @@ class PreforkPool:
         self._watch_at = math.inf  # the busy watch looks again then (while a child serves)
         self._last_retire_at = 0.0
         self._crash_backoff = CrashBackoff()
-        self._cpu_demand = CpuDemand()
-        self._growth_held = 0  # ticks the pool did not grow because its busy children saturate the CPUs
-        self._saturated_retired = 0  # busy children retired because the CPUs were saturated
-        self._held_since: float | None = None  # the start of the current spell of saturated CPUs
-        self._lull_since: float | None = None  # min_spare idle at every look since then (ends the spell)
-        self._cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._spell = SaturationSpell()  # no growth while busy children saturate the CPUs (cpudemand.py)
         self._at_max_children = False
         self._max_children_reached = 0
         self._max_children_logged_at = -MAX_CHILDREN_LOG_INTERVAL
@@ -525,42 +518,20 @@ class PreforkPool:
             )
         if len(idle) >= self._min_spare:
             self._spawn_batch, self._at_max_children = 1, False
-        if len(idle) + starting >= self._min_spare:
-            # Between two requests every child may be idle for a moment: only a lull ends a saturated spell.
-            self._cpu_demand.forget()
-            if self._lull_since is None:
-                self._lull_since = now
-            elif now - self._lull_since >= LULL:
-                self._held_since = None
-            return
-        self._lull_since = None
+        # Fork when short of min_spare idle, unless busy children compute on saturated CPUs (cpudemand.py).
         busy = [snap for snap in serving if snap.state is SlotState.READY and not snap.idle]
-        if self._growth_pays(busy, now):
+        in_requests = [(snap.pid, snap.time_in_requests(now)) for snap in busy]
+        step = self._spell.step(now, len(idle) + starting, in_requests, self._min_spare)
+        if step is Step.GROW:
             self._grow(len(serving), self._min_spare - len(idle) - starting)
-
-    def _growth_pays(self, busy: list[SlotSnapshot], now: float) -> bool:
-        """False while the busy children compute on saturated CPUs (cpudemand.py): a sibling would only take
-        turns on the same cores. The first look of a busy spell decides a GROWING_TICK later. A spell that
-        lasts retires the busy children beyond the CPUs, one at a time (never below min_spare)."""
-        verdict = self._cpu_demand.judge([(snap.pid, snap.time_in_requests(now)) for snap in busy], now)
-        if verdict is Verdict.UNKNOWN:
-            self._growing = True  # look again soon
-            return False
-        if verdict is Verdict.GROW:
-            self._held_since = None
-            return True
-        self._growth_held += 1
-        if self._held_since is None:
-            self._held_since = now
+        elif step is Step.LOOK_AGAIN:
+            self._growing = True  # the verdict comes a GROWING_TICK later
+        elif step is Step.HOLD_STARTS:
             log.debug("all children busy on saturated CPUs: not forking (%d busy)", len(busy))
-        elif now - self._held_since >= SATURATED_BEFORE_RETIRE and len(busy) > max(
-            self._cpus, self._min_spare
-        ):
-            self._held_since = now
-            self._saturated_retired += 1
+        elif step is Step.RETIRE:
             youngest = max(busy, key=lambda snap: snap.started_at)
-            self._retire(youngest, "busy", f"CPUs saturated: {len(busy)} busy children on {self._cpus} CPUs")
-        return False
+            cpus = self._spell.cpus
+            self._retire(youngest, "busy", f"CPUs saturated: {len(busy)} busy children on {cpus} CPUs")
 
     def _grow(self, serving: int, deficit: int) -> None:
         room = self._settings.max_children - serving
@@ -656,8 +627,8 @@ class PreforkPool:
             "total_processes": len(children),
             "max_active_processes": self._max_active,
             "max_children_reached": self._max_children_reached,
-            "growth_held": self._growth_held,
-            "saturated_retired": self._saturated_retired,
+            "growth_held": self._spell.growth_held,
+            "saturated_retired": self._spell.saturated_retired,
             "accepted_requests": served + in_progress,
             "served_requests": served,
             "min_spare": self._min_spare,
