@@ -45,7 +45,7 @@ from fcgiserve.memory import release_free_memory
 from fcgiserve.pools.base import ConnectionFactory, PoolEvent, PoolExit, PoolSettings, StopReason
 from fcgiserve.pools.busywatch import NUDGE_SIGNAL, WATCH_INTERVAL, BusyWatch
 from fcgiserve.pools.child import EXIT_BOOT_FAILURE, ChildSpec, run_child
-from fcgiserve.pools.children import ChildRecord, CrashBackoff, describe_exit
+from fcgiserve.pools.children import ChildRecord, CrashBackoff, SpawnPlan, describe_exit
 from fcgiserve.pools.cpudemand import SaturationSpell, Step
 from fcgiserve.pools.handoff import HandoffChannel
 from fcgiserve.pools.scoreboard import Scoreboard, SlotSnapshot, SlotState
@@ -59,8 +59,6 @@ TICK = 0.2  # scoreboard reading interval
 GROWING_TICK = 0.05  # while the pool grows or a generation boots
 KILL_DELAY = 1.0  # SIGUSR2 (stack dump) -> SIGKILL, graceful deadline -> SIGKILL, QUIT -> SIGKILL
 SPARE_IDLE_BEFORE_RETIRE = 2.0  # seconds a child above --maxspare stays idle before it retires
-MAX_CHILDREN_LOG_INTERVAL = 60.0  # seconds between two "reached max_children" warnings
-MAX_SPAWN_BATCH = 32
 
 _MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -130,7 +128,7 @@ class PreforkPool:
         self._serving_generation = 0  # 0 until the first generation is READY
         self._booting_generation: int | None = None
         self._last_generation = 0
-        self._spawn_batch = 1
+        self._spawn_plan = SpawnPlan()
         self._growing = False
         self._maintain_at = 0.0  # the scoreboard is read in full, and the pool kept in shape, from then on
         self._busy_watch: BusyWatch | None = None
@@ -138,10 +136,6 @@ class PreforkPool:
         self._last_retire_at = 0.0
         self._crash_backoff = CrashBackoff()
         self._spell = SaturationSpell()  # no growth while busy children saturate the CPUs (cpudemand.py)
-        self._at_max_children = False
-        self._max_children_reached = 0
-        self._max_children_logged_at = -MAX_CHILDREN_LOG_INTERVAL
-        self._max_children_logged_count = 0
         self._max_active = 0
         self._served_by_reaped = 0
         self._start_time = 0.0
@@ -353,7 +347,7 @@ class PreforkPool:
         for child in old:
             self._signal(child, signal.SIGHUP)  # retire: its kept-alive connections go to the new generation
         self._serving_generation, self._booting_generation = booting, None
-        self._spawn_batch = 1
+        self._spawn_plan.restart()
         if old:
             log.info("generation %d is serving; %d old child(ren) finish and exit", booting, len(old))
         self.ready.set()
@@ -517,7 +511,7 @@ class PreforkPool:
                 f"more than max_spare={self._max_spare} idle",
             )
         if len(idle) >= self._min_spare:
-            self._spawn_batch, self._at_max_children = 1, False
+            self._spawn_plan.restart()
         # Fork when short of min_spare idle, unless busy children compute on saturated CPUs (cpudemand.py).
         busy = [snap for snap in serving if snap.state is SlotState.READY and not snap.idle]
         in_requests = [(snap.pid, snap.time_in_requests(now)) for snap in busy]
@@ -534,35 +528,15 @@ class PreforkPool:
             self._retire(youngest, "busy", f"CPUs saturated: {len(busy)} busy children on {cpus} CPUs")
 
     def _grow(self, serving: int, deficit: int) -> None:
-        room = self._settings.max_children - serving
-        if room <= 0:
-            if not self._at_max_children:
-                self._at_max_children = True
-                self._max_children_reached += 1
-                self._emit(PoolEvent.MAX_CHILDREN_REACHED)
-                # Counted per episode; logged at most once a minute, or a saturated pool floods the log.
-                now = time.monotonic()
-                if now - self._max_children_logged_at >= MAX_CHILDREN_LOG_INTERVAL:
-                    episodes = self._max_children_reached - self._max_children_logged_count
-                    self._max_children_logged_at = now
-                    self._max_children_logged_count = self._max_children_reached
-                    log.warning(
-                        "server reached max_children (%d) with fewer than min_spare (%d) idle children "
-                        "(%d time(s) since the last report); consider raising max_children or "
-                        "threads_per_child",
-                        self._settings.max_children,
-                        self._min_spare,
-                        episodes,
-                    )
-            return
-        self._at_max_children = False
-        if time.monotonic() < self._crash_backoff.paused_until:
-            return
-        count = min(max(self._spawn_batch, deficit), MAX_SPAWN_BATCH, room)
-        spawned = sum(1 for _ in range(count) if self._spawn_child(self._serving_generation))
-        self._spawn_batch = min(self._spawn_batch * 2, MAX_SPAWN_BATCH)
-        self._growing = spawned > 0
-        log.debug("all children busy: forked %d more (%d serving)", spawned, serving + spawned)
+        plan = self._spawn_plan
+        paused = time.monotonic() < self._crash_backoff.paused_until
+        count = plan.count(serving, deficit, self._settings.max_children, self._min_spare, paused)
+        if plan.just_reached:
+            self._emit(PoolEvent.MAX_CHILDREN_REACHED)
+        if count:
+            spawned = sum(1 for _ in range(count) if self._spawn_child(self._serving_generation))
+            self._growing = spawned > 0
+            log.debug("all children busy: forked %d more (%d serving)", spawned, serving + spawned)
 
     def _retire(self, snap: SlotSnapshot, state: str, why: str) -> None:
         for child in self._children.values():
@@ -626,7 +600,7 @@ class PreforkPool:
             "active_processes": active,
             "total_processes": len(children),
             "max_active_processes": self._max_active,
-            "max_children_reached": self._max_children_reached,
+            "max_children_reached": self._spawn_plan.reached,
             "growth_held": self._spell.growth_held,
             "saturated_retired": self._spell.saturated_retired,
             "accepted_requests": served + in_progress,
