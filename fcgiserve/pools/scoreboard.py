@@ -3,9 +3,9 @@
 The master creates the mapping BEFORE forking, so every child shares it. Ownership of a slot passes
 back and forth and is never shared: the master writes a slot only while it is FREE (``allocate``,
 just before the fork) and after it has reaped the child (``release``); in between only that child
-writes it, through its ``SlotWriter``. Bookkeeping costs no syscall per request: ``struct.pack_into``
-on the mapping plus ``time.monotonic()`` (a vDSO call on Linux; CLOCK_MONOTONIC is system-wide, so
-the master can compare a child's timestamps with its own clock).
+writes it, through its ``SlotWriter``. Bookkeeping costs no syscall per request: a few stores into the
+mapping (typed memoryviews: one store per changed field) plus ``time.monotonic()`` (a vDSO call on Linux;
+CLOCK_MONOTONIC is system-wide, so the master can compare a child's timestamps with its own clock).
 
 A slot is a header (state, pid, generation, requests in progress, threads in ``serve()``, requests
 served, seconds spent in requests) followed by one
@@ -37,13 +37,21 @@ LINE_BYTES = 200  # request line bytes kept per lane; longer lines are truncated
 
 _SEQ = struct.Struct("=I")
 # state, pid, generation, requests in progress, threads in serve(), requests served,
-# started_at (monotonic, set by the master), seconds spent in finished requests (summed over threads)
-_HEADER = struct.Struct("=BxxxiIIIQdd")
-# busy_since (0.0 = lane free), line length, line
-_LANE = struct.Struct(f"=dH{LINE_BYTES}s")
-_HEADER_AT = 8  # after the counter (struct needs no alignment; slots start on 8-byte boundaries)
+# started_at (monotonic, set by the master), seconds spent in finished requests (summed over threads).
+# Every field sits on a multiple of its size (slots start on 8-byte boundaries): a request's few changing
+# fields are then stored one by one through typed views of the mapping (SlotWriter), not repacked whole.
+_HEADER = struct.Struct("=BxxxiIIIxxxxQdd")
+# busy_since (0.0 = lane free), line length, line; padded so that every lane's busy_since is aligned too
+_LANE = struct.Struct(f"=dH{LINE_BYTES}s" + "x" * (-(10 + LINE_BYTES) % 8))
+_HEADER_AT = 8  # after the counter
 _LANES_AT = _HEADER_AT + _HEADER.size
-_LANE_FREE = struct.Struct("=d")  # a lane's busy_since alone: 0.0 frees it, and its line is then not read
+# Byte offsets in a slot of the fields a request changes, and in a lane of its line.
+_STATE_AT = _HEADER_AT
+_ACTIVE_AT = _HEADER_AT + 12
+_SERVED_AT = _HEADER_AT + 24
+_BUSY_AT = _HEADER_AT + 40
+_LINE_LENGTH_IN_LANE = 8
+_LINE_IN_LANE = 10
 _READ_PATIENCE = 0.005  # seconds a reader retries a slot being written (its writer may be preempted)
 
 
@@ -118,8 +126,11 @@ class Scoreboard:
         self.lanes = lanes
         self._slot_size = -(-(_LANES_AT + lanes * _LANE.size) // 8) * 8
         self._map = mmap.mmap(-1, slots * self._slot_size, flags=mmap.MAP_SHARED)
+        self._writers: list[SlotWriter] = []  # made in this process: their views must go before the mapping
 
     def close(self) -> None:
+        for writer in self._writers:
+            writer.release()
         self._map.close()
 
     # -- master side -------------------------------------------------------------------------------
@@ -176,7 +187,9 @@ class Scoreboard:
 
     def writer(self, index: int) -> SlotWriter:
         """The child's handle on its own slot (call in the child, after the fork)."""
-        return SlotWriter(self._map, index * self._slot_size, self.lanes)
+        writer = SlotWriter(self._map, index * self._slot_size, self.lanes)
+        self._writers.append(writer)
+        return writer
 
     def _reset(self, index: int, state: SlotState, generation: int, now: float) -> None:
         base = index * self._slot_size
@@ -217,6 +230,16 @@ class SlotWriter:
     def __init__(self, buffer: mmap.mmap, base: int, lanes: int) -> None:
         self._map = buffer
         self._base = base
+        # Typed views of the mapping: a request stores its few changed fields one by one (a store each),
+        # where pack_into would clear and rewrite the whole header. Indexes are in units of the item size.
+        self._bytes = memoryview(buffer)
+        self._u16, self._u32 = self._bytes.cast("H"), self._bytes.cast("I")
+        self._u64, self._f64 = self._bytes.cast("Q"), self._bytes.cast("d")
+        self._seq_at = base // 4
+        self._state_at = base + _STATE_AT
+        self._active_at = (base + _ACTIVE_AT) // 4
+        self._served_at = (base + _SERVED_AT) // 8
+        self._busy_at = (base + _BUSY_AT) // 8
         self._lock = threading.Lock()
         self._free_lanes = list(range(lanes - 1, -1, -1))
         self._held: dict[int, tuple[int, float, str]] = {}  # thread ident -> (lane, since, request line)
@@ -273,12 +296,17 @@ class SlotWriter:
         with self._lock:
             self._active += 1
             seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
-            self._pack_odd_and_header(seq)
+            u32 = self._u32
+            u32[self._seq_at] = (seq - 1) & 0xFFFFFFFF  # odd: being written
+            u32[self._active_at] = self._active
             if self._free_lanes and thread not in self._held:
                 lane = self._free_lanes.pop()
                 self._held[thread] = (lane, now, info)
-                _LANE.pack_into(self._map, self._base + _LANES_AT + lane * _LANE.size, now, len(line), line)
-            _SEQ.pack_into(self._map, self._base, seq)
+                at = self._base + _LANES_AT + lane * _LANE.size
+                self._f64[at >> 3] = now
+                self._u16[(at + _LINE_LENGTH_IN_LANE) >> 1] = len(line)
+                self._bytes[at + _LINE_IN_LANE : at + _LINE_IN_LANE + len(line)] = line
+            u32[self._seq_at] = seq
 
     def request_finished(self) -> None:
         thread = threading.get_ident()
@@ -286,8 +314,6 @@ class SlotWriter:
             if self._active > 0:
                 self._active -= 1
             self._served += 1
-            if self._served == self.retire_after:
-                self._state = SlotState.STOPPING
             held = self._held.pop(thread, None)
             if held is None and len(self._held) > self._active:
                 # Finished on another thread than it started (should not happen): a lane must not
@@ -296,11 +322,23 @@ class SlotWriter:
             if held is not None:
                 self._busy += time.monotonic() - held[1]
             seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
-            self._pack_odd_and_header(seq)
+            u32 = self._u32
+            u32[self._seq_at] = (seq - 1) & 0xFFFFFFFF  # odd: being written
+            if self._served == self.retire_after:
+                self._state = SlotState.STOPPING
+                self._bytes[self._state_at] = SlotState.STOPPING
+            u32[self._active_at] = self._active
+            self._u64[self._served_at] = self._served
+            self._f64[self._busy_at] = self._busy
             if held is not None:
                 self._free_lanes.append(held[0])
-                _LANE_FREE.pack_into(self._map, self._base + _LANES_AT + held[0] * _LANE.size, 0.0)
-            _SEQ.pack_into(self._map, self._base, seq)
+                self._f64[(self._base + _LANES_AT + held[0] * _LANE.size) >> 3] = 0.0  # the lane is free
+            u32[self._seq_at] = seq
+
+    def release(self) -> None:
+        """Let go of the mapping (its views), so that a board in the same process can close it."""
+        for view in (self._u16, self._u32, self._u64, self._f64, self._bytes):
+            view.release()
 
     def _write_header(self, state: SlotState) -> None:
         self._state = state

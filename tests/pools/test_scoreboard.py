@@ -229,3 +229,48 @@ def test_a_thread_in_serve_makes_the_child_busy_before_any_request() -> None:
         assert board.read(index).status == "stopping"  # max_requests reached: draining, not a spare
     finally:
         board.close()
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_a_request_s_field_stores_read_back_as_a_whole_slot_write_would(lanes: int) -> None:
+    """The writer stores a request's changed fields one by one at fixed offsets, while the reader unpacks
+    the whole slot: both must agree on every field, in every slot and lane, up to the counter's wrap."""
+    board = Scoreboard(slots=3, lanes=lanes)
+    try:
+        for slot in range(3):
+            assert board.allocate(generation=7, now=50.0 + slot) == slot
+        writer = board.writer(1)
+        writer.mark_starting(4242)
+        writer.mark_ready()
+        writer.retire_after = 3
+        writer._seq = 0xFFFFFFFE  # the next write wraps the counter
+        started = time.monotonic()
+        writer.request_started("GET /" + "é" * 300)  # a multi-byte line longer than a lane holds
+        snap = board.read(1)
+        assert (snap.state, snap.pid, snap.generation, snap.active, snap.served) == (
+            SlotState.READY,
+            4242,
+            7,
+            1,
+            0,
+        )
+        assert snap.started_at == 51.0 and snap.busy_seconds == 0.0
+        assert len(snap.requests) == 1 and snap.requests[0].busy_since >= started
+        assert (
+            snap.requests[0].line.startswith("GET /é") and len(snap.requests[0].line.encode()) <= LINE_BYTES
+        )
+        for _ in range(3):
+            writer.request_finished()
+            writer.request_started("POST /next")
+        writer.request_finished()
+        snap = board.read(1)
+        assert (snap.active, snap.served, snap.requests) == (0, 4, ())
+        assert snap.state is SlotState.STOPPING  # retire_after reached on the third request
+        assert 0.0 < snap.busy_seconds < time.monotonic() - started
+        # The neighbours' slots are untouched.
+        assert [(s.pid, s.state, s.started_at) for s in (board.read(0), board.read(2))] == [
+            (0, SlotState.STARTING, 50.0),
+            (0, SlotState.STARTING, 52.0),
+        ]
+    finally:
+        board.close()
