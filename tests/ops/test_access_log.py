@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fcgiserve.client import fcgi_request
-from fcgiserve.operations import RequestRecord, access_line
+from fcgiserve.operations import OperationsOptions, RequestOperations, RequestRecord, access_line
 from tests.helpers import run_fcgiserve, wait_for
 
 # remote - user [time] "METHOD URI PROTOCOL" status bytes seconds request-id
@@ -101,3 +101,17 @@ def test_metering_reads_status_and_body_size_split_across_writes() -> None:
     io.write(b"cde", last=True)
     assert (record.status, record.body_bytes) == (404, 5)
     assert sink.out.endswith(b"\r\n\r\nabcde")
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_only_the_access_log_puts_a_meter_between_the_application_and_the_connection(
+    access_log: bool,
+) -> None:
+    ops = RequestOperations(OperationsOptions(status_path="/status", access_log=access_log))
+    sink = object()
+    record = ops.begin({"REQUEST_URI": "/app", "REQUEST_METHOD": "GET"}, ("127.0.0.1", 1))
+    try:
+        assert record.answer is None
+        assert (record.wrap(sink) is record) is access_log
+    finally:
+        ops.finish(record)

@@ -47,3 +47,29 @@ def test_maxima_only_rise_and_bump_counts() -> None:
     counters.bump("max children reached")
     counters.bump("max children reached")
     assert counters.raise_max("max children reached", 0) == 2
+
+
+def test_a_forked_child_counts_in_its_own_row() -> None:
+    """The row follows the process across os.fork(), without asking the kernel for the pid per request."""
+    counters = SharedCounters()
+    counters.add("accepted", 2)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's effect is what is checked
+        status = 1
+        try:
+            os.close(read)
+            counters.add("accepted", 7)
+            counters.add("slow")
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    mine, childs = SharedCounters._row_at(os.getpid()), SharedCounters._row_at(pid)
+    assert mine != childs  # (pids equal modulo 4096 would share a row; a child's pid never equals ours)
+    assert (counters._words[mine], counters._words[mine + 1]) == (2, 0)
+    assert (counters._words[childs], counters._words[childs + 1]) == (7, 1)
+    assert (counters.total("accepted"), counters.total("slow")) == (9, 1)
