@@ -139,7 +139,7 @@ class RequestRecord:
         "status",
     )
 
-    def __init__(self, environ: dict[str, Any], answer: bytes | None = None) -> None:
+    def __init__(self, environ: dict[str, Any], answer: bytes | None = None, metered: bool = True) -> None:
         self.environ = environ
         self.answer = answer
         self.slot: ThreadSlot | None = None  # the serving thread's, while requests are tracked
@@ -149,7 +149,7 @@ class RequestRecord:
         self.status = 0
         self.body_bytes = 0
         self.slow_reported = False
-        self.metered = True  # the response's status and size are recorded (the access log reads them)
+        self.metered = metered  # the response's status and size are recorded (the access log reads them)
         self._head: bytes | None = b""  # the CGI header block while incomplete; None once parsed
         self._io: Any = None
 
@@ -266,8 +266,7 @@ class RequestOperations:
 
     def begin(self, environ: dict[str, Any], peer: Any) -> RequestRecord:
         """Called before the application runs; ``record.answer`` set means: send it, do not run the app."""
-        record = RequestRecord(environ)
-        record.metered = self.options.access_log  # only the access log reads the status and size
+        record = RequestRecord(environ, metered=self.options.access_log)  # only the access log reads them
         if self._track:
             slot = getattr(self._local, "slot", None)
             if slot is None:
