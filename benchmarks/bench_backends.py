@@ -143,16 +143,26 @@ class Backend:
     protocol: str  # "fcgi" or "http"
     keep_conn: bool
     needs: str  # "" (always there), "venv", "libfcgi" or "uwsgi"
-    argv: Callable[[int, Interpreter], list[str]]  # (port, interpreter) -> command line
+    # (address, interpreter) -> command line; the address is "127.0.0.1:PORT" or a unix socket's path
+    argv: Callable[[str, Interpreter], list[str]]
     django: bool = True  # serves /django/ (the C responder does not)
     # uWSGI takes SIGTERM as "reload" unless --die-on-term; SIGINT stops its master and workers at once.
     stop_signal: int = signal.SIGTERM
 
 
-def _fcgiserve(method: str, shape: list[str] | None = None) -> Callable[[int, Interpreter], list[str]]:
+def is_unix(address: str) -> bool:
+    """A backend address is a unix socket's path (``--unix``) or "127.0.0.1:PORT"."""
+    return address.startswith("/")
+
+
+def _tcp_port(address: str) -> str:
+    return address.rpartition(":")[2]
+
+
+def _fcgiserve(method: str, shape: list[str] | None = None) -> Callable[[str, Interpreter], list[str]]:
     """``shape``: the prefork pool's options instead of PROCESSES children (benchmarks/keepalive_p99.py)."""
 
-    def argv(port: int, python: Interpreter) -> list[str]:
+    def argv(address: str, python: Interpreter) -> list[str]:
         # The same interpreter as flup, gunicorn and uWSGI (the benchmark venv; fcgiserve from the working
         # tree via PYTHONPATH), so memory compares like with like: another Python's site-packages hooks
         # (.pth files) can add megabytes to every process. Prefork with --preload: flup and uWSGI import
@@ -160,7 +170,11 @@ def _fcgiserve(method: str, shape: list[str] | None = None) -> Callable[[int, In
         extra = ["--minspare", str(PROCESSES), "--maxspare", str(PROCESSES), "--maxchildren", str(PROCESSES)]
         extra += ["--threads", "1"]
         base = [python.runner(), "-m", "fcgiserve", "bench_app:application", "--method", method]
-        base += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        if is_unix(address):
+            base += ["--socket", address]
+        else:
+            base += ["--host", "127.0.0.1", "--port", _tcp_port(address)]
+        base += ["--log-level", "warning"]
         if shape is not None:
             extra = shape
         return base + (["--preload", *extra] if method == "prefork" else [])
@@ -173,31 +187,32 @@ def fcgiserve_backend(name: str, label: str, method: str, shape: list[str] | Non
     return Backend(name, label, "fcgi", True, "", _fcgiserve(method, shape))
 
 
-def _flup(method: str) -> Callable[[int, Interpreter], list[str]]:
-    return lambda port, python: [python.runner(), str(APPS / "flup_server.py"), method, str(port)]
+def _flup(method: str) -> Callable[[str, Interpreter], list[str]]:
+    return lambda address, python: [python.runner(), str(APPS / "flup_server.py"), method, address]
 
 
-def _gunicorn(worker: str) -> Callable[[int, Interpreter], list[str]]:
-    def argv(port: int, python: Interpreter) -> list[str]:
+def _gunicorn(worker: str) -> Callable[[str, Interpreter], list[str]]:
+    def argv(address: str, python: Interpreter) -> list[str]:
         shape = ["-w", str(PROCESSES)] if worker == "sync" else ["-w", "1", "--threads", str(THREADS)]
-        bind = ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench_app:application"]
+        bind = ["-b", f"unix:{address}" if is_unix(address) else address]
+        bind += ["--log-level", "warning", "bench_app:application"]
         return [python.runner(), "-m", "gunicorn", "-k", worker, *shape, *bind]
 
     return argv
 
 
-def uwsgi_argv(port: int, venv: Path, shape: list[str]) -> list[str]:
+def uwsgi_argv(address: str, venv: Path, shape: list[str]) -> list[str]:
     """uWSGI's own FastCGI server over the benchmark app: Debian's python3 plugin, a master, ``shape`` the
     process/thread options. The app is imported by the master before it forks (uWSGI's default, like
     --preload); the benchmark venv (Django) through --virtualenv; no request log, as for every other row."""
-    argv = [UWSGI, "--plugin", "python3", "--fastcgi-socket", f"127.0.0.1:{port}", *shape, "--master"]
+    argv = [UWSGI, "--plugin", "python3", "--fastcgi-socket", address, *shape, "--master"]
     argv += ["--die-on-term", "--need-app", "--disable-logging", "--pythonpath", str(APPS)]
     argv += ["--wsgi-file", str(APPS / "bench_app.py"), "--callable", "application"]
     return argv + (["--virtualenv", str(venv)] if venv.exists() else [])
 
 
-def _uwsgi(shape: list[str]) -> Callable[[int, Interpreter], list[str]]:
-    return lambda port, python: uwsgi_argv(port, python.venv, shape)
+def _uwsgi(shape: list[str]) -> Callable[[str, Interpreter], list[str]]:
+    return lambda address, python: uwsgi_argv(address, python.venv, shape)
 
 
 BACKENDS: list[Backend] = [
@@ -262,7 +277,7 @@ BACKENDS: list[Backend] = [
         "fcgi",
         True,
         "libfcgi",
-        lambda port, _python: [str(C_BINARY), str(port), str(C_THREADS)],
+        lambda address, _python: [str(C_BINARY), address, str(C_THREADS)],
         django=False,
     ),
 ]
@@ -380,12 +395,17 @@ def free_port() -> int:
 
 @dataclass
 class Running:
-    """A started backend process (the root of its tree) and the port it listens on."""
+    """A started backend process (the root of its tree) and the address it listens on."""
 
     backend: Backend
     process: subprocess.Popen[bytes]
-    port: int
+    address: str  # "127.0.0.1:PORT" or a unix socket's path
     log: Path
+
+    @property
+    def upstream(self) -> str:
+        """The address as nginx's ``server`` directive takes it."""
+        return f"unix:{self.address}" if is_unix(self.address) else self.address
 
     @property
     def log_name(self) -> str:
@@ -423,11 +443,16 @@ def stop_all(backends: list[Running], grace: float = 3.0) -> None:
                 pass
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float) -> bool:
+def _wait_listening(address: str, process: subprocess.Popen[bytes], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            if is_unix(address):
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(1)
+                    probe.connect(address)
+                return True
+            with socket.create_connection(("127.0.0.1", int(_tcp_port(address))), timeout=1):
                 return True
         except OSError:
             time.sleep(0.1)
@@ -435,11 +460,12 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float)
 
 
 def start_backends(
-    backends: list[Backend], python: Interpreter | None = None
+    backends: list[Backend], python: Interpreter | None = None, unix: bool = False
 ) -> tuple[list[Running], dict[str, str]]:
     """Start every backend on a free loopback port at once (Python rows under ``python``, by default
-    DEFAULT_PYTHON), then wait until each accepts connections (30 s at most); return the running ones and,
-    for the others, why they are not running."""
+    DEFAULT_PYTHON), or with ``unix`` on a unix socket each (``WORK/sockets/<name>.sock``), then wait until
+    each accepts connections (30 s at most); return the running ones and, for the others, why they are not
+    running."""
     python = python or interpreter()
     WORK.mkdir(exist_ok=True)
     # The repository root too, so the working tree's fcgiserve runs whether or not it is installed.
@@ -447,21 +473,27 @@ def start_backends(
     env = {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
     started: list[Running] = []
     failed: dict[str, str] = {}
+    sockets = WORK / "sockets"
+    if unix:
+        sockets.mkdir(exist_ok=True)
     for backend in backends:
-        port = free_port()
+        address = f"127.0.0.1:{free_port()}"
+        if unix:
+            address = str(sockets / f"{backend.name}.sock")
+            Path(address).unlink(missing_ok=True)  # a socket a killed run left behind
         log = WORK / f"{backend.name}.log"
         try:
             with log.open("wb") as sink:
                 process = subprocess.Popen(
-                    backend.argv(port, python), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
+                    backend.argv(address, python), cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT
                 )
         except OSError as error:
             failed[backend.name] = f"could not start: {error}"
             continue
-        started.append(Running(backend, process, port, log))
+        started.append(Running(backend, process, address, log))
     ready: list[Running] = []
     for running in started:
-        if _wait_listening(running.port, running.process, 30):
+        if _wait_listening(running.address, running.process, 30):
             ready.append(running)
         else:
             running.stop()
@@ -500,7 +532,7 @@ def _server_block(running: Running, listen: int) -> str:
         proxy += "\n        fastcgi_keep_conn on;" if backend.keep_conn else ""
     return f"""
     upstream {upstream} {{
-        server 127.0.0.1:{running.port};
+        server {running.upstream};
         {keep}
     }}
     server {{
@@ -556,7 +588,7 @@ http {{
             raise RuntimeError(f"nginx rejected {self.config}:\n{check.stderr}")
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in self.ports.values():
-            if not _wait_listening(port, self.process, 15):
+            if not _wait_listening(f"127.0.0.1:{port}", self.process, 15):
                 self.stop()
                 raise RuntimeError(f"nginx did not listen; see {self.root}/error.log")
 

@@ -288,7 +288,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"Machine: {data['machine']}",
         "",
         f"Each cell: {data['reps']} interleaved repetitions of {data['duration']} s "
-        "(median req/s and latency; CPU = backend process tree CPU / requests). Command: "
+        "(median req/s and latency; CPU = backend process tree CPU / requests); nginx reaches the backends "
+        f"over {data.get('transport', 'loopback TCP')}. Command: "
         f"`{data['command']}`",
         "",
     ]

@@ -1,7 +1,8 @@
 /* The ceiling: a multithreaded FastCGI responder on Debian's libfcgi (libfcgi-dev), the same routes as
  * apps/bench_app.py minus Django. Built by run.py with:
  *     gcc -O2 -pthread -o .work/libfcgi_responder libfcgi_responder.c -lfcgi
- * Usage: libfcgi_responder PORT [THREADS]. Listens on 127.0.0.1 only; stops on SIGTERM (default action).
+ * Usage: libfcgi_responder 127.0.0.1:PORT|/unix/socket/path [THREADS] (a bare PORT: 127.0.0.1). Stops on SIGTERM
+ * (default action).
  * A thread serves one connection at a time, and a kept-alive connection holds its thread while idle: run at
  * least as many threads as nginx may open connections (the client concurrency).
  */
@@ -67,14 +68,18 @@ static void *serve(void *unused) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s PORT [THREADS]\n", argv[0]);
+        fprintf(stderr, "usage: %s 127.0.0.1:PORT|/unix/socket/path [THREADS]\n", argv[0]);
         return 2;
     }
     int threads = argc > 2 ? atoi(argv[2]) : 8;
     if (threads < 1 || threads > MAX_THREADS) threads = 8;
     for (int i = 0; i < BIG_SIZE; i++) big_body[i] = (char)(i % 256);
-    char address[64];
-    snprintf(address, sizeof address, "127.0.0.1:%s", argv[1]);
+    char address[256];
+    /* A path is a unix socket; a bare port (the old form) listens on the loopback address. */
+    if (strchr(argv[1], '/') != NULL || strchr(argv[1], ':') != NULL)
+        snprintf(address, sizeof address, "%s", argv[1]);
+    else
+        snprintf(address, sizeof address, "127.0.0.1:%s", argv[1]);
     if (FCGX_Init() != 0) return 1;
     signal(SIGTERM, SIG_DFL); /* FCGX_Init catches SIGTERM for a graceful exit that blocked threads never see */
     listen_fd = FCGX_OpenSocket(address, 128);

@@ -51,7 +51,7 @@ def test_instructions_read_the_totals_line_of_callgrind_output() -> None:
 
 def test_uwsgi_command_line_serves_bench_app_over_fastcgi_with_a_master(tmp_path: Path) -> None:
     backends = _module("bench_backends")
-    argv = backends.uwsgi_argv(41234, tmp_path, ["--processes", "2"])
+    argv = backends.uwsgi_argv("127.0.0.1:41234", tmp_path, ["--processes", "2"])
     joined = " ".join(argv)
     assert argv[:3] == ["uwsgi", "--plugin", "python3"]
     assert "--fastcgi-socket 127.0.0.1:41234" in joined
@@ -59,7 +59,9 @@ def test_uwsgi_command_line_serves_bench_app_over_fastcgi_with_a_master(tmp_path
     assert argv[argv.index("--wsgi-file") + 1] == str(BENCH / "apps" / "bench_app.py")
     assert argv[argv.index("--callable") + 1] == "application"
     assert argv[argv.index("--virtualenv") + 1] == str(tmp_path)
-    assert "--virtualenv" not in backends.uwsgi_argv(41234, tmp_path / "missing", ["--processes", "2"])
+    assert "--virtualenv" not in backends.uwsgi_argv(
+        "127.0.0.1:41234", tmp_path / "missing", ["--processes", "2"]
+    )
 
 
 def test_uwsgi_rows_use_new_connections_the_interpreters_venv_and_sigint() -> None:
@@ -74,7 +76,7 @@ def test_uwsgi_rows_use_new_connections_the_interpreters_venv_and_sigint() -> No
             "uwsgi",
             signal.SIGINT,
         )
-        argv = row.argv(40000, python)
+        argv = row.argv("127.0.0.1:40000", python)
         assert f"{shape} --master" in " ".join(argv)
         assert "--virtualenv" not in argv or argv[argv.index("--virtualenv") + 1] == str(python.venv)
 
@@ -83,12 +85,29 @@ def test_prefork_rows_are_two_single_threaded_children_and_the_default_sizing() 
     backends = _module("bench_backends")
     rows = {b.name: b for b in backends.BACKENDS}
     python = backends.Interpreter(Path(sys.executable), platform.python_version(), sys.executable)
-    keep = " ".join(rows["fcgiserve-prefork-keep"].argv(40000, python))
+    keep = " ".join(rows["fcgiserve-prefork-keep"].argv("127.0.0.1:40000", python))
     assert "--minspare 2 --maxspare 2 --maxchildren 2 --threads 1" in keep
     assert rows["fcgiserve-prefork-keep"].keep_conn
-    default = rows["fcgiserve-prefork-default"].argv(40000, python)
+    default = rows["fcgiserve-prefork-default"].argv("127.0.0.1:40000", python)
     assert rows["fcgiserve-prefork-default"].keep_conn and "--preload" in default
     assert not {"--minspare", "--maxspare", "--maxchildren", "--threads"} & set(default)
+
+
+def test_every_row_listens_where_it_is_told_tcp_or_unix_socket() -> None:
+    """run.py --unix: each backend takes a socket path where it took a loopback port."""
+    backends = _module("bench_backends")
+    python = backends.Interpreter(Path(sys.executable), platform.python_version(), sys.executable)
+    for row in backends.BACKENDS:
+        tcp = " ".join(row.argv("127.0.0.1:40000", python))
+        unix = " ".join(row.argv("/run/bench/x.sock", python))
+        assert "40000" in tcp and "/run/bench/x.sock" not in tcp, row.name
+        assert "/run/bench/x.sock" in unix and "40000" not in unix, row.name
+        if row.name.startswith("fcgiserve"):
+            assert "--host 127.0.0.1 --port 40000" in tcp and "--socket /run/bench/x.sock" in unix
+        elif row.name.startswith("gunicorn"):
+            assert "-b 127.0.0.1:40000" in tcp and "-b unix:/run/bench/x.sock" in unix
+        elif row.name.startswith("uwsgi"):
+            assert "--fastcgi-socket /run/bench/x.sock" in unix
 
 
 def test_the_venv_is_per_interpreter_version() -> None:

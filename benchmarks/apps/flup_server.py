@@ -1,4 +1,5 @@
-"""Run flup 1.0.3 over the benchmark app (in the benchmark venv): ``flup_server.py threaded|prefork PORT``."""
+"""Run flup 1.0.3 over the benchmark app (in the benchmark venv):
+``flup_server.py threaded|prefork 127.0.0.1:PORT|/path/to/unix.sock``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from bench_app import application
 
 
 def main() -> None:
-    method, port = sys.argv[1], int(sys.argv[2])
-    address = ("127.0.0.1", port)
+    method, where = sys.argv[1], sys.argv[2]
+    # flup binds a unix socket when bindAddress is a string, TCP when a (host, port) tuple.
+    address: str | tuple[str, int] = where
+    if not where.startswith("/"):
+        address = ("127.0.0.1", int(where.rpartition(":")[2]))
     if method == "threaded":
         from flup.server.fcgi import WSGIServer  # type: ignore[import-not-found,unused-ignore]
 
