@@ -240,6 +240,7 @@ class SlotWriter:
         self._active_at = (base + _ACTIVE_AT) // 4
         self._served_at = (base + _SERVED_AT) // 8
         self._busy_at = (base + _BUSY_AT) // 8
+        self._lanes_at = base + _LANES_AT  # byte offset of lane 0
         self._lock = threading.Lock()
         self._free_lanes = list(range(lanes - 1, -1, -1))
         self._held: dict[int, tuple[int, float, str]] = {}  # thread ident -> (lane, since, request line)
@@ -302,7 +303,7 @@ class SlotWriter:
             if self._free_lanes and thread not in self._held:
                 lane = self._free_lanes.pop()
                 self._held[thread] = (lane, now, info)
-                at = self._base + _LANES_AT + lane * _LANE.size
+                at = self._lanes_at + lane * _LANE.size
                 self._f64[at >> 3] = now
                 self._u16[(at + _LINE_LENGTH_IN_LANE) >> 1] = len(line)
                 self._bytes[at + _LINE_IN_LANE : at + _LINE_IN_LANE + len(line)] = line
@@ -332,7 +333,7 @@ class SlotWriter:
             self._f64[self._busy_at] = self._busy
             if held is not None:
                 self._free_lanes.append(held[0])
-                self._f64[(self._base + _LANES_AT + held[0] * _LANE.size) >> 3] = 0.0  # the lane is free
+                self._f64[(self._lanes_at + held[0] * _LANE.size) >> 3] = 0.0  # the lane is free
             u32[self._seq_at] = seq
 
     def release(self) -> None:
@@ -345,20 +346,15 @@ class SlotWriter:
         self._publish_header()
 
     def _publish_header(self) -> None:
-        """Write the header under the seqlock: the counter odd, the fields, the counter even again."""
+        """Write the whole header under the seqlock: the counter odd, the fields, the counter even again.
+        The counter is stored on its own, never packed with the header: ``pack_into`` zeroes its whole
+        target before it writes the fields, and a reader must never find a zeroed header behind an even
+        counter."""
         seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
-        self._pack_odd_and_header(seq)
-        _SEQ.pack_into(self._map, self._base, seq)
-
-    def _pack_odd_and_header(self, seq: int) -> None:
-        """The counter at ``seq - 1`` (odd: being written), then the header. Two calls, not one struct for
-        both: ``pack_into`` zeroes its whole target before it writes the fields, and a reader must never
-        find a zeroed header behind an even counter."""
-        mapping, base = self._map, self._base
-        _SEQ.pack_into(mapping, base, (seq - 1) & 0xFFFFFFFF)
+        self._u32[self._seq_at] = (seq - 1) & 0xFFFFFFFF  # odd: being written
         _HEADER.pack_into(
-            mapping,
-            base + _HEADER_AT,
+            self._map,
+            self._base + _HEADER_AT,
             self._state,
             self._pid,
             self._generation,
@@ -368,3 +364,4 @@ class SlotWriter:
             self._started_at,
             self._busy,
         )
+        self._u32[self._seq_at] = seq
