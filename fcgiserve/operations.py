@@ -89,25 +89,22 @@ class SharedCounters:
             self._words[at] += count
 
     def total(self, name: str) -> int:
-        index = _COUNTERS.index(name)
-        return sum(row[index] for row in _ROW.iter_unpack(self._map[_MAXIMA.size :]))
+        """``name`` summed over every process's row (rows of processes that have exited included)."""
+        first = _MAXIMA.size // 8 + _COUNTER_INDEX[name]
+        return sum(self._words[first :: len(_COUNTERS)])
 
     def raise_max(self, name: str, value: int) -> int:
         """Raise the maximum ``name`` to ``value`` if larger; return the maximum."""
-        index = _MAX_NAMES.index(name)
+        index = _MAX_NAMES.index(name)  # the maxima are the first words
         with self._lock:
-            values = list(_MAXIMA.unpack_from(self._map, 0))
-            if value > values[index]:
-                values[index] = value
-                _MAXIMA.pack_into(self._map, 0, *values)
-            return int(values[index])
+            if value > self._words[index]:
+                self._words[index] = value
+            return int(self._words[index])
 
     def bump(self, name: str) -> None:
         index = _MAX_NAMES.index(name)
         with self._lock:
-            values = list(_MAXIMA.unpack_from(self._map, 0))
-            values[index] += 1
-            _MAXIMA.pack_into(self._map, 0, *values)
+            self._words[index] += 1
 
 
 @dataclass(frozen=True, slots=True)
