@@ -477,10 +477,11 @@ def start_backends(
     if unix:
         sockets.mkdir(exist_ok=True)
     for backend in backends:
-        address = f"127.0.0.1:{free_port()}"
         if unix:
             address = str(sockets / f"{backend.name}.sock")
             Path(address).unlink(missing_ok=True)  # a socket a killed run left behind
+        else:
+            address = f"127.0.0.1:{free_port()}"
         log = WORK / f"{backend.name}.log"
         try:
             with log.open("wb") as sink:
