@@ -81,6 +81,12 @@ _SEND_OUTPUT, _END = _I.SEND_OUTPUT, _I.END
 _ROLE_BY_VALUE = {int(role): role for role in Role}
 _BEGIN_BY_ROLE = {role: _BEGIN_FILTER if role is Role.FILTER else _BEGIN for role in Role}
 _STATUSES = frozenset(int(status) for status in ProtocolStatus)
+_PARAMS_TYPE, _STDIN_TYPE = int(RecordType.PARAMS), int(RecordType.STDIN)
+# receive_data's hot path (_receive_whole_request) takes a read this long at most, and puts a request straight
+# into the state the table gives after BEGIN_REQUEST, its PARAMS stream and STDIN (ended, or not yet).
+_WHOLE_REQUEST_MAX = 16384
+_WHOLE_STDIN_OPEN = TRANSITIONS[(TRANSITIONS[(_IDLE, _BEGIN)].next_state, _PARAMS_END)].next_state
+_WHOLE_INPUT_DONE = TRANSITIONS[(_WHOLE_STDIN_OPEN, _STDIN_END)].next_state
 
 
 def _end_record(request_id: int, status: ProtocolStatus) -> bytes:
@@ -225,6 +231,13 @@ class ServerConnection:
             return []
         if not data:
             return self._on_eof()
+        if not self._requests and len(data) <= _WHOLE_REQUEST_MAX and not self._reader.buffered:
+            # The usual read between requests: one whole request's records, as a web server writes them.
+            buf = data if type(data) is bytes else bytes(data)
+            whole = self._receive_whole_request(buf)
+            if whole is not None:
+                return whole
+            data = buf  # anything else: the general path below, which reads every record type
         events: list[Event] = []
         requests = self._requests
         try:
@@ -251,6 +264,75 @@ class ServerConnection:
         except RemoteProtocolError as error:
             self._error = error
             raise
+        return events
+
+    def _receive_whole_request(self, buf: bytes) -> list[Event] | None:
+        """``receive_data``'s hot path, for a connection with no active request and nothing buffered: the
+        events of ``buf`` when it holds exactly the opening of one request and nothing else (BEGIN_REQUEST of
+        a RESPONDER or AUTHORIZER, its whole PARAMS stream, then STDIN records, whole, up to its end or not),
+        which is how web servers write a request (S-F2). None for anything else (a record of another type or
+        id, a management record, a FILTER, an incomplete record, a broken limit or params), with no state
+        changed: the general path then reads ``buf`` record by record and answers whatever is wrong.
+
+        The events, the request's state (looked up in TRANSITIONS) and every later answer are those of the
+        general path; ``tests/protocol/test_whole_request.py`` compares the two on generated streams.
+        """
+        end = len(buf)
+        if end < 24:  # BEGIN_REQUEST and the empty PARAMS at least
+            return None
+        unpack = HEADER.unpack_from
+        version, record_type, request_id, length, padding = unpack(buf, 0)
+        if record_type != _BEGIN_REQUEST or length != 8 or version != 1 or not request_id:
+            return None
+        role_value, flags = BEGIN_BODY.unpack_from(buf, 8)
+        role = _ROLE_BY_VALUE.get(role_value)
+        if role is None or role is Role.FILTER:
+            return None
+        pos = 16 + padding
+        parts: list[bytes] = []
+        while True:  # PARAMS, up to and including the empty record that ends them
+            if end - pos < 8:
+                return None
+            version, record_type, record_id, length, padding = unpack(buf, pos)
+            start = pos + 8
+            pos = start + length + padding
+            if record_type != _PARAMS_TYPE or record_id != request_id or version != 1 or pos > end:
+                return None
+            if not length:
+                break
+            parts.append(buf[start : start + length])
+        content = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(content) > self._limits.max_params_bytes:
+            return None
+        stdin: list[bytes] = []
+        stdin_ended = False
+        while pos < end:  # STDIN records, if the body (or its end) came in the same write
+            if end - pos < 8 or stdin_ended:
+                return None
+            version, record_type, record_id, length, padding = unpack(buf, pos)
+            start = pos + 8
+            pos = start + length + padding
+            if record_type != _STDIN_TYPE or record_id != request_id or version != 1 or pos > end:
+                return None
+            if length:
+                stdin.append(buf[start : start + length])
+            else:
+                stdin_ended = True
+        try:
+            params, pairs = decode_params(content, self._limits.max_params_count)
+        except RemoteProtocolError:
+            return None
+        keep_conn = bool(flags & FCGI_KEEP_CONN)
+        state = _WHOLE_INPUT_DONE if stdin_ended else _WHOLE_STDIN_OPEN
+        self._requests[request_id] = _Request(state, role, keep_conn)
+        events: list[Event] = [
+            RequestStarted(request_id, role, keep_conn),
+            ParamsComplete(request_id, params, pairs),
+        ]
+        for chunk in stdin:
+            events.append(StdinData(request_id, chunk))
+        if stdin_ended:
+            events.append(StdinEnd(request_id))
         return events
 
     def _on_eof(self) -> list[Event]:
