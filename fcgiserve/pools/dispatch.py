@@ -644,7 +644,10 @@ class Dispatcher:
         listener = self._watch.fired_listener(fd)
         if listener is None:
             parked = self._watch.unpark(fd)
-            if parked is not None and self.max_requests_reached:
+            if parked is None:
+                self._watch.stray(fd)
+                return None
+            if self.max_requests_reached:
                 if self._handing_off_locked():
                     # The stop is on its way; this one goes to whoever serves on (or is served until clean).
                     return None if self._give_away_locked(parked) else parked

@@ -15,6 +15,12 @@ child whose other thread waited in the epoll while it served would be woken for 
 The kernel's choice is final (the siblings that wait are not told), so a child woken for a connection it
 may not take (it is stopping, or at ``max_connections``) passes it on through the hand-off channel.
 
+In such a child (``exclusive``: one worker thread) a parked connection is registered level-triggered
+instead, and stays registered while it is served and parked again: the one worker does not wait in the
+epoll while it serves, so nobody else is told of it, and parking it after a request costs no
+``epoll_ctl``. An event on such a connection that is not parked (nothing should cause one) unregisters
+it (``stray``), so it cannot wake the worker over and over; parking registers it again.
+
 This class keeps no lock: the dispatcher holds its own around every call that reads or changes the tables
 (``poll`` and ``wake_all`` need none). It knows nothing of threads or of what a connection speaks; the
 dispatcher decides when to accept and when to park.
@@ -39,6 +45,7 @@ log = logging.getLogger("fcgiserve.pools")
 NewConnection = tuple[socket.socket, Any]  # an accepted socket and its peer address, not yet opened
 
 _ARMED = select.EPOLLIN | select.EPOLLONESHOT  # one event, to one thread, then disarmed until re-armed
+_KEPT = select.EPOLLIN  # a one-worker process: level-triggered, armed for as long as it is registered
 _SHARED_LISTENER = select.EPOLLIN | select.EPOLLEXCLUSIVE  # one waiting process woken per event
 # accept() failures that say the process or system is out of a resource: retrying at once would spin.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -58,6 +65,10 @@ class WatchList:
         # new ones waiting for their first byte
         self.parked: dict[int, tuple[ServedConnection, float, bool]] = {}
         self._armed: set[int] = set()  # listener fds currently armed
+        # exclusive: fd -> the connection registered with it (_KEPT), parked or in service; parking the same
+        # object again needs no system call. Entries of closed connections (the kernel dropped theirs) stay
+        # until their fd is registered for another connection: a different object there means a new entry.
+        self._kept: dict[int, ServedConnection] = {}
         self._epoll = select.epoll()
         self.poll = self._epoll.poll  # (timeout, maxevents): called without the dispatcher's lock
         self._exit_r, self._exit_w = socket.socketpair()
@@ -120,15 +131,23 @@ class WatchList:
         try:
             fd = conn.fileno()
             self.parked[fd] = (conn, expires_at, new)
-            try:
-                self._epoll.modify(fd, _ARMED)
-            except FileNotFoundError:  # first park of this connection
-                self._epoll.register(fd, _ARMED)
+            if not self.exclusive:
+                self._arm(fd, _ARMED)
+            elif self._kept.get(fd) is not conn:
+                self._arm(fd, _KEPT)
+                self._kept[fd] = conn
         except (OSError, ValueError):
             log.exception("cannot watch a kept-alive connection; closing it")
             self.parked.pop(conn.fileno(), None)
+            self._kept.pop(conn.fileno(), None)
             return False
         return True
+
+    def _arm(self, fd: int, events: int) -> None:
+        try:
+            self._epoll.modify(fd, events)
+        except FileNotFoundError:  # first park of this connection (or of a new one with a reused fd)
+            self._epoll.register(fd, events)
 
     def unpark(self, fd: int) -> ServedConnection | None:
         """The parked connection an event on ``fd`` is for (no longer parked), or None."""
@@ -138,10 +157,17 @@ class WatchList:
     def forget(self, fd: int) -> None:
         """Stop watching a connection that leaves this process (handoff.py): the kernel keeps an epoll entry
         while any process holds the socket, so closing our fd alone would not remove it."""
+        self._kept.pop(fd, None)
         try:
             self._epoll.unregister(fd)
         except (OSError, ValueError):
             pass
+
+    def stray(self, fd: int) -> None:
+        """An event came for ``fd``, which is neither a listener nor parked. A one-shot entry is disarmed by
+        its event already; a kept one (``exclusive``) would report the same again at once: unregister it."""
+        if self.exclusive and fd != self._exit_r.fileno():
+            self.forget(fd)
 
     def unpark_all(self) -> list[ServedConnection]:
         parked = [entry[0] for entry in self.parked.values()]
@@ -162,6 +188,7 @@ class WatchList:
         self._exit_w.send(b"\0")
 
     def close(self) -> None:
+        self._kept.clear()
         self._epoll.close()
         self._exit_r.close()
         self._exit_w.close()

@@ -97,3 +97,84 @@ def test_one_shot_listener_is_disarmed_by_its_event() -> None:
         assert watch.poll(0, 4)
         client.close()
         watch.close()
+
+
+class _Conn:
+    """A parked connection as the watch list sees it: a socket with ``fileno``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def _ready(watch: WatchList) -> list[int]:
+    return [fd for fd, _ in watch.poll(0, 8)]
+
+
+def test_one_worker_keeps_a_parked_connection_armed_across_requests() -> None:
+    """exclusive (a prefork child's one worker): parked again after its request, the connection reports
+    its next request without being registered again; the one worker never polls while it serves."""
+    with _listener() as listener:
+        watch = WatchList([listener], exclusive=True)
+        near, far = socket.socketpair()
+        conn = _Conn(far)
+        for request in range(3):
+            watch.park(conn, 0.0)  # type: ignore[arg-type]
+            near.send(b"request %d" % request)
+            assert _ready(watch) == [far.fileno()]
+            assert watch.unpark(far.fileno()) is conn
+            far.recv(64)  # served: read, answered
+            assert _ready(watch) == []  # level-triggered: nothing left to read, nothing reported
+        # Served and not parked again, yet readable: that event is stray, and unregisters it for good.
+        near.send(b"unexpected")
+        assert _ready(watch) == [far.fileno()]
+        watch.stray(far.fileno())
+        assert _ready(watch) == []
+        watch.park(conn, 0.0)  # type: ignore[arg-type]
+        assert _ready(watch) == [far.fileno()]  # parked again: registered again
+        near.close()
+        far.close()
+        watch.close()
+
+
+def test_one_worker_registers_a_new_connection_that_reuses_a_closed_ones_fd() -> None:
+    """The kernel drops a closed socket's entry; a new connection given the same fd number must be
+    registered, not taken for the old one (it would never be reported: a hung connection)."""
+    with _listener() as listener:
+        watch = WatchList([listener], exclusive=True)
+        near, far = socket.socketpair()
+        watch.park(_Conn(far), 0.0)  # type: ignore[arg-type]
+        fd = far.fileno()
+        watch.unpark(fd)
+        far.close()
+        near.close()
+        near, far = socket.socketpair()
+        if far.fileno() != fd:  # the lowest free number: the one just closed, unless near took it
+            near, far = far, near
+        assert far.fileno() == fd
+        watch.park(_Conn(far), 0.0)  # type: ignore[arg-type]
+        near.send(b"x")
+        assert _ready(watch) == [fd]
+        near.close()
+        far.close()
+        watch.close()
+
+
+def test_one_worker_stops_hearing_of_a_connection_handed_away() -> None:
+    """forget (a hand-off): the socket lives on in another process, so its entry would stay and report."""
+    with _listener() as listener:
+        watch = WatchList([listener], exclusive=True)
+        near, far = socket.socketpair()
+        conn = _Conn(far)
+        watch.park(conn, 0.0)  # type: ignore[arg-type]
+        watch.unpark(far.fileno())
+        elsewhere = far.dup()  # what the receiving process holds
+        watch.forget(far.fileno())
+        far.close()
+        near.send(b"for the new owner")
+        assert _ready(watch) == []
+        for sock in (near, elsewhere):
+            sock.close()
+        watch.close()
