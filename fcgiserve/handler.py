@@ -76,6 +76,7 @@ from fcgiserve.protocol import (
     RemoteProtocolError,
     RequestAborted,
     RequestFailed,
+    RequestReceived,
     RequestRejected,
     RequestStarted,
     Role,
@@ -177,7 +178,9 @@ class ServedConnection:
         self._sock = sock
         self._peer = peer
         self._fd = sock.fileno()
-        self._proto = ServerConnection(settings=self._options.settings, limits=self._options.limits)
+        self._proto = ServerConnection(
+            settings=self._options.settings, limits=self._options.limits, whole_requests=True
+        )
         self._lock = threading.Lock()  # guards _proto and every socket write: records never interleave
         self._requests: dict[int, Request] = {}
         self._runnable: list[Request] = []
@@ -390,15 +393,23 @@ class ServedConnection:
         # replaces a chain of isinstance() calls (three events per request, up to five calls each before).
         # ``type(event) is X`` is spelled out where mypy has to narrow the event's type.
         kind = type(event)
-        if type(event) is RequestStarted:
-            if self._options.roles is not None and event.role not in self._options.roles:
-                self._refuse_role(event.request_id, event.role)
+        if type(event) is RequestReceived:
+            # A request that came whole (the usual read): RequestStarted, ParamsComplete, StdinData and
+            # StdinEnd in one event, handled in that order.
+            request = self._start(event.request_id, event.role, event.keep_conn)
+            if request is None:
                 return
-            self._requests[event.request_id] = Request(event.request_id, event.role, event.keep_conn)
-            if len(self._requests) > 1:
-                self._multiplexed = True
+            body = self._params_complete(request, event.params, event.pairs)
+            for chunk in event.stdin:
+                self._feed(request, body, chunk)
+            if event.stdin_ended:
+                body.finish()
+        elif type(event) is RequestStarted:
+            self._start(event.request_id, event.role, event.keep_conn)
         elif type(event) is ParamsComplete:
-            self._params_complete(event.request_id, event.params, event.pairs)
+            started = self._requests.get(event.request_id)
+            if started is not None:
+                self._params_complete(started, event.params, event.pairs)
         elif kind in _STREAM_EVENTS:
             request = self._requests.get(event.request_id)
             if request is None:
@@ -433,6 +444,16 @@ class ServedConnection:
             )
         elif isinstance(event, ConnectionClosed):
             self._abort_all()
+
+    def _start(self, request_id: int, role: Role, keep_conn: bool) -> Request | None:
+        """A request now ours (RequestStarted); None when its role is not served (it is refused)."""
+        if self._options.roles is not None and role not in self._options.roles:
+            self._refuse_role(request_id, role)
+            return None
+        request = self._requests[request_id] = Request(request_id, role, keep_conn)
+        if len(self._requests) > 1:
+            self._multiplexed = True
+        return request
 
     def _feed(self, request: Request, body: RequestBody, data: bytes) -> None:
         """Feed STDIN or DATA, counting what arrives: its announced length may be absent or lie (S-G1)."""
@@ -470,24 +491,23 @@ class ServedConnection:
         self._abort_all()
 
     def _params_complete(
-        self, request_id: int, params: dict[str, str], pairs: list[tuple[str, str]] | None
-    ) -> None:
-        request = self._requests.get(request_id)
-        if request is None:
-            return
+        self, request: Request, params: dict[str, str], pairs: list[tuple[str, str]] | None
+    ) -> RequestBody:
+        """The request's params are in: its environ's source, its body, and it is runnable."""
         request.params = params
         request.pairs = pairs
         threshold = self._options.wsgi.spool_threshold
         fill = None if self._multiplexed else self._fill
         if request.role is not Role.AUTHORIZER:
             request.length = content_length(params)
-            request.body = RequestBody(request.length, threshold, fill)
+            body = request.body = RequestBody(request.length, threshold, fill)
         else:
             # S-G2: an authorizer gets no body; its STDIN stream still ends with an empty record.
-            request.body = RequestBody(0, threshold, fill)
+            body = request.body = RequestBody(0, threshold, fill)
         if request.role is Role.FILTER:
             request.data = RequestBody(data_length(params), threshold, fill)
         self._runnable.append(request)
+        return body
 
     def _fill(self) -> bool:
         """Pull more bytes for an inline request's body; runs in the serving thread (RequestBody.fill)."""

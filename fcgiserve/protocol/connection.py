@@ -30,6 +30,7 @@ from .events import (
     ParamsComplete,
     RequestAborted,
     RequestFailed,
+    RequestReceived,
     RequestRejected,
     RequestStarted,
     StdinData,
@@ -153,8 +154,15 @@ class ServerConnection:
     """One FastCGI transport connection seen from the application (sans IO)."""
 
     def __init__(
-        self, settings: ConnectionSettings | None = None, limits: ProtocolLimits | None = None
+        self,
+        settings: ConnectionSettings | None = None,
+        limits: ProtocolLimits | None = None,
+        *,
+        whole_requests: bool = False,
     ) -> None:
+        """``whole_requests``: report a request that comes whole in one read (as web servers write them) as
+        one ``RequestReceived`` event instead of RequestStarted, ParamsComplete, StdinData and StdinEnd."""
+        self._whole_requests = whole_requests
         self._settings = settings if settings is not None else _DEFAULT_SETTINGS
         self._limits = limits if limits is not None else _DEFAULT_LIMITS
         self._reader = RecordReader()
@@ -268,11 +276,12 @@ class ServerConnection:
 
     def _receive_whole_request(self, buf: bytes) -> list[Event] | None:
         """``receive_data``'s hot path, for a connection with no active request and nothing buffered: the
-        events of ``buf`` when it holds exactly the opening of one request and nothing else (BEGIN_REQUEST of
-        a RESPONDER or AUTHORIZER, its whole PARAMS stream, then STDIN records, whole, up to its end or not),
-        which is how web servers write a request (S-F2). None for anything else (a record of another type or
-        id, a management record, a FILTER, an incomplete record, a broken limit or params), with no state
-        changed: the general path then reads ``buf`` record by record and answers whatever is wrong.
+        events of ``buf`` (one ``RequestReceived`` with ``whole_requests``) when it holds exactly the opening
+        of one request and nothing else (BEGIN_REQUEST of a RESPONDER or AUTHORIZER, its whole PARAMS stream,
+        then STDIN records, whole, up to its end or not), which is how web servers write a request (S-F2).
+        None for anything else (a record of another type or id, a management record, a FILTER, an incomplete
+        record, a broken limit or params), with no state changed: the general path then reads ``buf`` record
+        by record and answers whatever is wrong.
 
         The events, the request's state (looked up in TRANSITIONS) and every later answer are those of the
         general path; ``tests/protocol/test_whole_request.py`` compares the two on generated streams.
@@ -325,6 +334,8 @@ class ServerConnection:
         keep_conn = bool(flags & FCGI_KEEP_CONN)
         state = _WHOLE_INPUT_DONE if stdin_ended else _WHOLE_STDIN_OPEN
         self._requests[request_id] = _Request(state, role, keep_conn)
+        if self._whole_requests:
+            return [RequestReceived(request_id, role, keep_conn, params, pairs, tuple(stdin), stdin_ended)]
         events: list[Event] = [
             RequestStarted(request_id, role, keep_conn),
             ParamsComplete(request_id, params, pairs),

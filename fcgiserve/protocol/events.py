@@ -24,6 +24,7 @@ __all__ = [
     "ParamsComplete",
     "RequestAborted",
     "RequestFailed",
+    "RequestReceived",
     "RequestRejected",
     "RequestStarted",
     "Stderr",
@@ -76,6 +77,27 @@ class ParamsComplete(Event):
     request_id: int
     params: dict[str, str]
     pairs: list[tuple[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.request_id <= MAX_REQUEST_ID:
+            _reject_request_id(self.request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived(Event):
+    """A request that came whole in one read, in one event (only from a ``ServerConnection`` made with
+    ``whole_requests=True``): what RequestStarted, ParamsComplete, a StdinData per chunk and, if
+    ``stdin_ended``, StdinEnd would have said, in that order. The request now belongs to the caller, as after
+    RequestStarted; when STDIN has not ended, StdinData and StdinEnd events follow.
+    """
+
+    request_id: int
+    role: Role
+    keep_conn: bool
+    params: dict[str, str]
+    pairs: list[tuple[str, str]] | None
+    stdin: tuple[bytes, ...]  # the body's pieces that came with it, each non-empty
+    stdin_ended: bool
 
     def __post_init__(self) -> None:
         if not 0 < self.request_id <= MAX_REQUEST_ID:

@@ -15,11 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fcgiserve.protocol import (
+    ConnectionClosed,
     ConnectionSettings,
+    Event,
     LocalProtocolError,
     ParamsComplete,
     ProtocolLimits,
     RemoteProtocolError,
+    RequestAborted,
+    RequestReceived,
     RequestStarted,
     RequestState,
     Role,
@@ -174,6 +178,47 @@ def test_not_taken_while_a_request_is_active_or_a_record_is_half_read() -> None:
     assert calls == [True, False]
 
 
+def test_whole_requests_come_as_one_event_when_the_caller_asks() -> None:
+    stream = (
+        wire.begin(9, keep_conn=True) + wire.params(9, NGINX_PARAMS) + wire.stdin(9, b"x=1") + wire.stdin(9)
+    )
+    params, pairs = wire.decoded(NGINX_PARAMS)
+    whole = ServerConnection(whole_requests=True)
+    assert whole.receive_data(stream) == [
+        RequestReceived(9, Role.RESPONDER, True, params, pairs, (b"x=1",), True)
+    ]
+    assert whole.receive_data(b"") == [
+        RequestAborted(9),
+        ConnectionClosed(),
+    ]  # the caller's, as after RequestStarted
+    open_stdin = ServerConnection(whole_requests=True)
+    events = open_stdin.receive_data(wire.begin(2) + wire.params(2, NGINX_PARAMS))
+    assert events == [RequestReceived(2, Role.RESPONDER, False, params, pairs, (), False)]
+    assert open_stdin.receive_data(wire.stdin(2, b"late") + wire.stdin(2)) == [
+        StdinData(2, b"late"),
+        StdinEnd(2),
+    ]
+    with pytest.raises(ValueError, match="outside"):
+        RequestReceived(0, Role.RESPONDER, True, {}, None, (), True)
+
+
+def expanded(events: list[Event]) -> list[Event]:
+    """``RequestReceived`` spelled out as the events it stands for."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, RequestReceived):
+            rid = event.request_id
+            out += [
+                RequestStarted(rid, event.role, event.keep_conn),
+                ParamsComplete(rid, event.params, event.pairs),
+            ]
+            out += [StdinData(rid, chunk) for chunk in event.stdin]
+            out += [StdinEnd(rid)] if event.stdin_ended else []
+        else:
+            out.append(event)
+    return out
+
+
 # -- the two paths agree on any input ------------------------------------------------------------------
 
 
@@ -183,7 +228,7 @@ def run(conn: ServerConnection, chunks: list[bytes], end_ids: bool = True) -> li
     owned: set[int] = set()
     for chunk in chunks:
         try:
-            events = conn.receive_data(chunk)
+            events = expanded(conn.receive_data(chunk))
         except RemoteProtocolError as error:
             seen.append(("error", (error.msg, error.request_id)))
             break
@@ -257,11 +302,12 @@ LIMITS = st.sampled_from(
 
 
 @settings(max_examples=600, deadline=None)
-@given(near_requests(), LIMITS, st.booleans())
+@given(near_requests(), LIMITS, st.booleans(), st.booleans())
 def test_the_hot_path_answers_exactly_like_the_general_path(
-    chunks: list[bytes], limits: ProtocolLimits, multiplexed: bool
+    chunks: list[bytes], limits: ProtocolLimits, multiplexed: bool, whole_requests: bool
 ) -> None:
+    """Also with ``whole_requests``: its one event says what the general path's events say."""
     conn_settings = ConnectionSettings(max_reqs=4, mpxs_conns=multiplexed)
-    hot = ServerConnection(conn_settings, limits)
+    hot = ServerConnection(conn_settings, limits, whole_requests=whole_requests)
     general = general_only(ServerConnection(conn_settings, limits))
     assert run(hot, chunks) == run(general, chunks)
