@@ -630,8 +630,13 @@ class Dispatcher:
         if self._control_asleep:
             self._control_asleep = False
             self._control.wake()
-        self._in_service[ident] = job[0] if isinstance(job, tuple) else job
-        self._admission.update()  # accept_while_busy=False: stop accepting now
+        if isinstance(job, tuple):
+            self._in_service[ident] = job[0]
+            # Accepted: at max_connections the listeners are disarmed now. A parked connection's job
+            # changes nothing update() looks at (being busy disarms lazily, Admission.update).
+            self._admission.update()
+        else:
+            self._in_service[ident] = job
         return self._reserve_spares_locked()
 
     def _reserve_spares_locked(self) -> int:

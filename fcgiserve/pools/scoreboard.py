@@ -29,6 +29,8 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from threading import get_ident
+from time import monotonic
 from typing import Any
 
 __all__ = ["LINE_BYTES", "RequestInProgress", "Scoreboard", "SlotSnapshot", "SlotState", "SlotWriter"]
@@ -240,10 +242,16 @@ class SlotWriter:
         self._active_at = (base + _ACTIVE_AT) // 4
         self._served_at = (base + _SERVED_AT) // 8
         self._busy_at = (base + _BUSY_AT) // 8
-        self._lanes_at = base + _LANES_AT  # byte offset of lane 0
         self._lock = threading.Lock()
-        self._free_lanes = list(range(lanes - 1, -1, -1))
-        self._held: dict[int, tuple[int, float, str]] = {}  # thread ident -> (lane, since, request line)
+        # Each lane as where its fields are stored: (busy-since as an f64 index, line length as a u16
+        # index, line as a byte offset); the free ones are popped from the end, lane 0 first.
+        lanes_at = base + _LANES_AT
+        self._free_lanes = [
+            ((at := lanes_at + lane * _LANE.size) >> 3, (at + _LINE_LENGTH_IN_LANE) >> 1, at + _LINE_IN_LANE)
+            for lane in range(lanes - 1, -1, -1)
+        ]
+        # thread ident -> (its lane, since, request line)
+        self._held: dict[int, tuple[tuple[int, int, int], float, str]] = {}
         header = _HEADER.unpack_from(buffer, base + _HEADER_AT)
         self._seq: int = _SEQ.unpack_from(buffer, base)[0]
         self._state = SlotState(header[0])
@@ -291,26 +299,27 @@ class SlotWriter:
             return {thread: line for thread, (_lane, _since, line) in self._held.items()}
 
     def request_started(self, info: str) -> None:
-        now = time.monotonic()
+        now = monotonic()
         line = info.encode("utf-8", "replace")[:LINE_BYTES]
-        thread = threading.get_ident()
+        thread = get_ident()
         with self._lock:
             self._active += 1
             seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
             u32 = self._u32
-            u32[self._seq_at] = (seq - 1) & 0xFFFFFFFF  # odd: being written
+            seq_at = self._seq_at
+            u32[seq_at] = (seq - 1) & 0xFFFFFFFF  # odd: being written
             u32[self._active_at] = self._active
             if self._free_lanes and thread not in self._held:
                 lane = self._free_lanes.pop()
                 self._held[thread] = (lane, now, info)
-                at = self._lanes_at + lane * _LANE.size
-                self._f64[at >> 3] = now
-                self._u16[(at + _LINE_LENGTH_IN_LANE) >> 1] = len(line)
-                self._bytes[at + _LINE_IN_LANE : at + _LINE_IN_LANE + len(line)] = line
-            u32[self._seq_at] = seq
+                since_at, length_at, line_at = lane
+                self._f64[since_at] = now
+                size = self._u16[length_at] = len(line)
+                self._bytes[line_at : line_at + size] = line
+            u32[seq_at] = seq
 
     def request_finished(self) -> None:
-        thread = threading.get_ident()
+        thread = get_ident()
         with self._lock:
             if self._active > 0:
                 self._active -= 1
@@ -321,7 +330,7 @@ class SlotWriter:
                 # stay busy forever, or the master would take it for a stuck request.
                 held = self._held.pop(min(self._held, key=lambda t: self._held[t][1]))
             if held is not None:
-                self._busy += time.monotonic() - held[1]
+                self._busy += monotonic() - held[1]
             seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
             u32 = self._u32
             u32[self._seq_at] = (seq - 1) & 0xFFFFFFFF  # odd: being written
@@ -332,8 +341,9 @@ class SlotWriter:
             self._u64[self._served_at] = self._served
             self._f64[self._busy_at] = self._busy
             if held is not None:
-                self._free_lanes.append(held[0])
-                self._f64[(self._lanes_at + held[0] * _LANE.size) >> 3] = 0.0  # the lane is free
+                lane = held[0]
+                self._free_lanes.append(lane)
+                self._f64[lane[0]] = 0.0  # the lane is free
             u32[self._seq_at] = seq
 
     def release(self) -> None:
