@@ -14,7 +14,7 @@ from typing import Any
 
 from bench_report import figures
 
-__all__ = ["chart_data", "main", "write_svg"]
+__all__ = ["chart_data", "chart_title", "main", "write_svg"]
 
 COLOURS = ["#888888", "#bbbbbb", "#1f77b4", "#08306b", "#2ca02c", "#00441b", "#ff7f0e", "#d62728", "#9467bd"]
 
@@ -33,6 +33,19 @@ def chart_data(data: dict[str, Any], key: str = "rps") -> tuple[list[str], list[
     return workloads, labels, values
 
 
+# Backend name prefix -> how the title names that peer, in the title's order.
+PEERS = {"flup": "flup", "gunicorn": "gunicorn", "uwsgi": "uWSGI", "libfcgi": "C libfcgi"}
+
+
+def chart_title(data: dict[str, Any]) -> str:
+    """The title: "fcgiserve vs" the peers the run measured, and how nginx reached them."""
+    names = [b["name"] for b in data["backends"]]
+    peers = [label for prefix, label in PEERS.items() if any(n.startswith(prefix) for n in names)]
+    against = " vs " + (", ".join(peers[:-1]) + " and " + peers[-1] if len(peers) > 1 else "".join(peers))
+    transport = data.get("transport", "loopback TCP")
+    return f"fcgiserve{against if peers else ''} behind nginx over {transport} ({data['mode']} run)"
+
+
 def write_png(data: dict[str, Any], path: Path) -> None:
     import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
@@ -46,7 +59,13 @@ def write_png(data: dict[str, Any], path: Path) -> None:
         width = 0.8 / max(1, len(labels))
         for index, (label, row) in enumerate(zip(labels, values, strict=True)):
             xs = [w + index * width for w in range(len(workloads))]
-            ax.bar(xs, [v if v > 0 else float("nan") for v in row], width, label=label, color=COLOURS[index])
+            ax.bar(
+                xs,
+                [v if v > 0 else float("nan") for v in row],
+                width,
+                label=label,
+                color=COLOURS[index % len(COLOURS)],
+            )
         ax.set_xticks([w + 0.4 - width / 2 for w in range(len(workloads))], workloads)
         ax.set_yscale("log")
         smallest = min((v for row in values for v in row if v > 0), default=1.0)
@@ -55,7 +74,7 @@ def write_png(data: dict[str, Any], path: Path) -> None:
         )  # bars start at a power of ten, not the clip
         ax.set_ylabel(title)
         ax.grid(axis="y", alpha=0.3, which="both")
-    axes[0].set_title(f"fcgiserve vs flup, gunicorn and C libfcgi behind nginx ({data['mode']} run)")
+    axes[0].set_title(chart_title(data))
     axes[0].legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.06))
     fig.tight_layout()
     fig.savefig(path)

@@ -186,3 +186,17 @@ def test_instructions_take_the_idle_rate_off_the_extra_wall_clock_time() -> None
     assert ins.per_request_without_idle(first, second, rate) == 300
     with pytest.raises(ValueError, match="idle run"):
         ins.idle_rate(first, ins.Sample(201, 0, seconds=20.0))
+
+
+def test_chart_title_names_the_peers_measured_and_the_transport() -> None:
+    chart = _module("bench_chart")
+    backends = [
+        {"name": n} for n in ("flup-threaded", "fcgiserve-threaded-keep", "uwsgi-processes", "libfcgi-c")
+    ]
+    data = {"backends": backends, "mode": "full", "transport": "unix sockets"}
+    assert (
+        chart.chart_title(data)
+        == "fcgiserve vs flup, uWSGI and C libfcgi behind nginx over unix sockets (full run)"
+    )
+    data = {"backends": [{"name": "fcgiserve-threaded-keep"}, {"name": "gunicorn-sync"}], "mode": "quick"}
+    assert chart.chart_title(data) == "fcgiserve vs gunicorn behind nginx over loopback TCP (quick run)"
