@@ -713,6 +713,8 @@ class Dispatcher:
     def _open_one(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
         """The factory's connection for a new socket; None when refused or failed (the socket is closed)."""
         try:
+            if self._watch.exclusive:
+                sock = self._watch.watched(sock)  # leaves the epoll before it closes (watchlist.py)
             return self._factory.open(sock, peer)
         except BaseException:  # even SystemExit from application code must not cost us a worker
             log.exception("opening a connection from %r failed; closing it", peer)

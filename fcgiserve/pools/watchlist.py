@@ -18,8 +18,13 @@ may not take (it is stopping, or at ``max_connections``) passes it on through th
 In such a child (``exclusive``: one worker thread) a parked connection is registered level-triggered
 instead, and stays registered while it is served and parked again: the one worker does not wait in the
 epoll while it serves, so nobody else is told of it, and parking it after a request costs no
-``epoll_ctl``. An event on such a connection that is not parked (nothing should cause one) unregisters
-it (``stray``), so it cannot wake the worker over and over; parking registers it again.
+``epoll_ctl``. The kernel keeps such an entry for as long as any process holds the socket, not only until
+our fd closes: a process the application forks (``multiprocessing``, say) inherits every socket of the
+child, and an entry left behind by a connection we closed would then report its end over and over, a
+worker spinning at full CPU. So a socket of such a child comes out of the epoll just before it is closed
+(``watched``: whoever closes it, the handler or the dispatcher), and only then is its fd released. An
+event on such a connection that is not parked (nothing should cause one) unregisters it (``stray``), so
+it cannot wake the worker over and over; parking registers it again.
 
 This class keeps no lock: the dispatcher holds its own around every call that reads or changes the tables
 (``poll`` and ``wake_all`` need none). It knows nothing of threads or of what a connection speaks; the
@@ -30,9 +35,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fcgiserve.pools.base import ServedConnection
@@ -163,6 +169,30 @@ class WatchList:
         except (OSError, ValueError):
             pass
 
+    def watched(self, sock: socket.socket) -> socket.socket:
+        """``sock`` (a new connection of an ``exclusive`` list) as a socket that leaves the epoll just
+        before it closes: an entry must go while our fd still names the socket (module docstring)."""
+        timeout = sock.gettimeout()
+        family, kind, proto = sock.family, sock.type, sock.proto
+        fd = sock.detach()
+        try:
+            kept = _KeptSocket(family, kind, proto, fileno=fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if timeout is not None:
+            kept.settimeout(timeout)
+        kept.before_close = self._closing
+        return kept
+
+    def _closing(self, fd: int) -> None:
+        """A connection's socket is about to close: take its entry out while ``fd`` is still its own."""
+        if self._kept.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):  # not registered, or the epoll is closed (the dispatcher ended)
+                pass
+
     def stray(self, fd: int) -> None:
         """An event came for ``fd``, which is neither a listener nor parked. A one-shot entry is disarmed by
         its event already; a kept one (``exclusive``) would report the same again at once: unregister it."""
@@ -192,6 +222,22 @@ class WatchList:
         self._epoll.close()
         self._exit_r.close()
         self._exit_w.close()
+
+
+class _KeptSocket(socket.socket):
+    """A connection's socket that calls ``before_close(fd)`` once, before its fd closes (``watched``)."""
+
+    __slots__ = ("before_close",)
+
+    before_close: Callable[[int], None] | None
+
+    def close(self) -> None:
+        before, self.before_close = getattr(self, "before_close", None), None
+        if before is not None:
+            fd = self.fileno()
+            if fd >= 0:
+                before(fd)
+        super().close()
 
 
 def accept(listener: socket.socket) -> NewConnection | None:

@@ -79,6 +79,13 @@ class LineConnection:
                 reply = "SPUN"
             elif command == "ECHO":
                 reply = arg
+            elif (
+                command == "FORK"
+            ):  # a process that holds every socket of ours for that long (multiprocessing)
+                if os.fork() == 0:
+                    time.sleep(float(arg))
+                    os._exit(0)
+                reply = "FORKED"
             elif command == "PID":
                 reply = str(os.getpid())
             elif command == "CRASH":

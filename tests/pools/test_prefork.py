@@ -316,6 +316,31 @@ def test_busy_children_beyond_saturated_cpus_retire_and_lose_nothing(tmp_path: P
         assert master.stats()["saturated_retired"] >= 1
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = _stat_fields(pid)
+    assert fields is not None, f"process {pid} is gone"
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_connection_closed_while_a_forked_process_holds_it_costs_the_child_no_cpu(tmp_path: Path) -> None:
+    """An application that forks (multiprocessing) gives the fork every socket of the child. When the web
+    server then closes a kept-alive connection, the child closes its socket, but the socket itself lives on
+    in the fork, and so would its entry in the child's epoll (level-triggered in a one-thread child): it
+    would report the hang-up to the child's worker over and over, a full CPU for as long as the fork lives."""
+    with _master(tmp_path, min_spare=1, max_spare=1, max_children=1) as master:
+        _ready(master)
+        client, pid = master.connect()
+        assert _kept_request(client, "ECHO kept") == "kept"  # parked and served again: registered
+        assert _kept_request(client, "FORK 4") == "FORKED"
+        client.close()  # the child reads the end and closes its socket; the fork still holds it
+        time.sleep(0.3)
+        before = _cpu_seconds(pid)
+        time.sleep(1.0)
+        spent = _cpu_seconds(pid) - before
+        assert spent < 0.2, f"the child spent {spent:.2f} s of CPU in 1 s while idle\n{master.log()[-2000:]}"
+        assert master.request("ECHO still serving")[0] == "still serving"
+
+
 def test_each_child_serves_at_most_max_requests(tmp_path: Path) -> None:
     with _master(tmp_path, min_spare=1, max_spare=2, max_children=3, max_requests=3) as master:
         _ready(master)

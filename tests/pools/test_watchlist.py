@@ -178,3 +178,50 @@ def test_one_worker_stops_hearing_of_a_connection_handed_away() -> None:
         for sock in (near, elsewhere):
             sock.close()
         watch.close()
+
+
+def test_one_worker_hears_nothing_more_of_a_closed_connection_another_process_holds() -> None:
+    """A process the application forks holds every socket of the child: closing ours leaves the socket
+    open, and with it the epoll entry, which would report the hang-up over and over (a spinning worker).
+    A socket made by ``watched`` leaves the epoll before its fd closes."""
+    with _listener() as listener:
+        watch = WatchList([listener], exclusive=True)
+        near, far = socket.socketpair()
+        far = watch.watched(far)
+        conn = _Conn(far)
+        watch.park(conn, 0.0)  # type: ignore[arg-type]
+        near.send(b"request")
+        assert _ready(watch) == [far.fileno()]
+        assert watch.unpark(far.fileno()) is conn
+        far.recv(64)
+        forked = far.dup()  # what a forked process holds
+        far.shutdown(socket.SHUT_RDWR)  # as the handler closes: the peer sees the end
+        far.close()
+        near.close()
+        for _ in range(3):
+            assert _ready(watch) == []  # without it: the closed fd's hang-up, reported every time
+        forked.close()
+        watch.close()
+
+
+def test_a_watched_socket_is_the_same_connection() -> None:
+    """The wrapper changes nothing else: same fd, options, blocking mode; its hook runs once."""
+    watch = WatchList([], exclusive=True)
+    near, far = socket.socketpair()
+    far.settimeout(2.5)
+    fd = far.fileno()
+    kept = watch.watched(far)
+    assert (kept.fileno(), kept.family, kept.type, kept.gettimeout()) == (
+        fd,
+        socket.AF_UNIX,
+        socket.SOCK_STREAM,
+        2.5,
+    )
+    assert far.fileno() == -1  # detached: closing the old object cannot close the fd under us
+    near.send(b"x")
+    assert kept.recv(1) == b"x"
+    kept.close()
+    kept.close()
+    assert kept.fileno() == -1
+    near.close()
+    watch.close()
