@@ -18,8 +18,10 @@ __all__ = [
     "WrkResult",
     "cpu_seconds",
     "parse_wrk",
+    "process_activity",
     "process_tree",
     "run_wrk",
+    "split_of",
     "tree_memory",
     "tree_pss_kib",
 ]
@@ -114,6 +116,54 @@ def cpu_seconds(root: int) -> float:
         if fields is not None:
             ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
     return ticks / CLOCK_TICKS
+
+
+def _voluntary_switches(pid: int) -> int | None:
+    """Voluntary context switches of every thread of ``pid`` (/proc/<pid>/status counts its main one only)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in threads:
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue  # the thread exited meanwhile
+        found = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)
+        total += int(found.group(1)) if found else 0
+    return total
+
+
+def process_activity(root: int) -> dict[int, tuple[float, int]]:
+    """Per live process of the tree: (its own user+system CPU seconds, voluntary context switches of its
+    threads: how often they went to sleep waiting for work)."""
+    activity: dict[int, tuple[float, int]] = {}
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        switches = _voluntary_switches(pid)
+        if fields is not None and switches is not None:
+            activity[pid] = ((int(fields[11]) + int(fields[12])) / CLOCK_TICKS, switches)
+    return activity
+
+
+def split_of(
+    root: int, before: dict[int, tuple[float, int]], after: dict[int, tuple[float, int]]
+) -> dict[str, object]:
+    """How a run's CPU split across the tree: the root's share and every other process's, largest first
+    (percent of the processes' CPU over the run), and the voluntary switches of all of them. A process
+    that did not live through the whole run counts from zero, or up to its last look."""
+    spent: dict[int, float] = {}
+    switches = 0
+    for pid in before.keys() | after.keys():
+        cpu_after, sw_after = after.get(pid, before.get(pid, (0.0, 0)))
+        cpu_before, sw_before = before.get(pid, (0.0, 0))
+        spent[pid] = max(0.0, cpu_after - cpu_before)
+        switches += max(0, sw_after - sw_before)
+    total = sum(spent.values()) or 1.0
+    others = sorted((100 * cpu / total for pid, cpu in spent.items() if pid != root), reverse=True)
+    root_pct = round(100 * spent.get(root, 0.0) / total, 1)
+    return {"root_pct": root_pct, "others_pct": [round(x, 1) for x in others], "voluntary_switches": switches}
 
 
 @dataclass(frozen=True)

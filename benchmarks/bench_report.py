@@ -82,6 +82,45 @@ def _workload_table(data: dict[str, Any], workload: dict[str, Any]) -> list[str]
     return [*lines, ""]
 
 
+def _split_table(data: dict[str, Any]) -> list[str]:
+    """Where each backend's CPU went, process by process, and how often its threads slept waiting for work:
+    a prefork child that sleeps and wakes between requests pays for it in cache misses, so the same code
+    costs more when the load is spread thinly over more children (docs/performance.md)."""
+    rows = []
+    for workload in data["workloads"]:
+        for backend in data["backends"]:
+            runs = [
+                r
+                for r in data["runs"]
+                if r["workload"] == workload["name"] and r["backend"] == backend["name"] and r.get("split")
+            ]
+            if not runs:
+                continue
+            switches = sorted(r["split"]["voluntary_switches"] / max(1, r["requests"]) for r in runs)
+            shares = " · ".join(
+                "/".join(f"{share:.0f}" for share in r["split"]["others_pct"]) or "-" for r in runs
+            )
+            roots = " · ".join(f"{r['split']['root_pct']:.0f}" for r in runs)
+            rows.append(
+                f"| {workload['name']} | {backend['label']} | {roots} | {shares} "
+                f"| {switches[len(switches) // 2]:.2f} |"
+            )
+    if not rows:
+        return []
+    return [
+        "### Where the CPU went, process by process",
+        "",
+        "Per repetition: the root process's share of the tree's CPU, then every other process's, largest "
+        "first (a prefork pool: the master, then its children); and the voluntary context switches of all "
+        "their threads per request (median), how often they slept waiting for work.",
+        "",
+        "| workload | backend | root % | other processes % | sleeps per request |",
+        "|---|---|---:|---|---:|",
+        *rows,
+        "",
+    ]
+
+
 def _memory_table(data: dict[str, Any]) -> list[str]:
     memory = data["memory"]
     base_idle = memory.get(BASELINE, {}).get("idle_total")
@@ -295,6 +334,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     ]
     for workload in data["workloads"]:
         out += _workload_table(data, workload)
+    out += _split_table(data)
     out += _memory_table(data)
     out += ["### Targets", "", "| target | verdict | figures |", "|---|---|---|"]
     for name, met, shown in _target_rows(data):

@@ -45,7 +45,7 @@ from bench_backends import (
     start_backends,
     stop_all,
 )
-from bench_measure import cpu_seconds, run_wrk, tree_memory, tree_pss_kib
+from bench_measure import cpu_seconds, process_activity, run_wrk, split_of, tree_memory, tree_pss_kib
 from bench_report import render_markdown
 
 __all__ = ["WORKLOADS", "Workload", "main"]
@@ -210,10 +210,12 @@ def _bench(
                 name = running.backend.name
                 if (workload.django and not running.backend.django) or name in unavailable:
                     continue
-                cpu_before = cpu_seconds(running.process.pid)
+                root = running.process.pid
+                cpu_before, activity_before = cpu_seconds(root), process_activity(root)
                 result = run_wrk(nginx.url(name, workload.path), workload.connections, args.duration,
                                  scripts.get(workload.name))  # fmt: skip
-                cpu = cpu_seconds(running.process.pid) - cpu_before
+                cpu = cpu_seconds(root) - cpu_before
+                split = split_of(root, activity_before, process_activity(root))
                 if running.process.poll() is not None:
                     unavailable[name] = (
                         f"died during {workload.name} (repetition {rep + 1}, exit status "
@@ -222,7 +224,14 @@ def _bench(
                     print(f"{name}: {unavailable[name]}", file=sys.stderr, flush=True)
                     continue
                 runs.append(
-                    {"workload": workload.name, "backend": name, "rep": rep, **asdict(result), "cpu_s": cpu}
+                    {
+                        "workload": workload.name,
+                        "backend": name,
+                        "rep": rep,
+                        **asdict(result),
+                        "cpu_s": cpu,
+                        "split": split,
+                    }
                 )
                 elapsed = time.monotonic() - started
                 print(

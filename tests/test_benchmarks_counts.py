@@ -5,6 +5,7 @@ the per-interpreter venv, the prefork rows' pool sizes."""
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import signal
 import sys
@@ -200,3 +201,33 @@ def test_chart_title_names_the_peers_measured_and_the_transport() -> None:
     )
     data = {"backends": [{"name": "fcgiserve-threaded-keep"}, {"name": "gunicorn-sync"}], "mode": "quick"}
     assert chart.chart_title(data) == "fcgiserve vs gunicorn behind nginx over loopback TCP (quick run)"
+
+
+def test_split_of_a_run_gives_each_process_its_share_and_counts_sleeps() -> None:
+    measure = _module("bench_measure")
+    before = {10: (1.0, 100), 11: (2.0, 50), 12: (2.0, 70)}
+    after = {10: (1.1, 105), 11: (3.5, 80), 12: (2.4, 90), 13: (0.0, 1)}  # 13 forked meanwhile
+    split = measure.split_of(10, before, after)
+    assert split == {"root_pct": 5.0, "others_pct": [75.0, 20.0, 0.0], "voluntary_switches": 56}
+    # A process that exited before the second look keeps what the first one saw: nothing is negative.
+    assert measure.split_of(10, before, {10: (1.1, 105)})["others_pct"] == [0.0, 0.0]
+
+
+def test_split_of_the_live_tree_sees_its_own_process() -> None:
+    measure = _module("bench_measure")
+    first = measure.process_activity(os.getpid())
+    assert os.getpid() in first and first[os.getpid()][1] >= 0
+
+
+def test_report_shows_where_each_backends_cpu_went() -> None:
+    report = _module("bench_report")
+    run = _run("fcgiserve-prefork-keep", "hello-8", 1000, 40)
+    run["split"] = {"root_pct": 1.0, "others_pct": [61.2, 37.8], "voluntary_switches": 750}
+    backends = [{"name": "fcgiserve-prefork-keep", "label": "prefork", "django": False}]
+    data = {"mode": "test", "finished": "now", "machine": "m", "reps": 1, "duration": 5, "command": "c",
+            "workloads": [{"name": "hello-8", "description": "d"}], "backends": backends, "unavailable": {},
+            "runs": [run], "memory": {}}  # fmt: skip
+    page = report.render_markdown(data)
+    assert "| hello-8 | prefork | 1 | 61/38 | 0.15 |" in page
+    data["runs"] = [_run("fcgiserve-prefork-keep", "hello-8", 1000, 40)]  # an older JSON: no split recorded
+    assert "Where the CPU went" not in report.render_markdown(data)
