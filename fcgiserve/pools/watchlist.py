@@ -72,8 +72,8 @@ class WatchList:
         self.parked: dict[int, tuple[ServedConnection, float, bool]] = {}
         self._armed: set[int] = set()  # listener fds currently armed
         # exclusive: fd -> the connection registered with it (_KEPT), parked or in service; parking the same
-        # object again needs no system call. Entries of closed connections (the kernel dropped theirs) stay
-        # until their fd is registered for another connection: a different object there means a new entry.
+        # object again needs no system call. A watched socket's entry goes as it closes (_closing); any other
+        # stays until its fd is registered for another connection: a different object there means a new entry.
         self._kept: dict[int, ServedConnection] = {}
         self._epoll = select.epoll()
         self.poll = self._epoll.poll  # (timeout, maxevents): called without the dispatcher's lock
