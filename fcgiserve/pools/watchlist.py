@@ -187,11 +187,8 @@ class WatchList:
 
     def _closing(self, fd: int) -> None:
         """A connection's socket is about to close: take its entry out while ``fd`` is still its own."""
-        if self._kept.pop(fd, None) is not None:
-            try:
-                self._epoll.unregister(fd)
-            except (OSError, ValueError):  # not registered, or the epoll is closed (the dispatcher ended)
-                pass
+        if fd in self._kept:  # registered (_KEPT); a connection never parked has no entry to take out
+            self.forget(fd)
 
     def stray(self, fd: int) -> None:
         """An event came for ``fd``, which is neither a listener nor parked. A one-shot entry is disarmed by

@@ -79,9 +79,8 @@ class LineConnection:
                 reply = "SPUN"
             elif command == "ECHO":
                 reply = arg
-            elif (
-                command == "FORK"
-            ):  # a process that holds every socket of ours for that long (multiprocessing)
+            elif command == "FORK":
+                # A process that holds every socket of ours for that long (as multiprocessing's would).
                 if os.fork() == 0:
                     time.sleep(float(arg))
                     os._exit(0)
