@@ -38,11 +38,11 @@ __all__ = ["LINE_BYTES", "RequestInProgress", "Scoreboard", "SlotSnapshot", "Slo
 LINE_BYTES = 200  # request line bytes kept per lane; longer lines are truncated (a cut character is dropped)
 
 _SEQ = struct.Struct("=I")
-# state, pid, generation, requests in progress, threads in serve(), requests served,
-# started_at (monotonic, set by the master), seconds spent in finished requests (summed over threads).
+# state, pid, generation, requests in progress, threads in serve(), kept-alive connections held, requests
+# served, started_at (monotonic, set by the master), seconds spent in finished requests (summed over threads).
 # Every field sits on a multiple of its size (slots start on 8-byte boundaries): a request's few changing
 # fields are then stored one by one through typed views of the mapping (SlotWriter), not repacked whole.
-_HEADER = struct.Struct("=BxxxiIIIxxxxQdd")
+_HEADER = struct.Struct("=BxxxiIIIIQdd")
 # busy_since (0.0 = lane free), line length, line; padded so that every lane's busy_since is aligned too
 _LANE = struct.Struct(f"=dH{LINE_BYTES}s" + "x" * (-(10 + LINE_BYTES) % 8))
 _HEADER_AT = 8  # after the counter
@@ -50,6 +50,7 @@ _LANES_AT = _HEADER_AT + _HEADER.size
 # Byte offsets in a slot of the fields a request changes, and in a lane of its line.
 _STATE_AT = _HEADER_AT
 _ACTIVE_AT = _HEADER_AT + 12
+_KEPT_AT = _HEADER_AT + 20
 _SERVED_AT = _HEADER_AT + 24
 _BUSY_AT = _HEADER_AT + 40
 _LINE_LENGTH_IN_LANE = 8
@@ -82,6 +83,7 @@ class SlotSnapshot:
     started_at: float
     requests: tuple[RequestInProgress, ...]
     busy_seconds: float = 0.0  # time spent in the requests finished so far (pools/cpudemand.py)
+    kept: int = 0  # kept-alive connections the child holds (a one-thread child's; 0 for others)
     consistent: bool = True  # False: read while its writer was stuck mid-write (or died there)
 
     @property
@@ -183,9 +185,22 @@ class Scoreboard:
         mapping, size, unpack = self._map, self._slot_size, _HEADER.unpack_from
         glances = []
         for base in range(_HEADER_AT, self.slots * size, size):
-            state, _pid, _generation, active, serving, served, _started_at, _busy = unpack(mapping, base)
+            state, _pid, _generation, active, serving, _kept, served, *_times = unpack(mapping, base)
             glances.append((state, active, serving, served))
         return glances
+
+    def busy_keepers(self, besides: int) -> int:
+        """How many children other than slot ``besides`` are busy and hold kept-alive connections: they will
+        be back in their epoll within a request (dispatch.py, deferring a new connection). A hint, read
+        without the seqlock like ``glance``: a torn reading only moves one new connection's first request."""
+        mapping, size, unpack = self._map, self._slot_size, _HEADER.unpack_from
+        count = 0
+        for index in range(self.slots):
+            if index != besides:
+                state, _pid, _gen, active, serving, kept, *_rest = unpack(mapping, index * size + _HEADER_AT)
+                if state == SlotState.READY and kept and (active or serving):
+                    count += 1
+        return count
 
     def writer(self, index: int) -> SlotWriter:
         """The child's handle on its own slot (call in the child, after the fork)."""
@@ -196,11 +211,11 @@ class Scoreboard:
     def _reset(self, index: int, state: SlotState, generation: int, now: float) -> None:
         base = index * self._slot_size
         self._map[base : base + self._slot_size] = bytes(self._slot_size)
-        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, 0, now, 0.0)
+        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, 0, 0, now, 0.0)
 
     def _decode(self, index: int, data: bytes, consistent: bool) -> SlotSnapshot:
         header = _HEADER.unpack_from(data, _HEADER_AT)
-        state, pid, generation, active, serving, served, started_at, busy = header
+        state, pid, generation, active, serving, kept, served, started_at, busy = header
         requests = []
         for lane in range(self.lanes):
             busy_since, length, line = _LANE.unpack_from(data, _LANES_AT + lane * _LANE.size)
@@ -217,6 +232,7 @@ class Scoreboard:
             started_at=started_at,
             requests=tuple(requests),
             busy_seconds=busy,
+            kept=kept,
             consistent=consistent,
         )
 
@@ -240,6 +256,7 @@ class SlotWriter:
         self._seq_at = base // 4
         self._state_at = base + _STATE_AT
         self._active_at = (base + _ACTIVE_AT) // 4
+        self._kept_at = (base + _KEPT_AT) // 4
         self._served_at = (base + _SERVED_AT) // 8
         self._busy_at = (base + _BUSY_AT) // 8
         self._lock = threading.Lock()
@@ -260,9 +277,10 @@ class SlotWriter:
         self._generation: int = header[2]
         self._active: int = header[3]
         self._serving: int = header[4]
-        self._served: int = header[5]
-        self._started_at: float = header[6]
-        self._busy: float = header[7]
+        self._kept: int = header[5]
+        self._served: int = header[6]
+        self._started_at: float = header[7]
+        self._busy: float = header[8]
 
     @property
     def served(self) -> int:
@@ -292,6 +310,16 @@ class SlotWriter:
             if self._serving > 0:
                 self._serving -= 1
             self._publish_header()
+
+    def kept_connections(self, count: int) -> None:
+        """The child holds ``count`` kept-alive connections now (its one thread's watch list says when)."""
+        with self._lock:
+            self._kept = count
+            seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
+            u32 = self._u32
+            u32[self._seq_at] = (seq - 1) & 0xFFFFFFFF  # odd: being written
+            u32[self._kept_at] = count
+            u32[self._seq_at] = seq
 
     def busy_threads(self) -> dict[int, str]:
         """Thread ident -> request line of every request in progress that holds a lane."""
@@ -370,6 +398,7 @@ class SlotWriter:
             self._generation,
             self._active,
             self._serving,
+            self._kept,
             self._served,
             self._started_at,
             self._busy,

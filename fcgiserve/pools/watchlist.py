@@ -75,6 +75,7 @@ class WatchList:
         # object again needs no system call. A watched socket's entry goes as it closes (_closing); any other
         # stays until its fd is registered for another connection: a different object there means a new entry.
         self._kept: dict[int, ServedConnection] = {}
+        self.on_kept: Callable[[int], None] | None = None  # told how many _kept holds, when that changes
         self._epoll = select.epoll()
         self.poll = self._epoll.poll  # (timeout, maxevents): called without the dispatcher's lock
         self._exit_r, self._exit_w = socket.socketpair()
@@ -142,10 +143,12 @@ class WatchList:
             elif self._kept.get(fd) is not conn:
                 self._arm(fd, _KEPT)
                 self._kept[fd] = conn
+                if self.on_kept is not None:
+                    self.on_kept(len(self._kept))
         except (OSError, ValueError):
             log.exception("cannot watch a kept-alive connection; closing it")
             self.parked.pop(conn.fileno(), None)
-            self._kept.pop(conn.fileno(), None)
+            self._drop_kept(conn.fileno())
             return False
         return True
 
@@ -163,11 +166,15 @@ class WatchList:
     def forget(self, fd: int) -> None:
         """Stop watching a connection that leaves this process (handoff.py): the kernel keeps an epoll entry
         while any process holds the socket, so closing our fd alone would not remove it."""
-        self._kept.pop(fd, None)
+        self._drop_kept(fd)
         try:
             self._epoll.unregister(fd)
         except (OSError, ValueError):
             pass
+
+    def _drop_kept(self, fd: int) -> None:
+        if self._kept.pop(fd, None) is not None and self.on_kept is not None:
+            self.on_kept(len(self._kept))
 
     def watched(self, sock: socket.socket) -> socket.socket:
         """``sock`` (a new connection of an ``exclusive`` list) as a socket that leaves the epoll just

@@ -225,3 +225,29 @@ def test_a_watched_socket_is_the_same_connection() -> None:
     assert kept.fileno() == -1
     near.close()
     watch.close()
+
+
+def test_one_worker_reports_how_many_connections_it_keeps() -> None:
+    """on_kept (a prefork child's slot): told on the first park of a connection and when it goes, not on
+    every request; a watched socket that closes counts as gone."""
+    with _listener() as listener:
+        watch = WatchList([listener], exclusive=True)
+        counts: list[int] = []
+        watch.on_kept = counts.append
+        pairs = [socket.socketpair() for _ in range(2)]
+        first = _Conn(watch.watched(pairs[0][1]))
+        second = _Conn(pairs[1][1])
+        for _request in range(3):
+            watch.park(first, 0.0)  # type: ignore[arg-type]
+            watch.unpark(first.fileno())
+        watch.park(second, 0.0)  # type: ignore[arg-type]
+        assert counts == [1, 2]
+        watch.forget(second.fileno())  # handed away
+        first.sock.close()  # closed by whoever served it
+        assert counts == [1, 2, 1, 0]
+        watch.forget(second.fileno())  # gone already: nothing to report
+        assert counts == [1, 2, 1, 0]
+        for near, far in pairs:
+            near.close()
+            far.close()
+        watch.close()
