@@ -48,6 +48,7 @@ from typing import Any, NoReturn
 
 from fcgiserve.pools.base import ConnectionFactory, PoolSettings, RequestObserver, ServedConnection
 from fcgiserve.pools.busywatch import NUDGE_SIGNAL
+from fcgiserve.pools.cpudemand import usable_cpus
 from fcgiserve.pools.dispatch import Dispatcher
 from fcgiserve.pools.handoff import HandoffChannel
 from fcgiserve.pools.scoreboard import Scoreboard, SlotWriter
@@ -151,7 +152,21 @@ class _Child:
             max_requests=max_requests,
             graceful_timeout=settings.graceful_timeout,
             hand_off=channel.give,
+            defer_new=self._defer_new(threads, channel.take_end),
+            on_kept=self._writer.kept_connections,
         )
+
+    def _defer_new(self, threads: int, channel: socket.socket) -> Callable[[socket.socket], bool] | None:
+        """When this child, holding no connection, leaves a new one to its siblings for a moment
+        (dispatch.py): while as many busy siblings hold kept-alive connections as there are CPUs. They
+        take it as soon as they look (within a request), and this process, which the load does not need
+        (it would only take turns on the same CPUs), is not woken for every request the connection
+        brings. Never for a connection a sibling handed over, and only in one-thread children (the
+        ones that publish ``kept``)."""
+        if threads != 1:
+            return None
+        board, slot, cpus = self._spec.board, self._spec.slot, usable_cpus()
+        return lambda listener: listener is not channel and board.busy_keepers(slot) >= cpus
 
     def _detach_from_master(self) -> None:
         """Drop the master's fds and signal handling; die with the master."""

@@ -61,6 +61,9 @@ _ACTIVE_WINDOW_SECONDS = 0.25
 _HAND_OFF_BATCH = 16
 # After a stop that timed out or was immediate, how long to wait for workers to notice their closed sockets.
 _FORCED_JOIN_TIMEOUT = 0.2
+# How long a prefork child that holds no connection leaves a new one to its busy siblings (defer_new): a
+# hello request takes tens of microseconds, a slow one costs the connection no more than this.
+_DEFER_SECONDS = 0.001
 
 
 class Dispatcher:
@@ -97,6 +100,8 @@ class Dispatcher:
         promote_after: float = _PROMOTE_AFTER_SECONDS,
         fresh_timeout: float = 0.0,
         hand_off: Callable[[socket.socket], None] | None = None,
+        defer_new: Callable[[socket.socket], bool] | None = None,
+        on_kept: Callable[[int], None] | None = None,
     ) -> None:
         if max_threads < 1:
             raise ValueError(f"max_threads must be at least 1, not {max_threads}")
@@ -111,6 +116,8 @@ class Dispatcher:
         self._promote_after = promote_after
         self._fresh_timeout = fresh_timeout
         self._hand_off = hand_off
+        self._defer_new = defer_new
+        self._defer_again_at = 0.0
         self._thread_serial = itertools.count(1)
         self._counter = RequestCounter(max_requests, self._on_max_requests)
         self.max_requests_reached = False
@@ -122,6 +129,7 @@ class Dispatcher:
         # The epoll: listeners and parked connections. A prefork child of one thread shares its listeners with
         # its siblings, each in its own epoll: exclusive wake-ups (watchlist.py).
         self._watch = WatchList(listeners, exclusive=not accept_while_busy and max_threads == 1)
+        self._watch.on_kept = on_kept
         self._crew = Crew(min_spare, max_spare, max_threads, spare_idle_time)  # who waits where
         self._admission = Admission(
             self._watch,
@@ -665,7 +673,26 @@ class Dispatcher:
             self._watch.declined(fd)
             self._pass_on_locked(listener)
             return None
+        if self._admission.open == 0 and self._defer_locked(fd, listener):
+            return None
         return self._admission.take(listener)
+
+    def _defer_locked(self, fd: int, listener: socket.socket) -> bool:
+        """Leave a new connection to busy siblings for a moment, when ``defer_new`` says so (a prefork
+        child that holds no connection: child.py). They are back in their epoll within a request, and a
+        process the load does not need is not woken for every request the connection brings. Still
+        waiting after the pause, the connection is ours: the pause is not repeated for it."""
+        defer = self._defer_new
+        if defer is None:
+            return False
+        now = time.monotonic()
+        if now < self._defer_again_at or not defer(listener):
+            return False
+        self._watch.declined(fd)
+        self._admission.retry_at = now + _DEFER_SECONDS
+        self._defer_again_at = now + 2 * _DEFER_SECONDS
+        self._control.wake()
+        return True
 
     def _pass_on_locked(self, listener: socket.socket) -> None:
         """Hand what waits on ``listener`` to the hand-off channel, where a sibling that may take it does.

@@ -934,3 +934,62 @@ def test_on_a_real_stop_the_connection_stays_in_the_backlog() -> None:
         accepted, peer = listener.accept()
         assert peer == client.getsockname()
         accepted.close()
+
+
+def _child_like(listener: socket.socket, factory: LineFactory, **options: Any) -> Dispatcher:
+    """A dispatcher as a one-thread prefork child runs it (its listener shared with EPOLLEXCLUSIVE)."""
+    return Dispatcher(
+        [listener], factory, min_spare=1, max_spare=1, max_threads=1, accept_while_busy=False, **options
+    )
+
+
+def test_a_child_without_connections_defers_a_new_one_then_takes_it(monkeypatch: Any) -> None:
+    """defer_new: the connection waits in the backlog for the pause (nobody else listens here), then this
+    dispatcher takes and serves it; the pause is not repeated for the same connection."""
+    monkeypatch.setattr(dispatch, "_DEFER_SECONDS", 0.3)
+    asked: list[socket.socket] = []
+
+    def defer(listener: socket.socket) -> bool:
+        asked.append(listener)
+        return True
+
+    with tcp_listener() as listener:
+        dispatcher = _child_like(listener, LineFactory(), defer_new=defer)
+        with running(dispatcher):
+            client = LineClient(listener.getsockname())
+            started = time.monotonic()
+            client.send("ECHO late")
+            assert wait_until(lambda: asked == [listener])
+            time.sleep(0.1)
+            assert dispatcher.open_connections == 0  # left in the backlog
+            assert client.read_line() == "late"
+            assert time.monotonic() - started >= 0.3
+            assert asked == [listener]
+            assert client.request("ECHO kept") == "kept"  # a kept connection's requests are not deferred
+            client.close()
+
+
+def test_a_deferred_connection_goes_to_the_busy_sibling_that_comes_back_first(monkeypatch: Any) -> None:
+    """Two one-thread "children" in one process: the first holds a connection in a slow request, so the
+    kernel wakes the second for a new connection; it defers, and the first takes it when its request ends,
+    well before the pause would have ended."""
+    monkeypatch.setattr(dispatch, "_DEFER_SECONDS", 2.0)
+    with tcp_listener() as listener:
+        busy_factory, spare_factory = LineFactory(), LineFactory()
+        busy = _child_like(listener, busy_factory)
+        spare = _child_like(listener, spare_factory, defer_new=lambda _listener: True)
+        # busy starts first: registered first, the kernel wakes it first while it waits.
+        with running(busy), running(spare):
+            address = listener.getsockname()
+            slow = LineClient(address)
+            slow.send("SLEEP 0.3")
+            assert wait_until(lambda: busy_factory.in_progress == 1)
+            started = time.monotonic()
+            late = LineClient(address)
+            late.send("ECHO taken")
+            assert late.read_line() == "taken"
+            assert time.monotonic() - started < 1.5
+            assert slow.read_line() == "SLEPT"
+            assert (busy.open_connections, spare.open_connections) == (2, 0)
+            slow.close()
+            late.close()
