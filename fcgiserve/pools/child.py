@@ -166,7 +166,7 @@ class _Child:
         if threads != 1:
             return None
         board, slot, cpus = self._spec.board, self._spec.slot, usable_cpus()
-        return lambda listener: listener is not channel and board.busy_keepers(slot) >= cpus
+        return lambda listener: listener is not channel and board.busy_keepers(slot, cpus)
 
     def _detach_from_master(self) -> None:
         """Drop the master's fds and signal handling; die with the master."""

@@ -271,7 +271,12 @@ class Dispatcher:
                 self._expire_idle()
             if self._admission.retry_at:
                 with self._lock:
-                    self._admission.retry_if_due(time.monotonic())
+                    now = time.monotonic()
+                    self._admission.retry_if_due(now)
+                    if not self._admission.retry_at:
+                        # Listening again: a connection that waited through a deferral is taken now, even
+                        # if this thread woke late for it.
+                        self._defer_again_at = now + _DEFER_SECONDS
             self._promote_if_stalled()
             self._trim_when_quiet()
             if self._stopping:
@@ -689,8 +694,9 @@ class Dispatcher:
         if now < self._defer_again_at or not defer(listener):
             return False
         self._watch.declined(fd)
+        log.debug("a new connection is left to busy siblings for %g ms", _DEFER_SECONDS * 1000)
         self._admission.retry_at = now + _DEFER_SECONDS
-        self._defer_again_at = now + 2 * _DEFER_SECONDS
+        self._defer_again_at = math.inf  # until the control thread arms the listeners again (above)
         self._control.wake()
         return True
 

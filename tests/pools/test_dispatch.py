@@ -945,7 +945,8 @@ def _child_like(listener: socket.socket, factory: LineFactory, **options: Any) -
 
 def test_a_child_without_connections_defers_a_new_one_then_takes_it(monkeypatch: Any) -> None:
     """defer_new: the connection waits in the backlog for the pause (nobody else listens here), then this
-    dispatcher takes and serves it; the pause is not repeated for the same connection."""
+    dispatcher takes and serves it; the pause is not repeated for the same connection, but is for the next
+    one once the dispatcher holds no connection again."""
     monkeypatch.setattr(dispatch, "_DEFER_SECONDS", 0.3)
     asked: list[socket.socket] = []
 
@@ -967,6 +968,12 @@ def test_a_child_without_connections_defers_a_new_one_then_takes_it(monkeypatch:
             assert asked == [listener]
             assert client.request("ECHO kept") == "kept"  # a kept connection's requests are not deferred
             client.close()
+            assert wait_until(lambda: dispatcher.open_connections == 0)
+            time.sleep(0.35)  # past the moment after the pause in which a waiting connection is taken
+            again = LineClient(listener.getsockname())
+            assert again.request("ECHO again") == "again"
+            assert asked == [listener, listener]  # holding no connection again, it defers again
+            again.close()
 
 
 def test_a_deferred_connection_goes_to_the_busy_sibling_that_comes_back_first(monkeypatch: Any) -> None:

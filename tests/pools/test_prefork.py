@@ -492,6 +492,41 @@ def test_a_busy_child_hands_a_readable_parked_connection_to_an_idle_sibling(tmp_
         assert slow.read_line() == "SLEPT"
 
 
+def test_a_child_without_connections_leaves_a_new_one_to_a_busy_sibling_for_a_moment(tmp_path: Path) -> None:
+    """Pinned to one CPU: while a child that holds a kept-alive connection is busy, the idle sibling the
+    kernel wakes for a new connection leaves it in the backlog for a moment (its busy sibling could take it
+    within a request), then serves it. A busy child whose only connection is new (never parked: no
+    kept-alive connection, the web server does not keep them) does not make a sibling wait."""
+    cpu = min(os.sched_getaffinity(0))
+    deferred = "left to busy siblings"
+    with _master(tmp_path, min_spare=2, max_spare=3, max_children=3, pin_cpu=cpu) as master:
+        _ready(master, 2)
+        kept, pid = master.connect()
+        assert kept.request("ECHO parked") == "parked"  # parked once: the child holds a kept connection
+        kept.send("SLEEP 0.5")
+        time.sleep(0.1)
+        assert deferred not in master.log()
+        late, late_pid = master.connect()
+        assert late_pid != pid
+        assert late.request("ECHO served") == "served"
+        assert kept.read_line() == "SLEPT"
+        lines = [line for line in master.log().splitlines() if deferred in line]
+        assert len(lines) == 1 and lines[0].split()[1] == str(late_pid), master.log()
+        kept.close()
+        late.close()
+        time.sleep(0.2)  # both closed: no child holds a connection
+        fresh, fresh_pid = master.connect()
+        fresh.send("SLEEP 0.5")
+        time.sleep(0.1)
+        other, other_pid = master.connect()
+        assert other_pid != fresh_pid
+        assert other.request("ECHO at once") == "at once"
+        assert fresh.read_line() == "SLEPT"
+        assert sum(deferred in line for line in master.log().splitlines()) == 1, master.log()
+        fresh.close()
+        other.close()
+
+
 def test_a_parked_connection_gets_another_thread_of_a_busy_child(tmp_path: Path) -> None:
     """A request on a kept-alive connection parked in a child that is busy with another request is
     served at once by another thread of that child (max_children=1 leaves no other child)."""
