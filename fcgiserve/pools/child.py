@@ -158,15 +158,14 @@ class _Child:
 
     def _defer_new(self, threads: int, channel: socket.socket) -> Callable[[socket.socket], bool] | None:
         """When this child, holding no connection, leaves a new one to its siblings for a moment
-        (dispatch.py): while as many busy siblings hold kept-alive connections as there are CPUs. They
-        take it as soon as they look (within a request), and this process, which the load does not need
-        (it would only take turns on the same CPUs), is not woken for every request the connection
-        brings. Never for a connection a sibling handed over, and only in one-thread children (the
-        ones that publish ``kept``)."""
+        (dispatch.py): while as many siblings hold kept-alive connections as there are CPUs. The load is
+        then spread over enough processes already: this one would only take turns on the same CPUs, and
+        be woken for every request the connection brings. Never for a connection a sibling handed over,
+        and only in one-thread children (the ones that publish ``kept``)."""
         if threads != 1:
             return None
         board, slot, cpus = self._spec.board, self._spec.slot, usable_cpus()
-        return lambda listener: listener is not channel and board.busy_keepers(slot, cpus)
+        return lambda listener: listener is not channel and board.keepers(slot, cpus)
 
     def _detach_from_master(self) -> None:
         """Drop the master's fds and signal handling; die with the master."""

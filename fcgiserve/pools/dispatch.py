@@ -61,8 +61,8 @@ _ACTIVE_WINDOW_SECONDS = 0.25
 _HAND_OFF_BATCH = 16
 # After a stop that timed out or was immediate, how long to wait for workers to notice their closed sockets.
 _FORCED_JOIN_TIMEOUT = 0.2
-# How long a prefork child that holds no connection leaves a new one to its busy siblings (defer_new): a
-# hello request takes tens of microseconds, a slow one costs the connection no more than this.
+# How long a prefork child that holds no connection leaves a new one to its siblings (defer_new): a hello
+# request takes tens of microseconds, so a busy sibling looks again well within it.
 _DEFER_SECONDS = 0.001
 
 
@@ -683,10 +683,11 @@ class Dispatcher:
         return self._admission.take(listener)
 
     def _defer_locked(self, fd: int, listener: socket.socket) -> bool:
-        """Leave a new connection to busy siblings for a moment, when ``defer_new`` says so (a prefork
-        child that holds no connection: child.py). They are back in their epoll within a request, and a
-        process the load does not need is not woken for every request the connection brings. Still
-        waiting after the pause, the connection is ours: the pause is not repeated for it."""
+        """Leave a new connection to the siblings for a moment, when ``defer_new`` says so (a prefork child
+        that holds no connection: child.py). The kernel woke this child because the siblings registered
+        before it were not waiting; it queued the event for them, and the first back in its epoll takes
+        it, within a request. Still waiting after the pause, the connection is ours: the pause is not
+        repeated for it, and the listeners are registered again behind the siblings'."""
         defer = self._defer_new
         if defer is None:
             return False
@@ -694,7 +695,7 @@ class Dispatcher:
         if now < self._defer_again_at or not defer(listener):
             return False
         self._watch.declined(fd)
-        log.debug("a new connection is left to busy siblings for %g ms", _DEFER_SECONDS * 1000)
+        log.debug("a new connection is left to the siblings for %g ms", _DEFER_SECONDS * 1000)
         self._admission.retry_at = now + _DEFER_SECONDS
         self._defer_again_at = math.inf  # until the control thread arms the listeners again (above)
         self._control.wake()

@@ -46,7 +46,7 @@ _HEADER = struct.Struct("=BxxxiIIIIQdd")
 # busy_since (0.0 = lane free), line length, line; padded so that every lane's busy_since is aligned too
 _LANE = struct.Struct(f"=dH{LINE_BYTES}s" + "x" * (-(10 + LINE_BYTES) % 8))
 _HEADER_AT = 8  # after the counter
-_KEEPER = struct.Struct("=B11xIII")  # the header's state, then active, serving and kept (busy_keepers)
+_KEEPER = struct.Struct("=B19xI")  # the header's state and kept-alive connections (keepers)
 _LANES_AT = _HEADER_AT + _HEADER.size
 # Byte offsets in a slot of the fields a request changes, and in a lane of its line.
 _STATE_AT = _HEADER_AT
@@ -190,17 +190,16 @@ class Scoreboard:
             glances.append((state, active, serving, served))
         return glances
 
-    def busy_keepers(self, besides: int, enough: int) -> bool:
-        """Whether at least ``enough`` children other than slot ``besides`` are busy and hold kept-alive
-        connections: they will be back in their epoll within a request (dispatch.py, deferring a new
-        connection). A hint, read without the seqlock like ``glance``: a torn reading only moves one new
-        connection's first request."""
+    def keepers(self, besides: int, enough: int) -> bool:
+        """Whether at least ``enough`` serving children other than slot ``besides`` hold kept-alive
+        connections (dispatch.py, deferring a new connection). A hint, read without the seqlock like
+        ``glance``: a torn reading only moves one new connection's first request."""
         mapping, size, unpack = self._map, self._slot_size, _KEEPER.unpack_from
         count = 0
         for index in range(self.slots):
             if index != besides:
-                state, active, serving, kept = unpack(mapping, index * size + _HEADER_AT)
-                if state == SlotState.READY and kept and (active or serving):
+                state, kept = unpack(mapping, index * size + _HEADER_AT)
+                if kept and state == SlotState.READY:
                     count += 1
                     if count >= enough:
                         return True

@@ -493,12 +493,12 @@ def test_a_busy_child_hands_a_readable_parked_connection_to_an_idle_sibling(tmp_
 
 
 def test_a_child_without_connections_leaves_a_new_one_to_a_busy_sibling_for_a_moment(tmp_path: Path) -> None:
-    """Pinned to one CPU: while a child that holds a kept-alive connection is busy, the idle sibling the
-    kernel wakes for a new connection leaves it in the backlog for a moment (its busy sibling could take it
-    within a request), then serves it. A busy child whose only connection is new (never parked: no
-    kept-alive connection, the web server does not keep them) does not make a sibling wait."""
+    """Pinned to one CPU: while a child holds a kept-alive connection (busy here, so the kernel wakes its
+    sibling), the sibling woken for a new connection leaves it in the backlog for a moment (the busy child
+    could take it within a request), then serves it. A busy child whose only connection is new (never
+    parked: no kept-alive connection, the web server does not keep them) makes no sibling wait."""
     cpu = min(os.sched_getaffinity(0))
-    deferred = "left to busy siblings"
+    deferred = "left to the siblings"
     with _master(tmp_path, min_spare=2, max_spare=3, max_children=3, pin_cpu=cpu) as master:
         _ready(master, 2)
         kept, pid = master.connect()

@@ -276,7 +276,7 @@ def test_a_request_s_field_stores_read_back_as_a_whole_slot_write_would(lanes: i
         board.close()
 
 
-def test_busy_keepers_counts_the_busy_siblings_that_hold_kept_alive_connections() -> None:
+def test_keepers_counts_the_serving_siblings_that_hold_kept_alive_connections() -> None:
     """What a one-thread child without connections reads before it takes a new one (dispatch.py defer)."""
     board = Scoreboard(slots=5, lanes=1)
     try:
@@ -290,29 +290,26 @@ def test_busy_keepers_counts_the_busy_siblings_that_hold_kept_alive_connections(
             writers.append(writer)
 
         def keepers(besides: int) -> int:
-            """How many: the largest ``enough`` that busy_keepers grants."""
-            return max((n for n in range(1, 5) if board.busy_keepers(besides, n)), default=0)
+            """How many: the largest ``enough`` that ``keepers`` grants."""
+            return max((n for n in range(1, 5) if board.keepers(besides, n)), default=0)
 
         assert keepers(0) == 0
-        writers[1].kept_connections(3)
-        assert keepers(0) == 0  # holds connections, but waits for their requests
-        writers[1].request_started("GET /a")
         writers[2].request_started("GET /b")  # busy, but with no kept-alive connection
+        assert keepers(0) == 0
+        writers[1].kept_connections(3)
         writers[3].kept_connections(1)
-        writers[3].request_started("GET /c")
+        writers[3].request_started("GET /c")  # busy or waiting for their requests: either counts
         assert keepers(0) == 2
         assert keepers(1) == 1  # a child does not count itself
         writers[4].kept_connections(2)
-        writers[4].request_started("GET /d")
         writers[4].mark_stopping()  # draining: it takes no new connection
         assert keepers(0) == 2
         writers[3].kept_connections(0)
         assert keepers(0) == 1
         assert (board.read(1).kept, board.read(3).kept, board.read(4).kept) == (3, 0, 2)
-        writers[1].request_finished()
-        assert keepers(0) == 0
-        snap = board.read(1)
-        assert (snap.kept, snap.active, snap.served) == (3, 0, 1)  # the other fields are untouched
+        writers[3].request_finished()
+        snap = board.read(3)
+        assert (snap.kept, snap.active, snap.served) == (0, 0, 1)  # the other fields are untouched
         for writer in writers:
             writer.release()
     finally:
