@@ -153,15 +153,16 @@ class _Child:
             graceful_timeout=settings.graceful_timeout,
             hand_off=channel.give,
             defer_new=self._defer_new(threads, channel.take_end),
-            on_kept=self._writer.kept_connections,
+            on_held=self._writer.connections,
         )
 
     def _defer_new(self, threads: int, channel: socket.socket) -> Callable[[socket.socket], bool] | None:
         """When this child, holding no connection, leaves a new one to its siblings for a moment
-        (dispatch.py): while as many siblings hold kept-alive connections as there are CPUs. The load is
-        then spread over enough processes already: this one would only take turns on the same CPUs, and
-        be woken for every request the connection brings. Never for a connection a sibling handed over,
-        and only in one-thread children (the ones that publish ``kept``)."""
+        (dispatch.py): while the web server keeps connections alive and as many siblings hold connections
+        as there are CPUs. The load is then spread over enough processes already: this one would only
+        take turns on the same CPUs, and be woken for every request the connection brings. Never for a
+        connection a sibling handed over, and only in one-thread children (the ones that publish what
+        they hold)."""
         if threads != 1:
             return None
         board, slot, cpus = self._spec.board, self._spec.slot, usable_cpus()

@@ -101,7 +101,7 @@ class Dispatcher:
         fresh_timeout: float = 0.0,
         hand_off: Callable[[socket.socket], None] | None = None,
         defer_new: Callable[[socket.socket], bool] | None = None,
-        on_kept: Callable[[int], None] | None = None,
+        on_held: Callable[[int, bool], None] | None = None,
     ) -> None:
         if max_threads < 1:
             raise ValueError(f"max_threads must be at least 1, not {max_threads}")
@@ -129,7 +129,7 @@ class Dispatcher:
         # The epoll: listeners and parked connections. A prefork child of one thread shares its listeners with
         # its siblings, each in its own epoll: exclusive wake-ups (watchlist.py).
         self._watch = WatchList(listeners, exclusive=not accept_while_busy and max_threads == 1)
-        self._watch.on_kept = on_kept
+        self._watch.on_held = on_held
         self._crew = Crew(min_spare, max_spare, max_threads, spare_idle_time)  # who waits where
         self._admission = Admission(
             self._watch,

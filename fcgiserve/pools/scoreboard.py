@@ -8,7 +8,8 @@ mapping (typed memoryviews: one store per changed field) plus ``time.monotonic()
 CLOCK_MONOTONIC is system-wide, so the master can compare a child's timestamps with its own clock).
 
 A slot is a header (state, pid, generation, requests in progress, threads in ``serve()``, requests
-served, seconds spent in requests) followed by one
+served, seconds spent in requests; and for a one-thread child, the connections it holds and whether it
+ever kept one alive, written per connection, not per request) followed by one
 *lane* per concurrently tracked request (busy-since and the request line, truncated). A child runs
 several worker threads, so each request in progress takes a lane for its duration; that is how the
 master finds one stuck request among several and how the child's stack dump names its thread.
@@ -38,20 +39,22 @@ __all__ = ["LINE_BYTES", "RequestInProgress", "Scoreboard", "SlotSnapshot", "Slo
 LINE_BYTES = 200  # request line bytes kept per lane; longer lines are truncated (a cut character is dropped)
 
 _SEQ = struct.Struct("=I")
-# state, pid, generation, requests in progress, threads in serve(), kept-alive connections held, requests
-# served, started_at (monotonic, set by the master), seconds spent in finished requests (summed over threads).
+# state, keeps (a connection was kept alive once), pid, generation, requests in progress, threads in serve(),
+# connections held, requests served, started_at (monotonic, set by the master), seconds spent in finished
+# requests (summed over threads).
 # Every field sits on a multiple of its size (slots start on 8-byte boundaries): a request's few changing
 # fields are then stored one by one through typed views of the mapping (SlotWriter), not repacked whole.
-_HEADER = struct.Struct("=BxxxiIIIIQdd")
+_HEADER = struct.Struct("=BBxxiIIIIQdd")
 # busy_since (0.0 = lane free), line length, line; padded so that every lane's busy_since is aligned too
 _LANE = struct.Struct(f"=dH{LINE_BYTES}s" + "x" * (-(10 + LINE_BYTES) % 8))
 _HEADER_AT = 8  # after the counter
-_KEEPER = struct.Struct("=B19xI")  # the header's state and kept-alive connections (keepers)
+_KEEPER = struct.Struct("=B?18xI")  # the header's state, keeps and connections held (keepers)
 _LANES_AT = _HEADER_AT + _HEADER.size
 # Byte offsets in a slot of the fields a request changes, and in a lane of its line.
 _STATE_AT = _HEADER_AT
 _ACTIVE_AT = _HEADER_AT + 12
-_KEPT_AT = _HEADER_AT + 20
+_KEEPS_AT = _HEADER_AT + 1
+_HELD_AT = _HEADER_AT + 20
 _SERVED_AT = _HEADER_AT + 24
 _BUSY_AT = _HEADER_AT + 40
 _LINE_LENGTH_IN_LANE = 8
@@ -84,7 +87,8 @@ class SlotSnapshot:
     started_at: float
     requests: tuple[RequestInProgress, ...]
     busy_seconds: float = 0.0  # time spent in the requests finished so far (pools/cpudemand.py)
-    kept: int = 0  # kept-alive connections the child holds (a one-thread child's; 0 for others)
+    held: int = 0  # connections the child holds, in service or parked (a one-thread child's; 0 for others)
+    keeps: bool = False  # the child has kept a connection alive after its request (a one-thread child's)
     consistent: bool = True  # False: read while its writer was stuck mid-write (or died there)
 
     @property
@@ -186,24 +190,24 @@ class Scoreboard:
         mapping, size, unpack = self._map, self._slot_size, _HEADER.unpack_from
         glances = []
         for base in range(_HEADER_AT, self.slots * size, size):
-            state, _pid, _generation, active, serving, _kept, served, *_times = unpack(mapping, base)
+            state, _keeps, _pid, _generation, active, serving, _held, served, *_times = unpack(mapping, base)
             glances.append((state, active, serving, served))
         return glances
 
     def keepers(self, besides: int, enough: int) -> bool:
-        """Whether at least ``enough`` serving children other than slot ``besides`` hold kept-alive
-        connections (dispatch.py, deferring a new connection). A hint, read without the seqlock like
-        ``glance``: a torn reading only moves one new connection's first request."""
+        """Whether the web server keeps connections alive (some serving child has kept one after its
+        request) and at least ``enough`` serving children other than slot ``besides`` hold connections
+        (dispatch.py, deferring a new connection). A hint, read without the seqlock like ``glance``: a torn
+        reading only moves one new connection's first request."""
         mapping, size, unpack = self._map, self._slot_size, _KEEPER.unpack_from
-        count = 0
+        keeping, count = False, 0
         for index in range(self.slots):
-            if index != besides:
-                state, kept = unpack(mapping, index * size + _HEADER_AT)
-                if kept and state == SlotState.READY:
+            state, keeps, held = unpack(mapping, index * size + _HEADER_AT)
+            if state == SlotState.READY:
+                keeping = keeping or keeps
+                if held and index != besides:
                     count += 1
-                    if count >= enough:
-                        return True
-        return False
+        return keeping and count >= enough
 
     def writer(self, index: int) -> SlotWriter:
         """The child's handle on its own slot (call in the child, after the fork)."""
@@ -214,11 +218,11 @@ class Scoreboard:
     def _reset(self, index: int, state: SlotState, generation: int, now: float) -> None:
         base = index * self._slot_size
         self._map[base : base + self._slot_size] = bytes(self._slot_size)
-        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, generation, 0, 0, 0, 0, now, 0.0)
+        _HEADER.pack_into(self._map, base + _HEADER_AT, state, 0, 0, generation, 0, 0, 0, 0, now, 0.0)
 
     def _decode(self, index: int, data: bytes, consistent: bool) -> SlotSnapshot:
         header = _HEADER.unpack_from(data, _HEADER_AT)
-        state, pid, generation, active, serving, kept, served, started_at, busy = header
+        state, keeps, pid, generation, active, serving, held, served, started_at, busy = header
         requests = []
         for lane in range(self.lanes):
             busy_since, length, line = _LANE.unpack_from(data, _LANES_AT + lane * _LANE.size)
@@ -235,7 +239,8 @@ class Scoreboard:
             started_at=started_at,
             requests=tuple(requests),
             busy_seconds=busy,
-            kept=kept,
+            held=held,
+            keeps=keeps,
             consistent=consistent,
         )
 
@@ -259,7 +264,8 @@ class SlotWriter:
         self._seq_at = base // 4
         self._state_at = base + _STATE_AT
         self._active_at = (base + _ACTIVE_AT) // 4
-        self._kept_at = (base + _KEPT_AT) // 4
+        self._keeps_at = base + _KEEPS_AT
+        self._held_at = (base + _HELD_AT) // 4
         self._served_at = (base + _SERVED_AT) // 8
         self._busy_at = (base + _BUSY_AT) // 8
         self._lock = threading.Lock()
@@ -275,15 +281,16 @@ class SlotWriter:
         header = _HEADER.unpack_from(buffer, base + _HEADER_AT)
         self._seq: int = _SEQ.unpack_from(buffer, base)[0]
         self._state = SlotState(header[0])
+        self._keeps: bool = header[1]
         self.retire_after = 0  # requests after which the child drains (max_requests): shown as STOPPING
-        self._pid: int = header[1]
-        self._generation: int = header[2]
-        self._active: int = header[3]
-        self._serving: int = header[4]
-        self._kept: int = header[5]
-        self._served: int = header[6]
-        self._started_at: float = header[7]
-        self._busy: float = header[8]
+        self._pid: int = header[2]
+        self._generation: int = header[3]
+        self._active: int = header[4]
+        self._serving: int = header[5]
+        self._connections: int = header[6]
+        self._served: int = header[7]
+        self._started_at: float = header[8]
+        self._busy: float = header[9]
 
     @property
     def served(self) -> int:
@@ -314,14 +321,16 @@ class SlotWriter:
                 self._serving -= 1
             self._publish_header()
 
-    def kept_connections(self, count: int) -> None:
-        """The child holds ``count`` kept-alive connections now (its one thread's watch list says when)."""
+    def connections(self, held: int, keeps: bool) -> None:
+        """The child holds ``held`` connections now, and has kept one alive after its request (``keeps``)
+        or not; its one thread's watch list says when either changes."""
         with self._lock:
-            self._kept = count
+            self._connections, self._keeps = held, keeps
             seq = self._seq = (self._seq + 2) & 0xFFFFFFFF
             u32 = self._u32
             u32[self._seq_at] = (seq - 1) & 0xFFFFFFFF  # odd: being written
-            u32[self._kept_at] = count
+            u32[self._held_at] = held
+            self._bytes[self._keeps_at] = keeps
             u32[self._seq_at] = seq
 
     def busy_threads(self) -> dict[int, str]:
@@ -397,11 +406,12 @@ class SlotWriter:
             self._map,
             self._base + _HEADER_AT,
             self._state,
+            self._keeps,
             self._pid,
             self._generation,
             self._active,
             self._serving,
-            self._kept,
+            self._connections,
             self._served,
             self._started_at,
             self._busy,

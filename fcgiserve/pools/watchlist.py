@@ -24,7 +24,9 @@ child, and an entry left behind by a connection we closed would then report its 
 worker spinning at full CPU. So a socket of such a child comes out of the epoll just before it is closed
 (``watched``: whoever closes it, the handler or the dispatcher), and only then is its fd released. An
 event on such a connection that is not parked (nothing should cause one) unregisters it (``stray``), so
-it cannot wake the worker over and over; parking registers it again.
+it cannot wake the worker over and over; parking registers it again. Such a list also tells its owner
+(``on_held``) how many connections it holds and whether one was ever parked, when either changes: a
+prefork child's siblings read that in its scoreboard slot before they take a new connection.
 
 This class keeps no lock: the dispatcher holds its own around every call that reads or changes the tables
 (``poll`` and ``wake_all`` need none). It knows nothing of threads or of what a connection speaks; the
@@ -75,7 +77,12 @@ class WatchList:
         # object again needs no system call. A watched socket's entry goes as it closes (_closing); any other
         # stays until its fd is registered for another connection: a different object there means a new entry.
         self._kept: dict[int, ServedConnection] = {}
-        self.on_kept: Callable[[int], None] | None = None  # told how many _kept holds, when that changes
+        # exclusive: the fds of the watched sockets (``watched``) still open here, in service or parked, and
+        # whether any connection was ever parked (the web server keeps them). Told to ``on_held`` (held,
+        # keeps) when either changes: per connection, never per request.
+        self._held: set[int] = set()
+        self._keeps = False
+        self.on_held: Callable[[int, bool], None] | None = None
         self._epoll = select.epoll()
         self.poll = self._epoll.poll  # (timeout, maxevents): called without the dispatcher's lock
         self._exit_r, self._exit_w = socket.socketpair()
@@ -143,12 +150,13 @@ class WatchList:
             elif self._kept.get(fd) is not conn:
                 self._arm(fd, _KEPT)
                 self._kept[fd] = conn
-                if self.on_kept is not None:
-                    self.on_kept(len(self._kept))
+                if not self._keeps:
+                    self._keeps = True
+                    self._report_held()
         except (OSError, ValueError):
             log.exception("cannot watch a kept-alive connection; closing it")
             self.parked.pop(conn.fileno(), None)
-            self._drop_kept(conn.fileno())
+            self._kept.pop(conn.fileno(), None)
             return False
         return True
 
@@ -166,15 +174,25 @@ class WatchList:
     def forget(self, fd: int) -> None:
         """Stop watching a connection that leaves this process (handoff.py): the kernel keeps an epoll entry
         while any process holds the socket, so closing our fd alone would not remove it."""
-        self._drop_kept(fd)
+        self._unregister(fd)
+        self._let_go(fd)
+
+    def _unregister(self, fd: int) -> None:
+        self._kept.pop(fd, None)
         try:
             self._epoll.unregister(fd)
         except (OSError, ValueError):
             pass
 
-    def _drop_kept(self, fd: int) -> None:
-        if self._kept.pop(fd, None) is not None and self.on_kept is not None:
-            self.on_kept(len(self._kept))
+    def _let_go(self, fd: int) -> None:
+        """``fd`` holds no connection of ours any more (closed, or handed to another process)."""
+        if fd in self._held:
+            self._held.discard(fd)
+            self._report_held()
+
+    def _report_held(self) -> None:
+        if self.on_held is not None:
+            self.on_held(len(self._held), self._keeps)
 
     def watched(self, sock: socket.socket) -> socket.socket:
         """``sock`` (a new connection of an ``exclusive`` list) as a socket that leaves the epoll just
@@ -190,18 +208,21 @@ class WatchList:
         if timeout is not None:
             kept.settimeout(timeout)
         kept.before_close = self._closing
+        self._held.add(fd)
+        self._report_held()
         return kept
 
     def _closing(self, fd: int) -> None:
         """A connection's socket is about to close: take its entry out while ``fd`` is still its own."""
         if fd in self._kept:  # registered (_KEPT); a connection never parked has no entry to take out
-            self.forget(fd)
+            self._unregister(fd)
+        self._let_go(fd)
 
     def stray(self, fd: int) -> None:
         """An event came for ``fd``, which is neither a listener nor parked. A one-shot entry is disarmed by
         its event already; a kept one (``exclusive``) would report the same again at once: unregister it."""
         if self.exclusive and fd != self._exit_r.fileno():
-            self.forget(fd)
+            self._unregister(fd)
 
     def unpark_all(self) -> list[ServedConnection]:
         parked = [entry[0] for entry in self.parked.values()]

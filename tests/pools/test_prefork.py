@@ -493,38 +493,38 @@ def test_a_busy_child_hands_a_readable_parked_connection_to_an_idle_sibling(tmp_
 
 
 def test_a_child_without_connections_leaves_a_new_one_to_a_busy_sibling_for_a_moment(tmp_path: Path) -> None:
-    """Pinned to one CPU: while a child holds a kept-alive connection (busy here, so the kernel wakes its
-    sibling), the sibling woken for a new connection leaves it in the backlog for a moment (the busy child
-    could take it within a request), then serves it. A busy child whose only connection is new (never
-    parked: no kept-alive connection, the web server does not keep them) makes no sibling wait."""
+    """Pinned to one CPU. While no connection was ever kept alive (the web server closes them), a busy
+    child makes no sibling wait. Once one was, a sibling that holds no connection, woken for a new one
+    while a child that holds one is busy (so the kernel passed it over), leaves it in the backlog for a
+    moment (the busy child could take it within a request), then serves it."""
     cpu = min(os.sched_getaffinity(0))
     deferred = "left to the siblings"
+
+    def deferrals() -> list[str]:
+        return [line for line in master.log().splitlines() if deferred in line]
+
     with _master(tmp_path, min_spare=2, max_spare=3, max_children=3, pin_cpu=cpu) as master:
-        _ready(master, 2)
-        kept, pid = master.connect()
-        assert kept.request("ECHO parked") == "parked"  # parked once: the child holds a kept connection
-        kept.send("SLEEP 0.5")
-        time.sleep(0.1)
-        assert deferred not in master.log()
-        late, late_pid = master.connect()
-        assert late_pid != pid
-        assert late.request("ECHO served") == "served"
-        assert kept.read_line() == "SLEPT"
-        lines = [line for line in master.log().splitlines() if deferred in line]
-        assert len(lines) == 1 and lines[0].split()[1] == str(late_pid), master.log()
-        kept.close()
-        late.close()
-        time.sleep(0.2)  # both closed: no child holds a connection
-        fresh, fresh_pid = master.connect()
-        fresh.send("SLEEP 0.5")
+        assert _wait_until(lambda: len(master.children()) >= 2, 10.0), master.log()
+        first, first_pid = master.connect()
+        first.send("SLEEP 0.5")  # its first request: the connection has not been kept alive yet
         time.sleep(0.1)
         other, other_pid = master.connect()
-        assert other_pid != fresh_pid
+        assert other_pid != first_pid
         assert other.request("ECHO at once") == "at once"
-        assert fresh.read_line() == "SLEPT"
-        assert sum(deferred in line for line in master.log().splitlines()) == 1, master.log()
-        fresh.close()
+        assert first.read_line() == "SLEPT"
+        assert deferrals() == [], master.log()
         other.close()
+        time.sleep(0.2)  # now the first connection is kept alive (parked) and its child holds only it
+        first.send("SLEEP 0.5")
+        time.sleep(0.1)
+        late, late_pid = master.connect()
+        assert late_pid != first_pid
+        assert late.request("ECHO served") == "served"
+        assert first.read_line() == "SLEPT"
+        lines = deferrals()
+        assert len(lines) == 1 and lines[0].split()[1] == str(late_pid), master.log()
+        first.close()
+        late.close()
 
 
 def test_a_parked_connection_gets_another_thread_of_a_busy_child(tmp_path: Path) -> None:

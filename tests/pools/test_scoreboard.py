@@ -276,7 +276,7 @@ def test_a_request_s_field_stores_read_back_as_a_whole_slot_write_would(lanes: i
         board.close()
 
 
-def test_keepers_counts_the_serving_siblings_that_hold_kept_alive_connections() -> None:
+def test_keepers_counts_the_siblings_that_hold_connections_once_connections_are_kept() -> None:
     """What a one-thread child without connections reads before it takes a new one (dispatch.py defer)."""
     board = Scoreboard(slots=5, lanes=1)
     try:
@@ -293,23 +293,27 @@ def test_keepers_counts_the_serving_siblings_that_hold_kept_alive_connections() 
             """How many: the largest ``enough`` that ``keepers`` grants."""
             return max((n for n in range(1, 5) if board.keepers(besides, n)), default=0)
 
-        assert keepers(0) == 0
-        writers[2].request_started("GET /b")  # busy, but with no kept-alive connection
-        assert keepers(0) == 0
-        writers[1].kept_connections(3)
-        writers[3].kept_connections(1)
-        writers[3].request_started("GET /c")  # busy or waiting for their requests: either counts
+        writers[1].connections(1, False)
+        writers[2].connections(3, False)
+        writers[2].request_started("GET /b")
+        assert keepers(0) == 0  # the web server keeps no connection: nobody waits for a sibling
+        writers[0].connections(0, True)  # this child kept one alive once: the web server keeps them
         assert keepers(0) == 2
         assert keepers(1) == 1  # a child does not count itself
-        writers[4].kept_connections(2)
-        writers[4].mark_stopping()  # draining: it takes no new connection
+        writers[3].connections(2, False)
+        writers[3].mark_stopping()  # draining: it takes no new connection
         assert keepers(0) == 2
-        writers[3].kept_connections(0)
-        assert keepers(0) == 1
-        assert (board.read(1).kept, board.read(3).kept, board.read(4).kept) == (3, 0, 2)
-        writers[3].request_finished()
-        snap = board.read(3)
-        assert (snap.kept, snap.active, snap.served) == (0, 0, 1)  # the other fields are untouched
+        writers[0].mark_stopping()  # nor does its flag count any more
+        assert keepers(4) == 0
+        writers[1].connections(2, True)
+        assert keepers(4) == 2
+        writers[2].connections(0, False)
+        assert keepers(4) == 1
+        snap = board.read(1)
+        assert (snap.held, snap.keeps, snap.active, snap.served) == (2, True, 0, 0)
+        writers[2].request_finished()
+        snap = board.read(2)
+        assert (snap.held, snap.keeps, snap.active, snap.served) == (0, False, 0, 1)  # fields kept apart
         for writer in writers:
             writer.release()
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -227,26 +228,28 @@ def test_a_watched_socket_is_the_same_connection() -> None:
     watch.close()
 
 
-def test_one_worker_reports_how_many_connections_it_keeps() -> None:
-    """on_kept (a prefork child's slot): told on the first park of a connection and when it goes, not on
-    every request; a watched socket that closes counts as gone."""
+def test_one_worker_reports_the_connections_it_holds_and_whether_it_kept_one() -> None:
+    """on_held (a prefork child's slot): told when a watched connection opens, when it goes (closed or handed
+    away) and when the first is parked after its request, never per request; a stray event changes nothing."""
     with _listener() as listener:
         watch = WatchList([listener], exclusive=True)
-        counts: list[int] = []
-        watch.on_kept = counts.append
+        reports: list[tuple[int, bool]] = []
+        watch.on_held = lambda held, keeps: reports.append((held, keeps))
         pairs = [socket.socketpair() for _ in range(2)]
         first = _Conn(watch.watched(pairs[0][1]))
-        second = _Conn(pairs[1][1])
+        second = _Conn(watch.watched(pairs[1][1]))
+        assert reports == [(1, False), (2, False)]  # open, never parked yet (closed after each response)
         for _request in range(3):
             watch.park(first, 0.0)  # type: ignore[arg-type]
             watch.unpark(first.fileno())
-        watch.park(second, 0.0)  # type: ignore[arg-type]
-        assert counts == [1, 2]
+        watch.stray(first.fileno())
+        assert reports == [(1, False), (2, False), (2, True)]
         watch.forget(second.fileno())  # handed away
         first.sock.close()  # closed by whoever served it
-        assert counts == [1, 2, 1, 0]
+        assert reports[3:] == [(1, True), (0, True)]
         watch.forget(second.fileno())  # gone already: nothing to report
-        assert counts == [1, 2, 1, 0]
+        assert len(reports) == 5
+        os.close(second.sock.detach())  # a hand-off sends the fd and lets go of it without a close()
         for near, far in pairs:
             near.close()
             far.close()
