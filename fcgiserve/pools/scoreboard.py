@@ -8,8 +8,8 @@ mapping (typed memoryviews: one store per changed field) plus ``time.monotonic()
 CLOCK_MONOTONIC is system-wide, so the master can compare a child's timestamps with its own clock).
 
 A slot is a header (state, pid, generation, requests in progress, threads in ``serve()``, requests
-served, seconds spent in requests; and for a one-thread child, the connections it holds and whether it
-ever kept one alive, written per connection, not per request) followed by one
+served, seconds spent in requests; and for a one-thread child, the connections it holds and whether
+some are kept alive, written per connection, not per request) followed by one
 *lane* per concurrently tracked request (busy-since and the request line, truncated). A child runs
 several worker threads, so each request in progress takes a lane for its duration; that is how the
 master finds one stuck request among several and how the child's stack dump names its thread.
@@ -39,9 +39,9 @@ __all__ = ["LINE_BYTES", "RequestInProgress", "Scoreboard", "SlotSnapshot", "Slo
 LINE_BYTES = 200  # request line bytes kept per lane; longer lines are truncated (a cut character is dropped)
 
 _SEQ = struct.Struct("=I")
-# state, keeps (a connection was kept alive once), pid, generation, requests in progress, threads in serve(),
-# connections held, requests served, started_at (monotonic, set by the master), seconds spent in finished
-# requests (summed over threads).
+# state, keeps (some of its connections are kept alive), pid, generation, requests in progress, threads in
+# serve(), connections held, requests served, started_at (monotonic, set by the master), seconds spent in
+# finished requests (summed over threads).
 # Every field sits on a multiple of its size (slots start on 8-byte boundaries): a request's few changing
 # fields are then stored one by one through typed views of the mapping (SlotWriter), not repacked whole.
 _HEADER = struct.Struct("=BBxxiIIIIQdd")
@@ -88,7 +88,7 @@ class SlotSnapshot:
     requests: tuple[RequestInProgress, ...]
     busy_seconds: float = 0.0  # time spent in the requests finished so far (pools/cpudemand.py)
     held: int = 0  # connections the child holds, in service or parked (a one-thread child's; 0 for others)
-    keeps: bool = False  # the child has kept a connection alive after its request (a one-thread child's)
+    keeps: bool = False  # some of those are kept alive after a request (a one-thread child's)
     consistent: bool = True  # False: read while its writer was stuck mid-write (or died there)
 
     @property
@@ -195,7 +195,7 @@ class Scoreboard:
         return glances
 
     def keepers(self, besides: int, enough: int) -> bool:
-        """Whether the web server keeps connections alive (some serving child has kept one after its
+        """Whether the web server keeps connections alive (a serving child holds one it kept after a
         request) and at least ``enough`` serving children other than slot ``besides`` hold connections
         (dispatch.py, deferring a new connection). A hint, read without the seqlock like ``glance``: a torn
         reading only moves one new connection's first request."""
@@ -322,8 +322,8 @@ class SlotWriter:
             self._publish_header()
 
     def connections(self, held: int, keeps: bool) -> None:
-        """The child holds ``held`` connections now, and has kept one alive after its request (``keeps``)
-        or not; its one thread's watch list says when either changes."""
+        """The child holds ``held`` connections now, some of them kept alive after a request (``keeps``)
+        or none; its one thread's watch list says when either changes."""
         with self._lock:
             self._connections, self._keeps = held, keeps
             seq = self._seq = (self._seq + 2) & 0xFFFFFFFF

@@ -25,8 +25,8 @@ worker spinning at full CPU. So a socket of such a child comes out of the epoll 
 (``watched``: whoever closes it, the handler or the dispatcher), and only then is its fd released. An
 event on such a connection that is not parked (nothing should cause one) unregisters it (``stray``), so
 it cannot wake the worker over and over; parking registers it again. Such a list also tells its owner
-(``on_held``) how many connections it holds and whether one was ever parked, when either changes: a
-prefork child's siblings read that in its scoreboard slot before they take a new connection.
+(``on_held``) how many connections it holds and whether some are kept alive (parked after a request),
+when either changes: a prefork child's siblings read that in its slot before they take a new connection.
 
 This class keeps no lock: the dispatcher holds its own around every call that reads or changes the tables
 (``poll`` and ``wake_all`` need none). It knows nothing of threads or of what a connection speaks; the
@@ -77,11 +77,11 @@ class WatchList:
         # object again needs no system call. A watched socket's entry goes as it closes (_closing); any other
         # stays until its fd is registered for another connection: a different object there means a new entry.
         self._kept: dict[int, ServedConnection] = {}
-        # exclusive: the fds of the watched sockets (``watched``) still open here, in service or parked, and
-        # whether any connection was ever parked (the web server keeps them). Told to ``on_held`` (held,
-        # keeps) when either changes: per connection, never per request.
+        # exclusive: the fds of the watched sockets (``watched``) still open here, in service or parked. Told
+        # to ``on_held`` with whether some are kept alive (in _kept: parked once, so the web server keeps
+        # them) when either changes: per connection, never per request.
         self._held: set[int] = set()
-        self._keeps = False
+        self._keeps = False  # bool(_kept), as last told
         self.on_held: Callable[[int, bool], None] | None = None
         self._epoll = select.epoll()
         self.poll = self._epoll.poll  # (timeout, maxevents): called without the dispatcher's lock
@@ -151,12 +151,11 @@ class WatchList:
                 self._arm(fd, _KEPT)
                 self._kept[fd] = conn
                 if not self._keeps:
-                    self._keeps = True
                     self._report_held()
         except (OSError, ValueError):
             log.exception("cannot watch a kept-alive connection; closing it")
             self.parked.pop(conn.fileno(), None)
-            self._kept.pop(conn.fileno(), None)
+            self._unregister(conn.fileno())
             return False
         return True
 
@@ -179,6 +178,8 @@ class WatchList:
 
     def _unregister(self, fd: int) -> None:
         self._kept.pop(fd, None)
+        if self._keeps and not self._kept:
+            self._report_held()  # the last kept-alive connection went
         try:
             self._epoll.unregister(fd)
         except (OSError, ValueError):
@@ -191,6 +192,7 @@ class WatchList:
             self._report_held()
 
     def _report_held(self) -> None:
+        self._keeps = bool(self._kept)
         if self.on_held is not None:
             self.on_held(len(self._held), self._keeps)
 

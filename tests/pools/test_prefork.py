@@ -493,8 +493,8 @@ def test_a_busy_child_hands_a_readable_parked_connection_to_an_idle_sibling(tmp_
 
 
 def test_a_child_without_connections_leaves_a_new_one_to_a_busy_sibling_for_a_moment(tmp_path: Path) -> None:
-    """Pinned to one CPU. While no connection was ever kept alive (the web server closes them), a busy
-    child makes no sibling wait. Once one was, a sibling that holds no connection, woken for a new one
+    """Pinned to one CPU. While no connection is kept alive (the web server closes them), a busy child
+    makes no sibling wait. Once one is, a sibling that holds no connection, woken for a new one
     while a child that holds one is busy (so the kernel passed it over), leaves it in the backlog for a
     moment (the busy child could take it within a request), then serves it."""
     cpu = min(os.sched_getaffinity(0))

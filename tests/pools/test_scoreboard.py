@@ -276,7 +276,7 @@ def test_a_request_s_field_stores_read_back_as_a_whole_slot_write_would(lanes: i
         board.close()
 
 
-def test_keepers_counts_the_siblings_that_hold_connections_once_connections_are_kept() -> None:
+def test_keepers_counts_the_siblings_that_hold_connections_while_some_are_kept_alive() -> None:
     """What a one-thread child without connections reads before it takes a new one (dispatch.py defer)."""
     board = Scoreboard(slots=5, lanes=1)
     try:
@@ -296,21 +296,21 @@ def test_keepers_counts_the_siblings_that_hold_connections_once_connections_are_
         writers[1].connections(1, False)
         writers[2].connections(3, False)
         writers[2].request_started("GET /b")
-        assert keepers(0) == 0  # the web server keeps no connection: nobody waits for a sibling
-        writers[0].connections(0, True)  # this child kept one alive once: the web server keeps them
+        assert keepers(0) == 0  # nothing kept alive: the web server closes connections, nobody waits
+        writers[1].connections(1, True)  # parked after its request: the web server keeps connections
         assert keepers(0) == 2
         assert keepers(1) == 1  # a child does not count itself
-        writers[3].connections(2, False)
-        writers[3].mark_stopping()  # draining: it takes no new connection
+        writers[3].connections(2, True)
+        writers[3].mark_stopping()  # draining: it takes no new connection, and counts for nothing
         assert keepers(0) == 2
-        writers[0].mark_stopping()  # nor does its flag count any more
-        assert keepers(4) == 0
-        writers[1].connections(2, True)
-        assert keepers(4) == 2
+        writers[1].mark_stopping()
+        assert keepers(0) == 0  # slot 2 holds connections, but no serving child keeps any alive
+        writers[4].connections(1, True)
+        assert keepers(0) == 2
         writers[2].connections(0, False)
-        assert keepers(4) == 1
-        snap = board.read(1)
-        assert (snap.held, snap.keeps, snap.active, snap.served) == (2, True, 0, 0)
+        assert keepers(0) == 1
+        snap = board.read(4)
+        assert (snap.held, snap.keeps, snap.active, snap.served) == (1, True, 0, 0)
         writers[2].request_finished()
         snap = board.read(2)
         assert (snap.held, snap.keeps, snap.active, snap.served) == (0, False, 0, 1)  # fields kept apart

@@ -228,9 +228,10 @@ def test_a_watched_socket_is_the_same_connection() -> None:
     watch.close()
 
 
-def test_one_worker_reports_the_connections_it_holds_and_whether_it_kept_one() -> None:
+def test_one_worker_reports_the_connections_it_holds_and_whether_some_are_kept() -> None:
     """on_held (a prefork child's slot): told when a watched connection opens, when it goes (closed or handed
-    away) and when the first is parked after its request, never per request; a stray event changes nothing."""
+    away) and when the first one is kept alive (parked after its request) or the last kept one goes; never
+    per request."""
     with _listener() as listener:
         watch = WatchList([listener], exclusive=True)
         reports: list[tuple[int, bool]] = []
@@ -238,17 +239,19 @@ def test_one_worker_reports_the_connections_it_holds_and_whether_it_kept_one() -
         pairs = [socket.socketpair() for _ in range(2)]
         first = _Conn(watch.watched(pairs[0][1]))
         second = _Conn(watch.watched(pairs[1][1]))
-        assert reports == [(1, False), (2, False)]  # open, never parked yet (closed after each response)
+        assert reports == [(1, False), (2, False)]  # open, not kept alive yet (closed after a response)
         for _request in range(3):
             watch.park(first, 0.0)  # type: ignore[arg-type]
             watch.unpark(first.fileno())
-        watch.stray(first.fileno())
-        assert reports == [(1, False), (2, False), (2, True)]
+        assert reports[2:] == [(2, True)]
+        watch.stray(first.fileno())  # out of the epoll until parked again
+        watch.park(first, 0.0)  # type: ignore[arg-type]
+        assert reports[3:] == [(2, False), (2, True)]
         watch.forget(second.fileno())  # handed away
         first.sock.close()  # closed by whoever served it
-        assert reports[3:] == [(1, True), (0, True)]
+        assert reports[5:] == [(1, True), (1, False), (0, False)]
         watch.forget(second.fileno())  # gone already: nothing to report
-        assert len(reports) == 5
+        assert len(reports) == 8
         os.close(second.sock.detach())  # a hand-off sends the fd and lets go of it without a close()
         for near, far in pairs:
             near.close()
