@@ -125,7 +125,13 @@ class _Child:
         dispatcher.add_wakeup(self._spec.lifeline, self._on_lifeline)
         self._writer.mark_ready()
         log.debug("worker %d ready", self._pid)
-        dispatcher.serve_forever()
+        try:
+            dispatcher.serve_forever()
+        finally:
+            # Signals still come on the way out (the master's TERM to a child that is retiring already),
+            # and the signal queue's socketpair closes with this object before os._exit: the C-level
+            # handler must not write to it then. The Python handlers stay; they do nothing.
+            signal.set_wakeup_fd(-1)
         if dispatcher.max_requests_reached:
             log.info("worker %d recycled after %d request(s)", self._pid, self._writer.served)
         return 0

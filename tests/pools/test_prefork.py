@@ -527,6 +527,36 @@ def test_a_child_without_connections_leaves_a_new_one_to_a_busy_sibling_for_a_mo
         late.close()
 
 
+def test_signals_that_reach_a_retiring_child_on_its_way_out_are_no_errors(tmp_path: Path) -> None:
+    """A child that retires still gets signals until it is gone (the master's TERM at a stop, here a flood of
+    USR1). Its signal queue's socketpair closes as it leaves, so the C-level handler must not write to it
+    any more: Python reported every such write ("Exception ignored when trying to write to the signal
+    wakeup fd", a broken pipe or a bad file descriptor) on stderr."""
+    with _master(tmp_path, min_spare=3, max_spare=3, max_children=3) as master:
+        _ready(master, 3)
+        for _round in range(6):
+            leaving = set(master.children())
+            for pid in leaving:
+                os.kill(pid, signal.SIGHUP)  # retire: it exits on its own
+            alive = set(leaving)
+            deadline = time.monotonic() + 5.0
+            flood_until = time.monotonic() + 0.5
+            while alive and time.monotonic() < deadline:
+                if time.monotonic() > flood_until:  # a flood can crowd a HUP out of the wakeup socket
+                    for pid in alive:
+                        os.kill(pid, signal.SIGHUP)
+                    flood_until = time.monotonic() + 0.5
+                for pid in list(alive):
+                    try:
+                        os.kill(pid, signal.SIGUSR1)
+                    except ProcessLookupError:
+                        alive.discard(pid)
+            assert not alive, master.log()
+            replaced = _wait_until(lambda leaving=leaving: len(master.children() - leaving) >= 3, 10.0)
+            assert replaced, master.log()
+        assert "wakeup fd" not in master.log(), master.log()
+
+
 def test_a_parked_connection_gets_another_thread_of_a_busy_child(tmp_path: Path) -> None:
     """A request on a kept-alive connection parked in a child that is busy with another request is
     served at once by another thread of that child (max_children=1 leaves no other child)."""
