@@ -47,7 +47,7 @@ class Admission:
         wake: Callable[[], None],
     ) -> None:
         self.open = 0  # accepted connections not yet finished: in service or parked
-        self.retry_at = 0.0  # accept() ran out of a resource: paused until then
+        self.retry_at = 0.0  # paused until then (hold_until: out of a resource, or a deferral)
         self._paused = False
         self._closed = False  # the dispatcher is stopping: never again
         self._watch = watch
@@ -89,10 +89,18 @@ class Admission:
         elif not self.declining():
             self._watch.arm_listeners()
 
-    def retry_if_due(self, now: float) -> None:
+    def hold_until(self, when: float) -> None:
+        """Accept nothing until ``when`` (monotonic); the control thread looks again then (retry_if_due)."""
+        self.retry_at = when
+        self._wake()
+
+    def retry_if_due(self, now: float) -> bool:
+        """End a hold that is due; True when it ended (the listeners are armed again if allowed)."""
         if self.retry_at and now >= self.retry_at:
             self.retry_at = 0.0
             self.update()
+            return True
+        return False
 
     def take(self, listener: socket.socket) -> NewConnection | list[NewConnection] | None:
         """What an event on a listener yields: one new connection (a prefork child), a burst of them (a
@@ -134,8 +142,7 @@ class Admission:
             accepted = accept(listener)
         except AcceptFailed as exc:
             log.warning("accept failed (%s); pausing accept for %.1fs", exc, _ACCEPT_RETRY_DELAY)
-            self.retry_at = time.monotonic() + _ACCEPT_RETRY_DELAY
-            self._wake()
+            self.hold_until(time.monotonic() + _ACCEPT_RETRY_DELAY)
             return None
         if accepted is not None:
             self.open += 1

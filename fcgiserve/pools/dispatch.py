@@ -272,8 +272,7 @@ class Dispatcher:
             if self._admission.retry_at:
                 with self._lock:
                     now = time.monotonic()
-                    self._admission.retry_if_due(now)
-                    if not self._admission.retry_at:
+                    if self._admission.retry_if_due(now):
                         # Listening again: a connection that waited through a deferral is taken now, even
                         # if this thread woke late for it.
                         self._defer_again_at = now + _DEFER_SECONDS
@@ -696,9 +695,8 @@ class Dispatcher:
             return False
         self._watch.declined(fd)
         log.debug("a new connection is left to the siblings for %g ms", _DEFER_SECONDS * 1000)
-        self._admission.retry_at = now + _DEFER_SECONDS
         self._defer_again_at = math.inf  # until the control thread arms the listeners again (above)
-        self._control.wake()
+        self._admission.hold_until(now + _DEFER_SECONDS)
         return True
 
     def _pass_on_locked(self, listener: socket.socket) -> None:
