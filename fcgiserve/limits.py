@@ -81,15 +81,24 @@ _GATHER_BATCH = 512
 def send_gathered(sock: socket.socket, parts: Sequence[bytes | bytearray | memoryview]) -> None:
     """Send ``parts`` in order, as ``sendall`` would send their concatenation (same errors, e.g. the
     ``SO_SNDTIMEO`` expiry), with ``sendmsg`` calls that may each send only part of what they were given."""
+    # The usual case first: one call takes everything, and no part needs a view of its own.
+    sent = sock.sendmsg(parts if len(parts) <= _GATHER_BATCH else parts[:_GATHER_BATCH])
+    total = 0
+    for part in parts:
+        total += part.nbytes if type(part) is memoryview else len(part)
+    if sent == total:
+        return
     pending = [memoryview(part).cast("B") for part in parts if len(part)]
     first = 0
-    while first < len(pending):
-        sent = sock.sendmsg(pending[first : first + _GATHER_BATCH])
+    while True:
         while sent and sent >= len(pending[first]):  # whole buffers that went out
             sent -= len(pending[first])
             first += 1
         if sent:  # the kernel took part of a buffer: the rest goes next
             pending[first] = pending[first][sent:]
+        if first == len(pending):
+            return
+        sent = sock.sendmsg(pending[first : first + _GATHER_BATCH])
 
 
 def is_send_timeout(exc: OSError) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import socket
 import threading
 import time
@@ -75,6 +76,23 @@ def test_send_gathered_sends_every_part_in_order_through_partial_writes() -> Non
         a.shutdown(socket.SHUT_WR)
         reader.join(10)
         assert received == b"".join(parts)
+
+
+@pytest.mark.parametrize("wide", [1, 40_000], ids=["fits-at-once", "partial-writes"])
+def test_send_gathered_counts_bytes_not_items_of_views_with_wider_items(wide: int) -> None:
+    """A view whose items are 2 bytes wide sends all its bytes once, whether one call takes everything (the
+    usual case, where nothing is copied or re-viewed) or the kernel takes part at a time."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        items = array.array("H", [n % 65536 for n in range(wide)])
+        parts: list[bytes | bytearray | memoryview] = [b"head", memoryview(items), bytearray(b"end")]
+        received = bytearray()
+        reader = _drain(b, received)
+        send_gathered(a, parts)
+        a.shutdown(socket.SHUT_WR)
+        reader.join(10)
+        assert received == b"head" + items.tobytes() + b"end"
 
 
 def test_send_gathered_fails_like_sendall_when_the_peer_stops_reading() -> None:

@@ -15,6 +15,7 @@ from fcgiserve.protocol import (
     LocalProtocolError,
     ParamsComplete,
     ProtocolStatus,
+    RecordReader,
     RemoteProtocolError,
     RequestStarted,
     Role,
@@ -62,7 +63,10 @@ def test_client_encodes_requests_like_the_spec() -> None:
 
 def test_client_splits_params_over_65535_bytes() -> None:
     big = [(b"HTTP_COOKIE", b"c" * 70000)]
-    assert begun(1).send_params(1, big) == wire.params(1, big)
+    records = RecordReader().feed(begun(1).send_params(1, big))
+    assert [(record_type, request_id) for record_type, request_id, _ in records] == [(wire.PARAMS, 1)] * 3
+    assert 0 < len(records[0][2]) <= 65535 and 0 < len(records[1][2]) <= 65535 and records[2][2] == b""
+    assert records[0][2] + records[1][2] == wire.pairs(big)
 
 
 def test_client_decodes_a_response(feed: Feeder) -> None:

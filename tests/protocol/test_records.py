@@ -51,7 +51,8 @@ def test_s_b3_every_type_encodes_and_reads_back(record_type: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "size", [MAX_CONTENT_LENGTH - 1, MAX_CONTENT_LENGTH, MAX_CONTENT_LENGTH + 1, 200_000]
+    "size",
+    [MAX_CONTENT_LENGTH - 1, MAX_CONTENT_LENGTH, MAX_CONTENT_LENGTH + 1, 200_000, 3 * MAX_CONTENT_LENGTH],
 )
 def test_s_b2_payloads_longer_than_65535_are_split(size: int) -> None:
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
@@ -59,8 +60,24 @@ def test_s_b2_payloads_longer_than_65535_are_split(size: int) -> None:
     records = RecordReader().feed(encoded)
     assert all(len(content) <= MAX_CONTENT_LENGTH for _, _, content in records)
     assert b"".join(content for _, _, content in records) == payload
-    assert len(records) == -(-size // MAX_CONTENT_LENGTH)
     assert len(encoded) % 8 == 0
+    if size <= MAX_CONTENT_LENGTH:
+        assert len(records) == 1
+    else:  # the fewest records that need no padding (65,528 bytes at most), of one size but the last
+        assert len(records) == -(-size // (MAX_CONTENT_LENGTH & ~7))
+        sizes = {len(content) for _, _, content in records[:-1]}
+        assert len(sizes) == 1 and sizes.pop() % 8 == 0 and len(records[-1][2]) <= len(records[0][2])
+
+
+@pytest.mark.parametrize("size", [65536, 102_400, 1 << 20])
+def test_s_b2_the_chunk_sizes_applications_like_split_evenly_without_padding(size: int) -> None:
+    """64 KiB, one more byte than a record holds, goes as 2 x 32 KiB records rather than 65,535 + 1 bytes
+    (the second record all header and padding); the parts to gather carry no padding then."""
+    parts = encode_record_parts(wire.STDOUT, 1, b"x" * size)
+    contents = [content for _, _, content in RecordReader().feed(b"".join(bytes(part) for part in parts))]
+    assert len(contents) == -(-size // (MAX_CONTENT_LENGTH & ~7))
+    assert max(map(len, contents)) - min(map(len, contents)) < 8 * len(contents)
+    assert len(parts) == 2 * len(contents)  # header and content each, no padding part
 
 
 def test_encode_record_rejects_request_ids_outside_sixteen_bits() -> None:

@@ -204,8 +204,8 @@ def test_s_d4_every_response_record_carries_the_request_id() -> None:
     conn = started(77)
     out = conn.send_stdout(77, b"x" * 70000) + conn.send_stderr(77, b"warn") + conn.end_request(77, 3)
     expected = (
-        wire.rec(wire.STDOUT, 77, b"x" * 65535)
-        + wire.rec(wire.STDOUT, 77, b"x" * (70000 - 65535))
+        wire.rec(wire.STDOUT, 77, b"x" * 35000)  # 70,000 bytes: two records of equal size
+        + wire.rec(wire.STDOUT, 77, b"x" * 35000)
         + wire.rec(wire.STDERR, 77, b"warn")
         + wire.rec(wire.STDOUT, 77)
         + wire.rec(wire.STDERR, 77)
@@ -298,7 +298,7 @@ def test_s_f4_stdout_accepts_bytearray_and_memoryview() -> None:
     assert conn.send_stdout(1, bytearray(b"ab")) == wire.rec(wire.STDOUT, 1, b"ab")
     assert conn.send_stdout(1, memoryview(b"cd")) == wire.rec(wire.STDOUT, 1, b"cd")
     assert conn.send_stderr(1, memoryview(b"e" * 70000)) == (
-        wire.rec(wire.STDERR, 1, b"e" * 65535) + wire.rec(wire.STDERR, 1, b"e" * 4465)
+        wire.rec(wire.STDERR, 1, b"e" * 35000) + wire.rec(wire.STDERR, 1, b"e" * 35000)
     )
 
 
@@ -315,9 +315,7 @@ def test_s_f4_stdout_parts_are_stdout_as_buffers_to_gather() -> None:
 @pytest.mark.parametrize("size", [1, 7, 8, 65535, 70000])
 def test_s_f4_end_request_with_the_last_stdout_is_the_records_of_both_in_order(size: int) -> None:
     payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
-    records = wire.rec(wire.STDOUT, 1, payload[:65535])
-    if size > 65535:
-        records += wire.rec(wire.STDOUT, 1, payload[65535:])
+    records = wire.stream(wire.STDOUT, 1, payload)
     conn = started(1)
     assert conn.end_request(1, 3, stdout=memoryview(payload)) == (
         records + wire.rec(wire.STDOUT, 1) + wire.end_request(1, 3)

@@ -30,6 +30,17 @@ def rec(record_type: int, request_id: int, content: bytes = b"", padding: int | 
     return header(record_type, request_id, len(content), pad) + content + b"\x00" * pad
 
 
+def stream(record_type: int, request_id: int, content: bytes) -> bytes:
+    """``content`` as fcgiserve writes it: one record up to 65535 bytes; past that, the fewest records of at
+    most 65528 bytes (a multiple of 8: no padding), all of one size but the last, which may be shorter."""
+    if len(content) <= 65535:
+        return rec(record_type, request_id, content)
+    count = -(-len(content) // 65528)
+    size = -(-len(content) // count)
+    size += -size % 8
+    return b"".join(rec(record_type, request_id, content[i : i + size]) for i in range(0, len(content), size))
+
+
 def length(n: int) -> bytes:
     return bytes((n,)) if n < 128 else (n | 0x80000000).to_bytes(4, "big")
 
