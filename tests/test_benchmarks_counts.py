@@ -174,6 +174,15 @@ def test_report_states_the_uwsgi_targets_met_and_not_met() -> None:
     assert verdict["uWSGI: hello-8 prefork default sizing p99 within 10 % of 2x1"] == "**not yet met**"
     assert verdict["uWSGI: hello-8 prefork default sizing cpu_us within 10 % of 2x1"] == "met"
     assert verdict["uWSGI: big-8 fcgiserve-threaded-keep >= 1.0x uWSGI req/s"] == "n/a"
+    # A prefork pool's CPU and p99 verdicts show how its children shared the load when it was measured.
+    runs[1]["split"] = {"root_pct": 0.0, "others_pct": [100.0, 0.0], "voluntary_switches": 10}
+    runs[2]["split"] = {"root_pct": 0.0, "others_pct": [56.0, 44.0, 0.0], "voluntary_switches": 90}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.render_markdown(data).splitlines()}
+    cpu = rows["uWSGI: hello-8 fcgiserve-prefork-keep backend CPU <= 40 µs/request"]
+    assert cpu.endswith("| 60 µs (uWSGI 30 µs; children's CPU % per repetition: 100/0) |")
+    p99 = rows["uWSGI: hello-8 prefork default sizing p99 within 10 % of 2x1"]
+    assert p99.endswith("| 3.00 vs 2.00 ms; children's CPU % per repetition: 56/44/0 against 100/0 |")
+    assert "children" not in rows["uWSGI: hello-8 fcgiserve-threaded-keep backend CPU <= 40 µs/request"]
 
 
 def test_instructions_take_the_idle_rate_off_the_extra_wall_clock_time() -> None:
