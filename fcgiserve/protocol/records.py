@@ -69,13 +69,13 @@ def encode_record_parts(record_type: int, request_id: int, content: Buffer = b""
     # the last: 64 KiB, the chunk size applications like best, goes as 2 x 32 KiB, not 65,535 + 1 bytes.
     view = memoryview(content)
     count = -(-length // _ALIGNED_CONTENT_LENGTH)
-    size = -(-length // count) + 7 & ~7
+    size = -(-length // count) + 7 & ~7  # at most 65,528, as count records of it hold the content
     parts: list[Buffer] = []
-    for start in range(0, length - size, size):
-        parts += (HEADER.pack(FCGI_VERSION_1, record_type, request_id, size, 0), view[start : start + size])
-    start = (count - 1) * size
-    pad = -(length - start) & 7
-    parts += (HEADER.pack(FCGI_VERSION_1, record_type, request_id, length - start, pad), view[start:])
+    pad = 0
+    for start in range(0, length, size):
+        chunk = view[start : start + size]
+        pad = -len(chunk) & 7  # only the last chunk can be shorter than size, and need padding
+        parts += (HEADER.pack(FCGI_VERSION_1, record_type, request_id, len(chunk), pad), chunk)
     if pad:
         parts.append(_PADDING[pad])
     return parts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import pytest
 
 from fcgiserve.protocol import (
@@ -13,7 +15,7 @@ from fcgiserve.protocol import (
     encode_record,
     encode_record_parts,
 )
-from fcgiserve.protocol.records import MAX_RECORD_LENGTH
+from fcgiserve.protocol.records import HEADER, MAX_RECORD_LENGTH
 
 from . import wire
 
@@ -67,6 +69,25 @@ def test_s_b2_payloads_longer_than_65535_are_split(size: int) -> None:
         assert len(records) == -(-size // (MAX_CONTENT_LENGTH & ~7))
         sizes = {len(content) for _, _, content in records[:-1]}
         assert len(sizes) == 1 and sizes.pop() % 8 == 0 and len(records[-1][2]) <= len(records[0][2])
+
+
+@pytest.mark.parametrize("size", [536_870_000, 600_000_001])
+def test_s_b2_a_huge_write_is_split_into_records_that_hold_it_exactly(size: int) -> None:
+    """Hundreds of megabytes in one write (an anonymous mapping: nothing is read or copied, so no page of it
+    becomes resident): every record within the limit, all content once, only the last record padded."""
+    with mmap.mmap(-1, size) as content:
+        parts = encode_record_parts(wire.STDOUT, 1, content)
+        total, index = 0, 0
+        while index < len(parts):
+            _version, _type, _rid, length, padding = HEADER.unpack(parts[index])
+            assert length <= MAX_CONTENT_LENGTH and len(parts[index + 1]) == length
+            total += length
+            index += 2
+            if padding:
+                assert index == len(parts) - 1 and len(parts[index]) == padding
+                index += 1
+        assert total == size
+        del parts
 
 
 @pytest.mark.parametrize("size", [65536, 102_400, 1 << 20])
