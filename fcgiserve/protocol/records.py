@@ -65,8 +65,8 @@ def encode_record_parts(record_type: int, request_id: int, content: Buffer = b""
     if length <= MAX_CONTENT_LENGTH:
         pad = -length & 7
         return [HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, pad), content, _PADDING[pad]]
-    # As few records as the limit allows, of equal sizes that are multiples of 8 (no padding) but perhaps
-    # the last: 64 KiB, the chunk size applications like best, goes as 2 x 32 KiB, not 65,535 + 1 bytes.
+    # The fewest records that need no padding (65,528 bytes at most), all of one size but perhaps the last:
+    # 64 KiB, the chunk size applications like best, goes as 2 x 32 KiB, not 65,535 + 1 bytes.
     view = memoryview(content)
     count = -(-length // _ALIGNED_CONTENT_LENGTH)
     size = -(-length // count) + 7 & ~7  # at most 65,528, as count records of it hold the content
