@@ -3,9 +3,14 @@
 A signal may be delivered to any thread, and CPython runs Python-level handlers only in the main
 thread, between bytecodes: a main thread blocked in ``select()`` would not notice a signal that
 another thread received. ``signal.set_wakeup_fd`` closes that gap: CPython's C-level handler writes
-the signal number as one byte to our socketpair at delivery, in whichever thread took the signal.
-That byte is the record; the Python handler does nothing (no logging, no locks), it only keeps the
-default action (termination) from happening. ``drain()`` reads the bytes back in arrival order.
+a byte to our socketpair at delivery, in whichever thread took the signal, and the selector wakes.
+
+That byte is only the wake-up, not the record. The socketpair is finite and CPython drops the byte
+when it is full: under a flood of one signal (a log rotation run in a loop), a stop or a retirement
+that came in between would be lost. The record is kept by the Python handler instead, which CPython
+never loses (a signal that arrives again before its handler ran is run once, as the kernel merges a
+pending signal too). The handler runs in the main thread, appends to a deque and writes a byte of its
+own, so a loop that drained before the handler ran is woken again.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+from collections import deque
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -20,10 +26,6 @@ from typing import Any
 __all__ = ["SignalQueue"]
 
 _Handler = Any  # what signal.getsignal returns: a callable, SIG_DFL, SIG_IGN or None
-
-
-def _record_only(signum: int, frame: FrameType | None) -> None:
-    """The wakeup fd already holds the record (the signal number byte); nothing else may happen here."""
 
 
 class SignalQueue:
@@ -39,6 +41,7 @@ class SignalQueue:
         self._writer.setblocking(False)
         self._previous: dict[int, _Handler] = {}
         self._previous_wakeup_fd: int | None = None
+        self._received: deque[int] = deque()
 
     def install(self, signums: Iterable[int]) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -46,22 +49,36 @@ class SignalQueue:
         if self._previous_wakeup_fd is None:
             self._previous_wakeup_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         for signum in signums:
-            previous = signal.signal(signum, _record_only)
+            previous = signal.signal(signum, self._record)
             self._previous.setdefault(signum, previous)
 
     def fileno(self) -> int:
         return self._reader.fileno()
 
-    def drain(self) -> list[int]:
-        """The signals received since the last drain, in arrival order (only those installed here)."""
-        data = b""
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        """The Python handler (main thread, between bytecodes): record, then wake the loop. No logging,
+        no locks. After close() the send fails and the record is never read, which is harmless."""
+        self._received.append(signum)
         try:
-            while chunk := self._reader.recv(4096):
-                data += chunk
+            self._writer.send(b"\0")
+        except OSError:  # full (the loop is awake already) or closed (the queue is gone)
+            pass
+
+    def drain(self) -> list[int]:
+        """The signals received since the last drain, in the order their handlers ran: arrival order,
+        except that signals arriving together come in signal-number order (CPython runs pending handlers
+        by number). Only signals installed here, however many wake-up bytes were dropped."""
+        try:
+            while self._reader.recv(4096):
+                pass
         except BlockingIOError:
             pass
-        # Other Python handlers in the process also write to the wakeup fd: keep only ours.
-        return [signum for signum in data if signum in self._previous]
+        # After the wake-up bytes: a handler that runs from here on writes a byte and wakes the loop.
+        received = self._received
+        signums = []
+        while received:
+            signums.append(received.popleft())
+        return signums
 
     def restore(self) -> None:
         """Put back the previous handlers and wakeup fd. Safe to call more than once."""

@@ -129,8 +129,8 @@ class _Child:
             dispatcher.serve_forever()
         finally:
             # Signals still come on the way out (the master's TERM to a child that is retiring already),
-            # and the signal queue's socketpair closes with this object before os._exit: the C-level
-            # handler must not write to it then. The Python handlers stay; they do nothing.
+            # and its socketpair may close before os._exit: the C-level handler must not write to it then.
+            # The Python handlers stay; what they record is never read.
             signal.set_wakeup_fd(-1)
         if dispatcher.max_requests_reached:
             log.info("worker %d recycled after %d request(s)", self._pid, self._writer.served)

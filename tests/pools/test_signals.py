@@ -1,4 +1,4 @@
-"""SignalQueue: real signals sent to this process, read back through the wakeup socket."""
+"""SignalQueue: real signals sent to this process, read back after the wakeup socket woke the reader."""
 
 from __future__ import annotations
 
@@ -63,6 +63,33 @@ def test_a_signal_delivered_while_the_main_thread_blocks_in_select_wakes_it(queu
         assert queue.drain() == [signal.SIGUSR2]
     finally:
         sender.join()
+
+
+def test_a_signal_is_kept_when_the_wakeup_socket_is_full(queue: SignalQueue) -> None:
+    """A flood of one signal (USR1 from a log rotation run in a loop) fills the socketpair, and CPython
+    drops the wake-up byte of what comes next; the retirement (HUP) that came in between is kept all the
+    same: the Python handler records it."""
+    queue.install([signal.SIGUSR1, signal.SIGHUP])
+    flood = 0
+    with pytest.raises(BlockingIOError):
+        while True:  # what the flood's wake-up bytes do to the socketpair
+            flood += queue._writer.send(b"\x0a" * 512)
+    assert flood > 0
+    os.kill(os.getpid(), signal.SIGHUP)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert _wait_readable(queue)
+    assert queue.drain() == [signal.SIGHUP, signal.SIGUSR1]
+    assert not _wait_readable(queue, 0.05)  # the flood's bytes were read with it
+
+
+def test_a_handler_that_runs_after_a_drain_wakes_the_loop_again(queue: SignalQueue) -> None:
+    """The C-level byte can be read before the Python handler has run (the signal went to another
+    thread): the handler then writes a byte of its own, so the record does not wait for the next event."""
+    queue.install([signal.SIGUSR1])
+    assert queue.drain() == []
+    queue._record(signal.SIGUSR1, None)  # the handler, as CPython runs it, late
+    assert _wait_readable(queue, 0.5)
+    assert queue.drain() == [signal.SIGUSR1]
 
 
 def test_signals_not_installed_are_not_reported(queue: SignalQueue) -> None:
