@@ -154,8 +154,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown workload(s) {sorted(wanted)}; choose from {[w.name for w in WORKLOADS]}")
     args.selected = [w for w in WORKLOADS if (w.name in wanted if wanted else (w.quick or not args.quick))]
     if args.unix and any(w.name == "post-8" for w in args.selected):
-        # Over unix sockets (about 200 KiB of buffer each way) nginx and any backend that streams the 1 MiB
-        # echo back while the body still arrives wait on each other: every row, the C responder's too, stalls.
+        # Over unix sockets (about 200 KiB of buffer each way) a backend that streams the 1 MiB echo back
+        # while the body still arrives stalls: nginx sends no more of a body once the response has begun.
+        # uWSGI and the C responder stall; fcgiserve takes the whole body first (docs/performance.md).
         print("post-8 skipped with --unix: nginx and a streaming echo stall there", file=sys.stderr)
         args.selected = [w for w in args.selected if w.name != "post-8"]
     args.duration = args.duration or (2 if args.quick else 5)

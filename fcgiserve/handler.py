@@ -110,6 +110,15 @@ _GATHER_FROM = 16 * 1024
 _STREAM_EVENTS = frozenset({StdinData, StdinEnd, Data, DataEnd})
 
 
+def _input_pending(request: Request) -> bool:
+    """True while this thread reads the connection for ``request`` (it runs inline: its body pulls from
+    the socket) and some of its input has yet to arrive."""
+    body, data = request.body, request.data
+    return (body is not None and body.fill is not None and not body.finished) or (
+        data is not None and data.fill is not None and not data.finished
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class HandlerOptions:
     """Everything a connection needs to know, computed once per process by the wiring layer."""
@@ -677,6 +686,13 @@ class ServedConnection:
 
     # -- writing -----------------------------------------------------------------------------------------
 
+    def write_output(self, request: Request, data: bytes) -> None:
+        """The application's STDOUT, but for its last chunk (which ``_end`` sends): once the request's input
+        has all arrived (``_take_whole_input``)."""
+        if _input_pending(request):
+            self._take_whole_input(request)
+        self.write_stream(request, data, stderr=False)
+
     def write_stream(self, request: Request, data: bytes, *, stderr: bool) -> None:
         """STDOUT/STDERR for one request, as whole records under the connection lock (checklist S-B5)."""
         if request.aborted or request.ended:
@@ -694,6 +710,17 @@ class ServedConnection:
                 request.output = True
             if not self._send_locked(out):
                 raise ClientDisconnected("the web server closed the connection")
+
+    def _take_whole_input(self, request: Request) -> None:
+        """Read the rest of an inline request's input before any of its output goes out.
+
+        nginx sends no more of a request once its response has begun: an application that writes before it
+        has read its whole body (an echo, a progress line) then waits for a body that never comes, once the
+        body outgrows the socket buffers (about 200 KiB each way over a unix socket; TCP's grow larger). A
+        peer that reads nothing before it has sent everything waits on us the same way. The body spools to
+        a file beyond ``--spool-threshold``, so taking it costs bounded memory; the output waits for it."""
+        while _input_pending(request) and not (request.aborted or request.refused) and self._fill():
+            pass
 
     def _end(self, request: Request, app_status: int) -> None:
         with self._lock:

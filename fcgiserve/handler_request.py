@@ -44,6 +44,8 @@ class StreamWriter(Protocol):
 
     def write_stream(self, request: Request, data: bytes, *, stderr: bool) -> None: ...
 
+    def write_output(self, request: Request, data: bytes) -> None: ...
+
 
 class Request:
     """One request's server-side state; lives from BEGIN_REQUEST until its END_REQUEST is sent."""
@@ -100,7 +102,7 @@ class RequestOutput:
             # Held for an instant and sent with END_REQUEST in one system call (see RequestIO.write).
             self._request.tail = data
         else:
-            self._conn.write_stream(self._request, data, stderr=False)
+            self._conn.write_output(self._request, data)
 
     def write_errors(self, data: bytes) -> None:
         self._conn.write_stream(self._request, data, stderr=True)

@@ -152,6 +152,13 @@ class SCGIConnection:
             body.finish()
         return True
 
+    def _take_whole_body(self) -> None:
+        """Read the rest of the body before output streams out: nginx sends no more of a body once the
+        response has begun (docs/wsgi.md, "Output waits for the body"); spooled past the threshold."""
+        body = self._body
+        while body is not None and not body.finished and not body.is_aborted() and self._fill():
+            pass
+
     # -- running the application -------------------------------------------------------------------------
 
     def _run(self, request: SCGIRequest) -> None:
@@ -214,7 +221,11 @@ class _SCGIResponse:
         self._conn = conn
 
     def write(self, data: bytes, last: bool = False) -> None:
-        if data and not self._conn._send(data):
+        if not data:
+            return
+        if not last:
+            self._conn._take_whole_body()
+        if not self._conn._send(data):
             raise ClientDisconnected("the web server closed the SCGI connection")
 
     def write_errors(self, data: bytes) -> None:

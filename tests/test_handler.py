@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fcgiserve import BodyIncomplete, ClientDisconnected, Server
-from fcgiserve.client import fcgi_get_values, fcgi_request
+from fcgiserve.client import default_params, fcgi_get_values, fcgi_request
 from fcgiserve.protocol import (
     ClientConnection,
     EndRequest,
@@ -650,3 +650,48 @@ def test_werkzeug_reads_a_body_without_length_through_wsgi_input_terminated(
     conn.wait_end(1, timeout=30)
     sender.join(10)
     assert bytes(conn.stdout[1]).endswith(hashlib.sha256(body).hexdigest().encode())
+
+
+def _streaming_echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+    """Echoes the body back as it reads it, 64 KiB at a time: output starts long before the body is read."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    stream = environ["wsgi.input"]
+    while chunk := stream.read(65536):
+        yield chunk
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 4 * 1024 * 1024])
+def test_output_waits_for_the_whole_input_of_a_peer_that_reads_nothing_before_it_has_sent_all(
+    tmp_path: Any, size: int
+) -> None:
+    """A peer that sends its whole request before it reads anything (nginx; it also sends nothing more once
+    the response has begun), over a unix socket (about 200 KiB of buffer each way), and an application that
+    streams its output while it reads its body: the server takes the rest of the body (spooled beyond the
+    threshold) before the first output leaves, so neither side waits on the other."""
+    path = str(tmp_path / "fcgi.sock")
+    server = Server(_streaming_echo, socket=path, spool_threshold="256K", graceful_timeout=5).start()
+    try:
+        body = os.urandom(size)
+        client = ClientConnection()
+        params = {**default_params("/echo"), "REQUEST_METHOD": "POST", "CONTENT_LENGTH": str(size)}
+        pairs = [(k.encode(), v.encode()) for k, v in params.items()]
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(path)
+            sock.sendall(client.begin_request(1) + client.send_params(1, pairs))
+            for offset in range(0, size, 32768):
+                sock.sendall(client.send_stdin(1, body[offset : offset + 32768]))
+            sock.sendall(client.send_stdin(1, b""))
+            received, ended = bytearray(), None
+            while ended is None:
+                chunk = sock.recv(1 << 20)
+                assert chunk, "the server closed the connection"
+                for event in client.receive_data(chunk):
+                    if isinstance(event, Stdout):
+                        received += event.data
+                    elif isinstance(event, EndRequest):
+                        ended = event
+        assert ended.app_status == 0
+        assert received.partition(b"\r\n\r\n")[2] == body
+    finally:
+        server.stop(graceful=False, timeout=10)

@@ -33,6 +33,7 @@ from tests.webservers import (
     established_to,
     exercise,
     free_port,
+    http_request,
     kill_if_alive,
     pid_alive,
     started,
@@ -278,6 +279,41 @@ def test_nginx(site: Path, tmp_path: Path, keep_conn: bool) -> None:
         _backend(stack, site, backend)
         nginx = stack.enter_context(run_nginx(tmp_path, f"127.0.0.1:{backend}", keep_conn=keep_conn))
         exercise(nginx.port)
+
+
+@pytest.mark.parametrize(
+    ("transport", "size"), [("unix", 4 << 20), ("tcp", 24 << 20)], ids=["unix-4MiB", "tcp-24MiB"]
+)
+def test_nginx_with_an_application_that_streams_its_output_while_it_reads_the_body(
+    tmp_path: Path, transport: str, size: int
+) -> None:
+    """nginx sends no more of a request body once the response has begun (it reads the response instead).
+    An application that echoes its upload as it reads it used to stall there as soon as the body outgrew
+    what the socket buffers held when the response began: over a unix socket at any size beyond a few
+    hundred KiB, over TCP beyond a few MiB. The server now takes the whole body before any output leaves."""
+    if transport == "unix":
+        address = str(tmp_path / "fcgi.sock")
+        server = Server(_streaming_echo, socket=address, graceful_timeout=5).start()
+        upstream = f"unix:{address}"
+    else:
+        server = Server(_streaming_echo, host="127.0.0.1", port=0, graceful_timeout=5).start()
+        upstream = f"127.0.0.1:{server.addresses[0][1]}"
+    try:
+        with run_nginx(tmp_path, upstream, keep_conn=True) as nginx:
+            body = os.urandom(size)
+            for _ in range(2):  # the second one on the kept connection
+                reply = http_request(nginx.port, "POST", "/echo", body)
+                assert reply.status == 200
+                assert reply.body == body
+    finally:
+        server.stop(graceful=False, timeout=10)
+
+
+def _streaming_echo(environ: dict[str, object], start_response: Callable[..., object]) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    stream = environ["wsgi.input"]
+    while chunk := stream.read(65536):  # type: ignore[attr-defined]
+        yield chunk
 
 
 # --- the write pattern that truncated Caddy's large responses ------------------------------------------

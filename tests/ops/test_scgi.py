@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fcgiserve import Server
 from fcgiserve.scgi import SCGIError, SCGILimits, SCGIRequestParser
 from tests.helpers import ROOT, http_get, run_fcgiserve, run_nginx
 
@@ -28,9 +31,9 @@ def netstring_request(headers: list[tuple[bytes, bytes]], body: bytes = b"") -> 
     return str(len(block)).encode() + b":" + block + b"," + body
 
 
-def scgi_request(port: int, raw: bytes) -> bytes:
+def scgi_request(port: int, raw: bytes, timeout: float = 10) -> bytes:
     """Send raw bytes (then half-close), read the response until the server closes the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(raw)
         sock.shutdown(socket.SHUT_WR)
         chunks = []
@@ -144,3 +147,24 @@ def test_parser_never_fails_otherwise_on_garbage(data: bytes, step: int) -> None
                 break
     except SCGIError:
         pass
+
+
+def _streaming_echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    while chunk := environ["wsgi.input"].read(65536):
+        yield chunk
+
+
+def test_output_streamed_while_the_body_arrives_waits_for_the_whole_body() -> None:
+    """A peer that reads nothing before it has sent its whole request (nginx, which also sends no more of
+    the body once the response began) and an application that echoes its body as it reads it: the server
+    takes the rest of the body before the first output, so a body far larger than the socket buffers
+    comes back whole instead of both sides waiting on each other."""
+    server = Server(_streaming_echo, protocol="scgi", host="127.0.0.1", port=0, graceful_timeout=5).start()
+    try:
+        body = os.urandom(24 << 20)
+        response = scgi_request(server.addresses[0][1], netstring_request(_headers(body), body), timeout=60)
+        assert response.startswith(b"Status: 200 OK\r\n")
+        assert response.partition(b"\r\n\r\n")[2] == body
+    finally:
+        server.stop(graceful=False, timeout=10)
