@@ -15,9 +15,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -258,3 +259,12 @@ def http_get(
         body = exc.read()
         exc.close()
         return exc.code, dict(exc.headers.items()), body
+
+
+def streaming_echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+    """A WSGI app that echoes its body as it reads it, 64 KiB at a time: its output starts long before the
+    body is read (what nginx stalls on unless the server takes the whole body first; docs/wsgi.md)."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    stream = environ["wsgi.input"]
+    while chunk := stream.read(65536):
+        yield chunk

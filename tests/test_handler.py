@@ -28,6 +28,7 @@ from fcgiserve.protocol import (
     Stderr,
     Stdout,
 )
+from tests.helpers import streaming_echo
 
 App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -652,14 +653,6 @@ def test_werkzeug_reads_a_body_without_length_through_wsgi_input_terminated(
     assert bytes(conn.stdout[1]).endswith(hashlib.sha256(body).hexdigest().encode())
 
 
-def _streaming_echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
-    """Echoes the body back as it reads it, 64 KiB at a time: output starts long before the body is read."""
-    start_response("200 OK", [("Content-Type", "application/octet-stream")])
-    stream = environ["wsgi.input"]
-    while chunk := stream.read(65536):
-        yield chunk
-
-
 @pytest.mark.parametrize("size", [64 * 1024, 4 * 1024 * 1024])
 def test_output_waits_for_the_whole_input_of_a_peer_that_reads_nothing_before_it_has_sent_all(
     tmp_path: Any, size: int
@@ -669,7 +662,7 @@ def test_output_waits_for_the_whole_input_of_a_peer_that_reads_nothing_before_it
     streams its output while it reads its body: the server takes the rest of the body (spooled beyond the
     threshold) before the first output leaves, so neither side waits on the other."""
     path = str(tmp_path / "fcgi.sock")
-    server = Server(_streaming_echo, socket=path, spool_threshold="256K", graceful_timeout=5).start()
+    server = Server(streaming_echo, socket=path, spool_threshold="256K", graceful_timeout=5).start()
     try:
         body = os.urandom(size)
         client = ClientConnection()

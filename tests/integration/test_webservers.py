@@ -25,7 +25,7 @@ import pytest
 from fcgiserve import Server
 from fcgiserve.client import default_params
 from fcgiserve.protocol import ClientConnection, EndRequest, Stdout
-from tests.helpers import ROOT, run_nginx, wait_for
+from tests.helpers import ROOT, run_nginx, streaming_echo, wait_for
 from tests.webservers import (
     BIG,
     Proc,
@@ -293,10 +293,10 @@ def test_nginx_with_an_application_that_streams_its_output_while_it_reads_the_bo
     hundred KiB, over TCP beyond a few MiB. The server now takes the whole body before any output leaves."""
     if transport == "unix":
         address = str(tmp_path / "fcgi.sock")
-        server = Server(_streaming_echo, socket=address, graceful_timeout=5).start()
+        server = Server(streaming_echo, socket=address, graceful_timeout=5).start()
         upstream = f"unix:{address}"
     else:
-        server = Server(_streaming_echo, host="127.0.0.1", port=0, graceful_timeout=5).start()
+        server = Server(streaming_echo, host="127.0.0.1", port=0, graceful_timeout=5).start()
         upstream = f"127.0.0.1:{server.addresses[0][1]}"
     try:
         with run_nginx(tmp_path, upstream, keep_conn=True) as nginx:
@@ -307,13 +307,6 @@ def test_nginx_with_an_application_that_streams_its_output_while_it_reads_the_bo
                 assert reply.body == body
     finally:
         server.stop(graceful=False, timeout=10)
-
-
-def _streaming_echo(environ: dict[str, object], start_response: Callable[..., object]) -> Iterator[bytes]:
-    start_response("200 OK", [("Content-Type", "application/octet-stream")])
-    stream = environ["wsgi.input"]
-    while chunk := stream.read(65536):  # type: ignore[attr-defined]
-        yield chunk
 
 
 # --- the write pattern that truncated Caddy's large responses ------------------------------------------

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -14,7 +12,7 @@ from hypothesis import strategies as st
 
 from fcgiserve import Server
 from fcgiserve.scgi import SCGIError, SCGILimits, SCGIRequestParser
-from tests.helpers import ROOT, http_get, run_fcgiserve, run_nginx
+from tests.helpers import ROOT, http_get, run_fcgiserve, run_nginx, streaming_echo
 
 
 def _documented_scgi_location(port: int) -> str:
@@ -149,18 +147,12 @@ def test_parser_never_fails_otherwise_on_garbage(data: bytes, step: int) -> None
         pass
 
 
-def _streaming_echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
-    start_response("200 OK", [("Content-Type", "application/octet-stream")])
-    while chunk := environ["wsgi.input"].read(65536):
-        yield chunk
-
-
 def test_output_streamed_while_the_body_arrives_waits_for_the_whole_body() -> None:
     """A peer that reads nothing before it has sent its whole request (nginx, which also sends no more of
     the body once the response began) and an application that echoes its body as it reads it: the server
     takes the rest of the body before the first output, so a body far larger than the socket buffers
     comes back whole instead of both sides waiting on each other."""
-    server = Server(_streaming_echo, protocol="scgi", host="127.0.0.1", port=0, graceful_timeout=5).start()
+    server = Server(streaming_echo, protocol="scgi", host="127.0.0.1", port=0, graceful_timeout=5).start()
     try:
         body = os.urandom(24 << 20)
         response = scgi_request(server.addresses[0][1], netstring_request(_headers(body), body), timeout=60)
