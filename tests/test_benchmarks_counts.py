@@ -5,6 +5,7 @@ the per-interpreter venv, the prefork rows' pool sizes."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import platform
 import signal
@@ -135,6 +136,18 @@ def test_run_takes_python_with_debians_interpreter_by_default() -> None:
     assert run._parse(["--python", "/opt/py/bin/python3"]).python == Path("/opt/py/bin/python3")
     with pytest.raises(SystemExit):
         _module("bench_backends").interpreter(Path("/nonexistent/python3"))
+
+
+def test_rows_load_the_working_trees_modules_precompiled() -> None:
+    """The rows run with PYTHONDONTWRITEBYTECODE: without the runner's compileall, every fcgiserve process
+    would compile the tree's modules at start-up, and carry the compiler's leftovers in its idle RSS."""
+    backends = _module("bench_backends")
+    targets = [ROOT / "fcgiserve" / "server.py", BENCH / "apps" / "bench_app.py"]
+    cached = [Path(importlib.util.cache_from_source(str(source))) for source in targets]
+    for pyc in cached:
+        pyc.unlink(missing_ok=True)
+    backends.compile_sources(backends.interpreter(Path(sys.executable)))
+    assert all(pyc.is_file() for pyc in cached), cached
 
 
 def test_gitignore_keeps_the_per_interpreter_venvs_out() -> None:
