@@ -28,7 +28,7 @@ Scheduling (the fast path is the common case — nginx, one request per connecti
 
 Without multiplexing (``FCGI_MPXS_CONNS=0``, prefork's default) nobody reads the connection while an inline
 application runs; a peer that sends a second request anyway has it refused with CANT_MPX_CONN when it is
-read while the first is active (S-F6). nginx, Apache, lighttpd and Caddy never multiplex.
+read while the first is active (S-F6). nginx, Apache, lighttpd, Caddy and h2o never multiplex.
 """
 
 from __future__ import annotations

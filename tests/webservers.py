@@ -1,5 +1,5 @@
 """Real web servers in front of fcgiserve, for tests/integration/test_webservers.py and
-test_connection_survival.py (HAProxy: ``run_haproxy``).
+test_connection_survival.py (HAProxy: ``run_haproxy``; h2o: ``run_h2o``).
 
 Each web server is started in the foreground with its own config in a temp dir (own port on 127.0.0.1,
 own pid and log files) and stopped by pid. The site-specific part of each config is read from the
@@ -172,6 +172,36 @@ def haproxy_available() -> bool:
     return Path(HAPROXY).exists()
 
 
+# --- h2o -----------------------------------------------------------------------------------------------
+
+H2O = shutil.which("h2o") or "/usr/bin/h2o"
+H2O_BASE = """\
+listen:
+  host: 127.0.0.1
+  port: {port}
+error-log: {directory}/h2o-error-{port}.log
+"""
+
+
+@contextlib.contextmanager
+def run_h2o(
+    directory: Path, snippet: str, replace: Mapping[str, str] | None = None
+) -> Iterator[tuple[int, Proc]]:
+    """h2o in the foreground with the guide's ``snippet`` (docs/deploy-h2o.md), its example addresses and
+    paths replaced by ``replace``; yields (port, process). As root, h2o runs its workers as ``nobody``."""
+    port = free_port()
+    config = directory / f"h2o-{port}.conf"
+    head = H2O_BASE.format(port=port, directory=directory)
+    config.write_text(head + doc_snippet("deploy-h2o.md", snippet, replace))
+    out, error_log = directory / f"h2o-{port}.out", directory / f"h2o-error-{port}.log"
+    with started([H2O, "-c", str(config)], out, port, extra_logs=[error_log]) as proc:
+        yield port, proc
+
+
+def h2o_available() -> bool:
+    return Path(H2O).exists()
+
+
 # --- processes ------------------------------------------------------------------------------------------
 
 
@@ -295,11 +325,13 @@ __all__ = [
     "established_to",
     "exercise",
     "free_port",
+    "h2o_available",
     "haproxy_available",
     "haproxy_config",
     "http_request",
     "kill_if_alive",
     "pid_alive",
+    "run_h2o",
     "run_haproxy",
     "spawn_python",
     "started",

@@ -1,12 +1,13 @@
 """Kept-alive connections outlive the workers that hold them: zero lost requests through real front ends.
 
-nginx (upstream ``keepalive`` + ``fastcgi_keep_conn on``) and HAProxy (``fcgi-app`` with ``option keep-conn``,
-``option get-values``, config from docs/deploy-haproxy.md) each carry a bounded mixed load (tests/loadmix.py:
+nginx (upstream ``keepalive`` + ``fastcgi_keep_conn on``), HAProxy (``fcgi-app`` with ``option keep-conn``,
+``option get-values``, config from docs/deploy-haproxy.md) and h2o (``fastcgi.connect`` with
+``fastcgi.timeout.keepalive``, docs/deploy-h2o.md) each carry a bounded mixed load (tests/loadmix.py:
 8 keep-alive clients, GETs and POSTs with random bodies, every echoed digest checked) while fcgiserve
 recycles its workers (small ``--maxrequests`` with jitter) or gets SIGHUP every second, in both methods.
-Neither web server retries a POST, so a worker that closes a kept connection the web server was about to
-reuse shows up here as a 502 (with FCGI_KEEP_CONN the web server owns the connection's lifetime,
-S-D5). Zero failures are asserted, and that the recycling or reloads really happened.
+None of them retries a POST (h2o retries nothing), so a worker that closes a kept connection the web server
+was about to reuse shows up here as a 502 or 503 (with FCGI_KEEP_CONN the web server owns the connection's
+lifetime, S-D5). Zero failures are asserted, and that the recycling or reloads really happened.
 
 Also: a slow request does not hold up fast ones multiplexed on the same connection (HAProxy ``option
 mpxs-conns`` + ``http-reuse always``), stalled peers (half a PARAMS record, then silence) do not take a pool
@@ -35,7 +36,16 @@ from fcgiserve.client import default_params, fcgi_get_values, fcgi_request
 from fcgiserve.protocol import ClientConnection
 from tests.helpers import Server, run_fcgiserve, run_nginx, wait_for
 from tests.loadmix import LoadResult, every, run_mixed_load
-from tests.webservers import APP, established_to, exercise, haproxy_available, http_request, run_haproxy
+from tests.webservers import (
+    APP,
+    established_to,
+    exercise,
+    h2o_available,
+    haproxy_available,
+    http_request,
+    run_h2o,
+    run_haproxy,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +60,7 @@ RECYCLE = {
     "threaded": ["--maxrequests", "150", "--maxrequests-jitter", "50"],
     "prefork": ["--maxrequests", "25", "--maxrequests-jitter", "10"],
 }
-FRONT_ENDS = ["nginx", "haproxy"]
+FRONT_ENDS = ["nginx", "haproxy", "h2o"]
 
 
 @contextlib.contextmanager
@@ -66,6 +76,11 @@ def front_end(kind: str, tmp_path: Path, backend: int, snippet: str = "haproxy")
     if kind == "nginx":
         with run_nginx(tmp_path, f"127.0.0.1:{backend}", keep_conn=True) as nginx:
             yield nginx.port
+    elif kind == "h2o":
+        if not h2o_available():
+            pytest.fail("h2o is not installed (scripts/test installs the Debian package h2o)")
+        with run_h2o(tmp_path, "h2o-tcp", {"8080": str(backend)}) as (port, _proc):
+            yield port
     else:
         if not haproxy_available():
             pytest.skip("haproxy is not installed (scripts/test installs the Debian package haproxy)")

@@ -1,6 +1,6 @@
 """Every common web server drives fcgiserve: proxied to (nginx, Apache mod_proxy_fcgi with and without
-enablereuse, lighttpd, Caddy) and spawning it with the listening socket on fd 0 (lighttpd bin-path,
-spawn-fcgi, Apache mod_fcgid; S-A2).
+enablereuse, lighttpd, Caddy, h2o) and spawning it with the listening socket on fd 0 (lighttpd bin-path,
+spawn-fcgi, Apache mod_fcgid, h2o fastcgi.spawn; S-A2).
 
 Each test starts the real web server in the foreground with its own config in a temp dir; the site part of
 the config is the snippet of the deployment guide in docs/ (tests/webservers.py doc_snippet). Each serves the
@@ -11,6 +11,7 @@ exercise). Every process started here is stopped by pid in a finally.
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
 import signal
 import socket
@@ -36,6 +37,7 @@ from tests.webservers import (
     http_request,
     kill_if_alive,
     pid_alive,
+    run_h2o,
     started,
     world_readable_dir,
     write_site,
@@ -266,6 +268,54 @@ def test_caddy_fastcgi_transport(site: Path) -> None:
             )
         )
         exercise(port)
+
+
+# --- h2o -----------------------------------------------------------------------------------------------
+
+
+def _h2o(stack: ExitStack, site: Path, snippet: str, replace: dict[str, str]) -> tuple[int, Proc]:
+    _need("h2o", "h2o")
+    port, proc = stack.enter_context(run_h2o(site, snippet, replace))
+    return port, proc
+
+
+def test_h2o_fastcgi_connect_over_tcp_keeps_its_connections(site: Path) -> None:
+    """docs/deploy-h2o.md: with fastcgi.timeout.keepalive, h2o sets FCGI_KEEP_CONN and keeps the
+    connection for the next request."""
+    backend = free_port()
+    with ExitStack() as stack:
+        _backend(stack, site, backend)
+        port, _ = _h2o(stack, site, "h2o-tcp", {"8080": str(backend)})
+        exercise(port)
+        assert established_to(backend) >= 1, "h2o keeps its FastCGI connection between requests"
+
+
+def test_h2o_fastcgi_connect_over_a_unix_socket(site: Path) -> None:
+    """h2o's workers run as nobody when it starts as root: the guide's --socket-mode lets them connect."""
+    address = site / "fcgi.sock"
+    app = runpy.run_path(str(site / "wsapp.py"))["application"]
+    server = Server(app, socket=str(address), socket_mode=0o666, graceful_timeout=5).start()
+    try:
+        with ExitStack() as stack:
+            port, _ = _h2o(stack, site, "h2o-unix", {"/run/mysite/fcgi.sock": str(address)})
+            exercise(port)
+    finally:
+        server.stop(graceful=False, timeout=10)
+
+
+def test_h2o_fastcgi_spawn_runs_fcgiserve_on_fd0(site: Path) -> None:
+    """S-A2: h2o runs the command through /bin/sh with a listening unix socket on fd 0 (as nobody when it
+    starts as root); with exec, fcgiserve is the process h2o stops when it exits."""
+    replace = {"/srv/mysite/run-fcgiserve": str(site / "run-fcgiserve")}
+    with ExitStack() as stack:
+        port, h2o = _h2o(stack, site, "h2o-spawn", replace)
+        pid = int(exercise(port))
+        assert pid != h2o.pid
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+        assert b"fcgiserve" in cmdline and b"--host" not in cmdline and b"--socket" not in cmdline
+    _spawned_server_exits(pid)
+    assert "inherited fd 0 (FCGI_LISTENSOCK_FILENO)" in h2o.output()
 
 
 # --- nginx ---------------------------------------------------------------------------------------------
