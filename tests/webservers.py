@@ -1,5 +1,5 @@
 """Real web servers in front of fcgiserve, for tests/integration/test_webservers.py and
-test_connection_survival.py (HAProxy: ``run_haproxy``; h2o: ``run_h2o``).
+test_connection_survival.py (HAProxy: ``run_haproxy``; h2o: ``run_h2o``; Apache: ``run_apache``).
 
 Each web server is started in the foreground with its own config in a temp dir (own port on 127.0.0.1,
 own pid and log files) and stopped by pid. The site-specific part of each config is read from the
@@ -172,6 +172,57 @@ def haproxy_available() -> bool:
     return Path(HAPROXY).exists()
 
 
+# --- Apache httpd --------------------------------------------------------------------------------------
+
+APACHE2 = shutil.which("apache2") or "/usr/sbin/apache2"
+APACHE_MODULES = "/usr/lib/apache2/modules"
+APACHE_BASE = """\
+ServerRoot "{site}"
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+PidFile "{site}/apache.pid"
+DefaultRuntimeDir "{site}/apache-run"
+ErrorLog "{site}/apache-error.log"
+LogLevel warn
+{modules}
+{user}
+StartServers 1
+ServerLimit 1
+ThreadsPerChild 25
+MaxRequestWorkers 25
+DocumentRoot "{site}"
+"""
+# One process; 25 threads, not 8: at MaxRequestWorkers the event MPM closes its clients' idle keep-alive
+# connections, and a client that had just sent its next request on one gets no response at all (about one
+# request in a thousand under tests/loadmix.py's 8 clients, with or without fcgiserve recycling).
+
+
+@contextlib.contextmanager
+def run_apache(site: Path, snippet: str, replace: Mapping[str, str], modules: Sequence[str]) -> Iterator[int]:
+    """Apache httpd in the foreground (mpm_event, one process of 8 threads) with the guide's ``snippet``
+    (docs/deploy-apache.md); yields its port. ``site`` must be readable by www-data (world_readable_dir):
+    as root, Apache's children switch to that user."""
+    port = free_port()
+    (site / "apache-run").mkdir(exist_ok=True)
+    loads = "\n".join(
+        f"LoadModule {name}_module {APACHE_MODULES}/mod_{name}.so"
+        for name in ["mpm_event", "authz_core", "alias", *modules]
+    )
+    user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
+    conf = site / "apache.conf"
+    conf.write_text(
+        APACHE_BASE.format(site=site, port=port, modules=loads, user=user)
+        + doc_snippet("deploy-apache.md", snippet, replace)
+    )
+    argv = [APACHE2, "-f", str(conf), "-DFOREGROUND"]
+    with started(argv, site / "apache.out", port, extra_logs=[site / "apache-error.log"]):
+        yield port
+
+
+def apache_available() -> bool:
+    return Path(APACHE2).exists()
+
+
 # --- h2o -----------------------------------------------------------------------------------------------
 
 H2O = shutil.which("h2o") or "/usr/bin/h2o"
@@ -321,6 +372,7 @@ __all__ = [
     "BIG",
     "Proc",
     "Reply",
+    "apache_available",
     "doc_snippet",
     "established_to",
     "exercise",
@@ -331,6 +383,7 @@ __all__ = [
     "http_request",
     "kill_if_alive",
     "pid_alive",
+    "run_apache",
     "run_h2o",
     "run_haproxy",
     "spawn_python",

@@ -1,8 +1,9 @@
 """Kept-alive connections outlive the workers that hold them: zero lost requests through real front ends.
 
 nginx (upstream ``keepalive`` + ``fastcgi_keep_conn on``), HAProxy (``fcgi-app`` with ``option keep-conn``,
-``option get-values``, config from docs/deploy-haproxy.md) and h2o (``fastcgi.connect`` with
-``fastcgi.timeout.keepalive``, docs/deploy-h2o.md) each carry a bounded mixed load (tests/loadmix.py:
+``option get-values``, config from docs/deploy-haproxy.md), h2o (``fastcgi.connect`` with
+``fastcgi.timeout.keepalive``, docs/deploy-h2o.md) and Apache (``mod_proxy_fcgi`` with ``enablereuse=on``,
+docs/deploy-apache.md) each carry a bounded mixed load (tests/loadmix.py:
 8 keep-alive clients, GETs and POSTs with random bodies, every echoed digest checked) while fcgiserve
 recycles its workers (small ``--maxrequests`` with jitter) or gets SIGHUP every second, in both methods.
 None of them retries a POST (h2o retries nothing), so a worker that closes a kept connection the web server
@@ -15,7 +16,7 @@ of 2, ``wsgi.multithread`` per method, and GET_VALUES tells the truth about the 
 FCGI_MAX_REQS, FCGI_MPXS_CONNS).
 
 Every process is started with its own temp config on loopback and stopped by pid. The whole file takes about
-75 s on 2 shared cores (each load case is bounded at 3.5 s, the spare case at 6.5 s); a failing stalled-peer
+95 s on 2 shared cores (each load case is bounded at 3.5 s, the spare case at 6.5 s); a failing stalled-peer
 case waits out ``--params-timeout`` (4 s) once or twice.
 """
 
@@ -38,13 +39,16 @@ from tests.helpers import Server, run_fcgiserve, run_nginx, wait_for
 from tests.loadmix import LoadResult, every, run_mixed_load
 from tests.webservers import (
     APP,
+    apache_available,
     established_to,
     exercise,
     h2o_available,
     haproxy_available,
     http_request,
+    run_apache,
     run_h2o,
     run_haproxy,
+    world_readable_dir,
 )
 
 pytestmark = pytest.mark.integration
@@ -60,7 +64,7 @@ RECYCLE = {
     "threaded": ["--maxrequests", "150", "--maxrequests-jitter", "50"],
     "prefork": ["--maxrequests", "25", "--maxrequests-jitter", "10"],
 }
-FRONT_ENDS = ["nginx", "haproxy", "h2o"]
+FRONT_ENDS = ["nginx", "haproxy", "h2o", "apache"]
 
 
 @contextlib.contextmanager
@@ -76,6 +80,15 @@ def front_end(kind: str, tmp_path: Path, backend: int, snippet: str = "haproxy")
     if kind == "nginx":
         with run_nginx(tmp_path, f"127.0.0.1:{backend}", keep_conn=True) as nginx:
             yield nginx.port
+    elif kind == "apache":
+        if not apache_available():
+            pytest.fail("apache2 is not installed (scripts/test installs the Debian package apache2)")
+        replace = {"8080": str(backend)}
+        with (
+            world_readable_dir("fcgiserve-apache-") as site,
+            run_apache(site, "apache-proxy-fcgi", replace, ["proxy", "proxy_fcgi"]) as port,
+        ):
+            yield port
     elif kind == "h2o":
         if not h2o_available():
             pytest.fail("h2o is not installed (scripts/test installs the Debian package h2o)")

@@ -37,6 +37,7 @@ from tests.webservers import (
     http_request,
     kill_if_alive,
     pid_alive,
+    run_apache,
     run_h2o,
     started,
     world_readable_dir,
@@ -162,49 +163,10 @@ def test_spawn_fcgi_behind_lighttpd(site: Path) -> None:
 
 # --- Apache httpd --------------------------------------------------------------------------------------
 
-APACHE_MODULES = "/usr/lib/apache2/modules"
-APACHE_BASE = """\
-ServerRoot "{site}"
-ServerName 127.0.0.1
-Listen 127.0.0.1:{port}
-PidFile "{site}/apache.pid"
-DefaultRuntimeDir "{site}/apache-run"
-ErrorLog "{site}/apache-error.log"
-LogLevel warn
-{modules}
-{user}
-StartServers 1
-ServerLimit 1
-ThreadsPerChild 8
-MaxRequestWorkers 8
-DocumentRoot "{site}"
-"""
-
 
 def _apache(stack: ExitStack, site: Path, snippet: str, replace: dict[str, str], modules: list[str]) -> int:
-    apache2 = _need("apache2", "apache2")
-    port = free_port()
-    (site / "apache-run").mkdir(exist_ok=True)
-    loads = "\n".join(
-        f"LoadModule {name}_module {APACHE_MODULES}/mod_{name}.so"
-        for name in ["mpm_event", "authz_core", "alias", *modules]
-    )
-    # As root, Apache's children must switch to an unprivileged user: Debian's www-data.
-    user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
-    conf = site / "apache.conf"
-    conf.write_text(
-        APACHE_BASE.format(site=site, port=port, modules=loads, user=user)
-        + doc_snippet("deploy-apache.md", snippet, replace)
-    )
-    stack.enter_context(
-        started(
-            [apache2, "-f", str(conf), "-DFOREGROUND"],
-            site / "apache.out",
-            port,
-            extra_logs=[site / "apache-error.log"],
-        )
-    )
-    return port
+    _need("apache2", "apache2")
+    return stack.enter_context(run_apache(site, snippet, replace, modules))
 
 
 @pytest.mark.parametrize("reuse", [True, False], ids=["enablereuse", "no-reuse"])
