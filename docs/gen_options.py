@@ -27,7 +27,7 @@ old `manage.py runfcgi` style, as `key=value` words mixed freely with the flags:
 
 Booleans accept true/false, yes/no, on/off and 1/0; sizes accept K, M and G suffixes (powers of 1024);
 modes and masks are octal. `daemonize=false` is accepted and ignored; `daemonize=true` is an error:
-fcgiserve always runs in the foreground, to be started by a supervisor (systemd, runit, daemontools).
+fcgiserve always runs in the foreground, to be started by a supervisor (systemd, runit, s6, daemontools).
 A mistake is reported on one line naming the option, and the exit status is 2.
 
 Options that bound each other fit together: the defaults you did not set give way to the values you did,

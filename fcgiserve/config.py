@@ -313,6 +313,9 @@ OPTIONS: tuple[Option, ...] = (
          "the ones a peer forgets). 0 means never.", metavar="SECONDS"),
     _opt("pidfile", None, _path, _PROC, "Write the server's pid to this file (atomically), refuse to start "
          "if it names a running process, remove it on exit.", runfcgi=("pidfile",), metavar="PATH"),
+    _opt("ready_fd", None, _optional_int(3), _PROC, "Write a newline to this inherited file descriptor and "
+         "close it once the server serves: s6's readiness notification (the number in the service's "
+         "notification-fd file), also dinit's pipefd.", metavar="N"),
     # Request limits
     _opt("multiplexed", None, _optional_bool, _LIMITS, "Advertise FCGI_MPXS_CONNS=1 and run several "
          "requests of one connection concurrently. nginx does not multiplex, so this matters only to web "
@@ -424,6 +427,7 @@ class Config:
     graceful_timeout: float = _D["graceful_timeout"]
     idle_timeout: float = _D["idle_timeout"]
     pidfile: str | None = _D["pidfile"]
+    ready_fd: int | None = _D["ready_fd"]
     multiplexed: bool | None = _D["multiplexed"]
     max_requests_per_connection: int = _D["max_requests_per_connection"]
     max_connections: int = _D["max_connections"]

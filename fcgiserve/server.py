@@ -35,6 +35,7 @@ from fcgiserve.pools.base import PoolEvent, PoolExit, PoolSettings, StopReason
 from fcgiserve.pools.handoff import adopt_kept, keep_across_exec
 from fcgiserve.pools.threaded import ThreadedPool
 from fcgiserve.protocol import ConnectionSettings, ProtocolLimits
+from fcgiserve.readyfd import ReadyFd, ReadyFdError
 from fcgiserve.sdnotify import ServiceNotifier, WatchdogPinger, watchdog_interval
 from fcgiserve.status_sources import build_operations, prefork_stats_provider, threaded_stats_provider
 from fcgiserve.wsgi import WSGIOptions
@@ -100,6 +101,7 @@ class Server:
         # systemd's view (sdnotify.py): only a server that owns its process (run() with signals) speaks to
         # $NOTIFY_SOCKET; one embedded with start() leaves that to its host.
         self._notifier = ServiceNotifier({})
+        self._ready_fd = ReadyFd(None)  # --ready-fd (readyfd.py), set up by run()
         self._counters = SharedCounters()  # the status page's request counters (operations.py)
 
     # -- library API --------------------------------------------------------------------------------------
@@ -150,7 +152,9 @@ class Server:
         if install_signals:
             self._notifier = ServiceNotifier()
             self._hold_early_signals()
+        self._ready_fd = ReadyFd(config.ready_fd)
         try:
+            self._check_ready_fd()
             self._prepare_process()
             pidfile = self._create_pidfile()  # first: a second instance is refused before any work
             app = self._load_application()
@@ -163,10 +167,15 @@ class Server:
         try:
             try:
                 self._listeners = open_listeners(config)
+                self._check_ready_fd()
             except (ListenerError, OSError) as exc:
                 log.error("cannot listen: %s", exc)
                 self._ready.set()
                 return EXIT_STARTUP
+            except StartupError as exc:
+                log.error("%s", exc)
+                self._ready.set()
+                return exc.status
             self._warn_if_exposed()
             watchdog = self._start_watchdog()
             try:
@@ -187,6 +196,14 @@ class Server:
                 listener.close(unlink=True)
             if pidfile is not None:
                 pidfile.remove()
+
+    def _check_ready_fd(self) -> None:
+        """Before the application loads, and again once the listeners are open (an inherited listener may
+        have the number): an fd that cannot take the readiness newline stops the start."""
+        try:
+            self._ready_fd.check({listener.fileno() for listener in self._listeners})
+        except ReadyFdError as exc:
+            raise StartupError(str(exc), EXIT_STARTUP) from None
 
     def _prepare_process(self) -> None:
         config = self.config
@@ -308,6 +325,7 @@ class Server:
         if pool is not None and pool.ready.wait(60):
             self._ready.set()
             self._notifier.ready(self._status_line())
+            self._ready_fd.ready()
             self._replay_early_signals()
 
     def _hold_early_signals(self) -> None:
@@ -370,6 +388,7 @@ class Server:
 
     def _reexec(self, argv: list[str], start_dir: str) -> None:
         env = {**os.environ, **export_for_reexec(self._listeners), **keep_across_exec(self._kept)}
+        env.update(self._ready_fd.export_for_reexec())
         self._notifier.reloading()  # no-op when HUP already said so; max_requests recycling says it here
         log.info("reloading: re-executing %s in place (pid %d)", " ".join(argv), os.getpid())
         os.chdir(start_dir)

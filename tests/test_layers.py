@@ -77,6 +77,7 @@ FORBIDDEN: dict[str, set[str]] = {
     # Operations (docs/operations.md): systemd notification and status rendering are stdlib only; the
     # per-request features know the status renderer; the status sources read the pools, never a request.
     "sdnotify": {"*"},
+    "readyfd": {"*"},  # s6's readiness fd: stdlib only, like sdnotify
     "status": {"*"},
     "operations": {"protocol", "handler", "pools", "listeners", "cli", "client", "server", *_WSGI},
     "status_sources": {"protocol", "handler", "cli", "client", "server", *_WSGI},

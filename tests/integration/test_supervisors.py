@@ -1,4 +1,5 @@
-"""fcgiserve under real supervisors: daemontools (supervise / svc / svstat) and runit (runsv / sv).
+"""fcgiserve under real supervisors: daemontools (supervise / svc / svstat), runit (runsv / sv) and s6
+(s6-supervise / s6-svc / s6-svstat, with readiness through --ready-fd and s6-svwait -U).
 
 The `run` script is the classic one from the deployment guide: `exec fcgiserve ... --method=prefork`.
 """
@@ -43,7 +44,7 @@ VERSION_FILE={version}
 export PATH PYTHONPATH VERSION_FILE
 exec 2>&1
 exec {envuidgid}fcgiserve mysite:application --method=prefork --port {port} --pidfile {pidfile} \\
-    --minspare 1 --maxspare 2 --maxchildren 4 --graceful-timeout 5
+    --minspare 1 --maxspare 2 --maxchildren 4 --graceful-timeout 5{extra}
 """
 
 
@@ -93,7 +94,7 @@ def _alive(pids: set[int]) -> set[int]:
     return {p for p in pids if process_state(p) not in (None, "Z")}
 
 
-def _make_service(tmp_path: Path, envuidgid: str = "") -> tuple[Path, int, Path, Path]:
+def _make_service(tmp_path: Path, envuidgid: str = "", extra: str = "") -> tuple[Path, int, Path, Path]:
     site = tmp_path / "site"
     site.mkdir()
     (site / "mysite.py").write_text(APP)
@@ -113,6 +114,7 @@ def _make_service(tmp_path: Path, envuidgid: str = "") -> tuple[Path, int, Path,
             port=port,
             pidfile=pidfile,
             envuidgid=envuidgid,
+            extra=extra,
         )
     )
     run.chmod(0o755)
@@ -231,6 +233,49 @@ def runit_service(tmp_path: Path) -> Iterator[Service]:
         _stop_supervisor(proc, service)
 
 
+@pytest.fixture
+def s6_service(tmp_path: Path) -> Iterator[Service]:
+    """s6-supervise with readiness: the service's notification-fd file says 3, the run script passes
+    --ready-fd 3 (docs/deploy-nginx-django.md)."""
+    if not shutil.which("s6-supervise"):
+        pytest.fail("s6 is not installed; .ci/run installs it (apt-get install s6)")
+    directory, port, pidfile, version = _make_service(tmp_path, extra=" --ready-fd 3")
+    (directory / "notification-fd").write_text("3\n")
+
+    def status() -> tuple[bool, int | None]:
+        out = subprocess.run(
+            ["s6-svstat", "-o", "up,pid", str(directory)], capture_output=True, text=True
+        ).stdout.split()
+        return (True, int(out[1])) if out[:1] == ["true"] and out[1:2] != ["-1"] else (False, None)
+
+    def control(action: str) -> None:
+        flag = {"hup": "-h", "kill": "-k", "down": "-d", "up": "-u", "exit": "-dx"}[action]
+        subprocess.run(["s6-svc", flag, str(directory)], check=True)
+
+    proc = subprocess.Popen(
+        ["s6-supervise", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    service = Service(directory, port, pidfile, version, status, control)
+    try:
+        yield service
+    finally:
+        _stop_supervisor(proc, service)
+
+
+def _wait_ready(service: Service) -> None:
+    """s6-svwait -U: returns once the service is up and has written its readiness newline; by then it
+    answers."""
+    done = subprocess.run(
+        ["s6-svwait", "-U", "-t", "30000", str(service.directory)], capture_output=True, text=True, timeout=40
+    )
+    assert done.returncode == 0, done.stderr
+    assert _answers(service.port), "ready, but not serving"
+    ready = subprocess.run(
+        ["s6-svstat", "-o", "ready", str(service.directory)], capture_output=True, text=True
+    ).stdout.strip()
+    assert ready == "true"
+
+
 def test_daemontools_supervise_svc_svstat(daemontools_service: Service) -> None:
     """The classic run script with `exec envuidgid ... fcgiserve`: svstat, svc -h / -k / -d / -u."""
     _exercise(daemontools_service)
@@ -238,3 +283,13 @@ def test_daemontools_supervise_svc_svstat(daemontools_service: Service) -> None:
 
 def test_runit_runsv_sv(runit_service: Service) -> None:
     _exercise(runit_service)
+
+
+def test_s6_supervise_svc_svstat_with_readiness(s6_service: Service) -> None:
+    """s6: readiness through --ready-fd (s6-svwait -U), then the same life as under daemontools: reload under
+    load keeping the pid, kill and restart (ready again), down, up."""
+    _wait_ready(s6_service)
+    first = s6_service.status()[1]
+    _exercise(s6_service)
+    assert s6_service.status()[1] != first
+    _wait_ready(s6_service)
