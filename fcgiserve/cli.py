@@ -5,9 +5,11 @@ hand over to ``server.Server``. No server logic lives here.
 from __future__ import annotations
 
 import logging
+import platform
 import sys
 from collections.abc import Sequence
 
+from fcgiserve import __version__
 from fcgiserve.cli_args import main_parse
 from fcgiserve.config import ConfigError
 from fcgiserve.logs import setup_logging
@@ -21,7 +23,8 @@ PROG = "fcgiserve"
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server in the foreground until it is stopped; return the process exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    config = main_parse(args, PROG)  # bad options: one line on stderr, exit 2
+    version = f"{PROG} {__version__} (Python {platform.python_version()})"
+    config = main_parse(args, PROG, version)  # bad options: one line on stderr, exit 2
     if config.app is None:
         print(
             f"{PROG}: error: the application is required: fcgiserve MODULE[:CALLABLE] [options]",

@@ -128,10 +128,16 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     return parse_known(argv, parser)[0]
 
 
-def main_parse(argv: Sequence[str] | None = None, prog: str = "fcgiserve") -> Config:
-    """``parse_args()`` for a ``main()``: a mistake prints ``prog: error: ...`` (one line) and exits 2."""
+def main_parse(
+    argv: Sequence[str] | None = None, prog: str = "fcgiserve", version: str | None = None
+) -> Config:
+    """``parse_args()`` for a ``main()``: a mistake prints ``prog: error: ...`` (one line) and exits 2.
+    With ``version``, ``--version`` prints it and exits 0."""
+    parser = build_argparser(prog)
+    if version is not None:
+        parser.add_argument("--version", action="version", version=version, help="Print the version, exit.")
     try:
-        return parse_args(argv, build_argparser(prog))
+        return parse_args(argv, parser)
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import fcgiserve
 from fcgiserve.cli_args import build_argparser, main_parse, parse_args, parse_known
 from fcgiserve.config import OPTIONS, Config, ConfigError
 
@@ -471,6 +473,21 @@ def test_main_parse_in_a_real_process(argv: list[str]) -> None:
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("fcgiserve: error: "), done.stderr
+
+
+def test_version_prints_the_package_version_and_exits_0() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fcgiserve", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"fcgiserve {fcgiserve.__version__} (Python "), done.stdout
+    declared = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert declared is not None and declared.group(1) == fcgiserve.__version__, "pyproject.toml disagrees"
 
 
 def test_help_shows_every_flag_default_and_runfcgi_name(capsys: pytest.CaptureFixture[str]) -> None:
