@@ -135,6 +135,17 @@ def _size(raw: object) -> object:
     return raw
 
 
+def _stack_size(raw: object) -> object:
+    """0 or None: the system's thread stack size; else a size the C library takes (64K or more, in pages)."""
+    if raw is None or raw == "":
+        return 0
+    value = _size(raw)
+    assert isinstance(value, int)
+    if value and (value < 64 * 1024 or value % 4096):
+        raise ValueError("must be 0 (the system's) or a multiple of 4K of at least 64K, like 512K or 1M")
+    return value
+
+
 def _path(raw: object) -> object:
     if raw is None or raw == "":
         return None
@@ -313,6 +324,11 @@ OPTIONS: tuple[Option, ...] = (
          "the ones a peer forgets). 0 means never.", metavar="SECONDS"),
     _opt("pidfile", None, _path, _PROC, "Write the server's pid to this file (atomically), refuse to start "
          "if it names a running process, remove it on exit.", runfcgi=("pidfile",), metavar="PATH"),
+    _opt("thread_stack_size", 0, _stack_size, _PROC, "Stack size of every thread started after start-up, "
+         "the application's own included. Each thread reserves this much address space (the system's "
+         "default, ulimit -s, is usually 8M); lower it (512K or 1M) where the address space is limited "
+         "(ulimit -v, some VPS plans) and the pool cannot start the threads it needs. Code that recurses "
+         "deeply needs more.", metavar="SIZE", default_text="0 (the system's)"),
     _opt("ready_fd", None, _optional_int(3), _PROC, "Write a newline to this inherited file descriptor and "
          "close it once the server serves: s6's readiness notification (the number in the service's "
          "notification-fd file), also dinit's pipefd.", metavar="N"),
@@ -427,6 +443,7 @@ class Config:
     graceful_timeout: float = _D["graceful_timeout"]
     idle_timeout: float = _D["idle_timeout"]
     pidfile: str | None = _D["pidfile"]
+    thread_stack_size: int = _D["thread_stack_size"]
     ready_fd: int | None = _D["ready_fd"]
     multiplexed: bool | None = _D["multiplexed"]
     max_requests_per_connection: int = _D["max_requests_per_connection"]

@@ -21,9 +21,17 @@ import mmap
 import sys
 import threading
 
-__all__ = ["SCRATCH_SIZE", "release_free_memory", "release_scratch_buffer", "scratch_buffer", "trim_heap"]
+__all__ = [
+    "FALLBACK_SCRATCH_SIZE",
+    "SCRATCH_SIZE",
+    "release_free_memory",
+    "release_scratch_buffer",
+    "scratch_buffer",
+    "trim_heap",
+]
 
 SCRATCH_SIZE = 256 * 1024  # one recv takes a whole nginx request, or a good slice of an upload
+FALLBACK_SCRATCH_SIZE = 64 * 1024  # below glibc's mmap threshold: it comes from the heap
 _scratch = threading.local()
 
 
@@ -54,7 +62,7 @@ def trim_heap() -> bool:
     return bool(trim(0))
 
 
-def scratch_buffer() -> tuple[mmap.mmap, memoryview]:
+def scratch_buffer() -> tuple[mmap.mmap | bytearray, memoryview]:
     """This thread's receive buffer (and a view of it), for data that is consumed before the next read.
 
     One per thread, not one per connection: a zero-filled bytearray per kept-alive connection cost 256 KiB
@@ -64,11 +72,21 @@ def scratch_buffer() -> tuple[mmap.mmap, memoryview]:
     try:
         return _scratch.buffer, _scratch.view
     except AttributeError:
-        # Private, not mmap's default shared mapping: MADV_DONTNEED frees private pages, while a shared
-        # anonymous mapping would keep them in its backing object.
-        _scratch.buffer = mmap.mmap(-1, SCRATCH_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        _scratch.view = memoryview(_scratch.buffer)
+        buffer: mmap.mmap | bytearray
+        try:
+            buffer = _map_scratch()
+        except OSError:
+            # No address space left for a new mapping (ulimit -v): a smaller buffer from the heap, whose
+            # address space the C allocator has already reserved, still serves, in more reads.
+            buffer = bytearray(FALLBACK_SCRATCH_SIZE)
+        _scratch.buffer, _scratch.view = buffer, memoryview(buffer)
         return _scratch.buffer, _scratch.view
+
+
+def _map_scratch() -> mmap.mmap:
+    # Private, not mmap's default shared mapping: MADV_DONTNEED frees private pages, while a shared anonymous
+    # mapping would keep them in its backing object.
+    return mmap.mmap(-1, SCRATCH_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 def release_scratch_buffer() -> None:
@@ -78,5 +96,5 @@ def release_scratch_buffer() -> None:
     work a while, never while its buffer holds data.
     """
     buffer = getattr(_scratch, "buffer", None)
-    if buffer is not None:
+    if isinstance(buffer, mmap.mmap):
         buffer.madvise(mmap.MADV_DONTNEED)

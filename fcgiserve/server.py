@@ -207,6 +207,13 @@ class Server:
 
     def _prepare_process(self) -> None:
         config = self.config
+        if config.thread_stack_size:
+            try:
+                threading.stack_size(config.thread_stack_size)
+            except (ValueError, RuntimeError) as exc:
+                raise StartupError(
+                    f"--thread-stack-size {config.thread_stack_size}: {exc}", EXIT_STARTUP
+                ) from None
         if config.umask is not None:
             os.umask(config.umask)
         if config.chdir is not None:

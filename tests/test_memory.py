@@ -5,7 +5,10 @@ from __future__ import annotations
 import ctypes
 import threading
 
-from fcgiserve.memory import SCRATCH_SIZE, release_scratch_buffer, scratch_buffer
+import pytest
+
+from fcgiserve import memory
+from fcgiserve.memory import FALLBACK_SCRATCH_SIZE, SCRATCH_SIZE, release_scratch_buffer, scratch_buffer
 
 
 def _resident_kib(address: int) -> int:
@@ -59,3 +62,28 @@ def test_release_without_a_buffer_does_nothing() -> None:
 
 def _address(view: memoryview) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def test_without_address_space_for_a_mapping_the_buffer_comes_from_the_heap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ulimit -v reached: mmap fails with ENOMEM; a smaller heap buffer still serves, and releasing it is a
+    no-op."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(memory, "_map_scratch", refuse)
+    got: list[object] = []
+
+    def work() -> None:
+        buffer, view = scratch_buffer()
+        release_scratch_buffer()
+        buffer[:4] = b"read"
+        got.extend([buffer, bytes(view[:4]), scratch_buffer()[0] is buffer])
+
+    thread = threading.Thread(target=work)  # a fresh thread: no buffer yet
+    thread.start()
+    thread.join()
+    assert isinstance(got[0], bytearray) and len(got[0]) == FALLBACK_SCRATCH_SIZE
+    assert got[1:] == [b"read", True]

@@ -40,6 +40,10 @@ class Crew:
         self.min_spare = max(1, min(min_spare, max_threads))
         self.max_spare = max(self.min_spare, min(max_spare, max_threads))
         self.max_threads = max_threads
+        # How many threads may exist now: max_threads, or the count at which the system last refused a
+        # thread (RLIMIT_NPROC or RLIMIT_AS, a cgroup's pids.max, memory), until ceiling_until.
+        self.ceiling = max_threads
+        self.ceiling_until = 0.0
         self.spare_idle_time = spare_idle_time
         self.threads = 0
         self.idle = 0
@@ -51,7 +55,7 @@ class Crew:
 
     def reserve_spares(self) -> int:
         """How many threads to start so that min_spare wait (within max_threads); counted idle at once."""
-        count = min(self.min_spare - self.idle, self.max_threads - self.threads)
+        count = min(self.min_spare - self.idle, self.ceiling - self.threads)
         if count <= 0:
             return 0
         self.threads += count
@@ -71,7 +75,7 @@ class Crew:
         if self.followers:
             self.followers.pop().release()  # the most recently idle thread: its stack is warm
             return False
-        if self.threads < self.max_threads:
+        if self.threads < self.ceiling:
             self.threads += 1
             self.idle += 1
             return True
@@ -79,7 +83,23 @@ class Crew:
         return False
 
     def can_promote(self) -> bool:
-        return bool(self.followers) or self.threads < self.max_threads
+        return bool(self.followers) or self.threads < self.ceiling
+
+    def not_started(self, count: int, led: bool, until: float) -> None:
+        """``count`` threads counted idle could not start: the system refused them. ``led``: the first was
+        to lead, so nobody leads now (the next thread back from a job does). No more are asked for until
+        ``until``: the limit seldom lifts at once, and every refused start costs a failed mmap and clone."""
+        self.threads -= count
+        self.idle -= count
+        if led:
+            self.leader = False
+        self.ceiling = self.threads
+        self.ceiling_until = until
+
+    def lift_ceiling(self, now: float) -> None:
+        """Back to max_threads once ``ceiling_until`` has passed."""
+        if self.ceiling_until and now >= self.ceiling_until:
+            self.ceiling, self.ceiling_until = self.max_threads, 0.0
 
     def begin_job(self, now: float) -> None:
         """The leader turns to a job, and wakes nobody: most jobs end sooner than a promotion would."""

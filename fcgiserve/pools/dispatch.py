@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fcgiserve.memory import release_scratch_buffer, trim_heap
+from fcgiserve.memory import release_scratch_buffer, scratch_buffer, trim_heap
 from fcgiserve.pools.admission import Admission
 from fcgiserve.pools.base import ConnectionFactory, RequestCounter, ServedConnection
 from fcgiserve.pools.control import ControlWaiter
@@ -64,6 +64,10 @@ _FORCED_JOIN_TIMEOUT = 0.2
 # How long a prefork child that holds no connection leaves a new one to its siblings (defer_new): a hello
 # request takes tens of microseconds, so a busy sibling looks again well within it.
 _DEFER_SECONDS = 0.001
+# After the system refused a thread, no new one is asked for during this long; the refusal is logged at
+# most once in _REFUSAL_LOG_SECONDS.
+_REFUSED_RETRY_SECONDS = 5.0
+_REFUSAL_LOG_SECONDS = 60.0
 
 
 class Dispatcher:
@@ -119,8 +123,10 @@ class Dispatcher:
         self._defer_new = defer_new
         self._defer_again_at = 0.0
         self._thread_serial = itertools.count(1)
+        self._refusal_logged_at = -math.inf
         self._counter = RequestCounter(max_requests, self._on_max_requests)
         self.max_requests_reached = False
+        self.worker_failed = False  # a worker thread died of an error: the stop that follows is a recycle
         self.ready = threading.Event()  # set while serve_forever is serving
 
         self._control = ControlWaiter()  # what the control thread waits on; wake() from any thread
@@ -276,6 +282,9 @@ class Dispatcher:
                         # Listening again: a connection that waited through a deferral is taken now, even
                         # if this thread woke late for it.
                         self._defer_again_at = now + _DEFER_SECONDS
+            if self._crew.ceiling_until:
+                with self._lock:
+                    self._crew.lift_ceiling(time.monotonic())
             self._promote_if_stalled()
             self._trim_when_quiet()
             if self._stopping:
@@ -368,6 +377,8 @@ class Dispatcher:
             when = min(when, self._stop_deadline, self._drain_deadline)
         if self._admission.retry_at:
             when = min(when, self._admission.retry_at)
+        if self._crew.ceiling_until:
+            when = min(when, self._crew.ceiling_until)
         if not self._trimmed:  # while a job runs, look again a second later
             when = min(when, max(self._last_job_at, now if self._crew.busy else 0.0) + _QUIET_TRIM_SECONDS)
         with self._lock:
@@ -430,7 +441,8 @@ class Dispatcher:
         self._start_threads(count, leader)
 
     def _start_threads(self, count: int, leader: bool = False) -> None:
-        """Start ``count`` threads (already counted idle); the first as the leader if ``leader``."""
+        """Start ``count`` threads (already counted idle); the first as the leader if ``leader``. Never
+        raises: a thread the system refuses is logged, and the pool serves with the threads it has."""
         for index in range(count):
             thread = threading.Thread(
                 target=self._work,
@@ -440,7 +452,30 @@ class Dispatcher:
             )
             with self._lock:
                 self._workers.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": a process, memory or address-space limit
+                self._threads_refused(thread, count - index, leader and index == 0, exc)
+                return
+
+    def _threads_refused(self, thread: threading.Thread, count: int, led: bool, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._workers.discard(thread)
+            self._crew.not_started(count, led, now + _REFUSED_RETRY_SECONDS)
+            threads = self._crew.threads
+            warn = now >= self._refusal_logged_at + _REFUSAL_LOG_SECONDS
+            if warn:
+                self._refusal_logged_at = now
+        self._control.wake()  # it tries again once the ceiling lifts
+        if warn:
+            log.warning(
+                "cannot start another worker thread (%s): serving with %d thread(s), more connections wait "
+                "in the listen queue; the limit is the process count (ulimit -u, a cgroup's pids.max), the "
+                "address space (ulimit -v; see --thread-stack-size) or memory",
+                str(exc) or type(exc).__name__,
+                threads,
+            )
 
     def _begin_stop(self) -> None:
         """Stop accepting; parked connections drain: served once more and closed after that response.
@@ -516,7 +551,42 @@ class Dispatcher:
     # -- worker threads ---------------------------------------------------------------------------------
 
     def _work(self, leader: bool) -> None:
-        """A worker: lead (wait in the epoll), follow (wait on its gate until promoted), or serve a job."""
+        """A worker thread's life; an error nothing else caught recycles the pool (``_worker_failed``)."""
+        try:
+            scratch_buffer()  # its read buffer, now: a thread that cannot have one must take no connection
+        except (MemoryError, OSError) as exc:
+            self._threads_refused(threading.current_thread(), 1, leader, exc)
+            return
+        try:
+            self._serve_as_worker(leader)
+        except Exception as exc:  # memory exhausted (MemoryError), or a bug
+            self._worker_failed(exc)
+
+    def _worker_failed(self, exc: Exception) -> None:
+        """A worker thread met an error that nothing else caught. Its place in the crew cannot be mended
+        from here (it may have been the thread that watches the epoll, and then nobody would), so the pool
+        recycles as at max_requests: the threaded pool's process re-executes, a prefork child hands its
+        connections on and exits. Kept connections survive; the one this thread served, if any, closes."""
+        me = threading.current_thread()
+        with self._lock:
+            served = self._in_service.pop(threading.get_ident(), None)
+            if served is not None:
+                self._armed_by.pop(threading.get_ident(), None)
+                self._crew.end_job()
+                self._admission.open -= 1
+            self._crew.retire()
+            self._workers.discard(me)
+            self.worker_failed = True
+        if served is not None:
+            close_quietly(served)
+        try:
+            log.error("worker thread %s failed; the pool recycles", me.name, exc_info=exc)
+        except Exception:
+            pass  # out of memory for the message too: the recycle still happens
+        self._on_max_requests()
+
+    def _serve_as_worker(self, leader: bool) -> None:
+        """Lead (wait in the epoll), follow (wait on its gate until promoted), or serve a job."""
         me = threading.current_thread()
         ident = threading.get_ident()
         crew = self._crew

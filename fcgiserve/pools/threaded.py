@@ -193,7 +193,9 @@ class ThreadedPool:
     def _log_stop(self, reason: StopReason) -> None:
         d = self._dispatcher
         if reason is StopReason.RELOAD:
-            why = "max_requests reached" if d.max_requests_reached and self._reason is None else "reload"
+            why = "reload"
+            if self._reason is None:
+                why = "a failed worker thread" if d.worker_failed else "max_requests reached"
             log.info(
                 "threaded pool drained for %s after %d request(s); listeners kept open for the new process",
                 why,

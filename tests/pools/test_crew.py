@@ -108,3 +108,28 @@ def test_release_followers_opens_every_gate() -> None:
     followers = _started(crew)
     crew.release_followers()
     assert crew.followers == [] and all(gate.acquire(blocking=False) for gate in followers)
+
+
+def test_threads_the_system_refused_are_uncounted_and_no_more_are_asked_for_a_while() -> None:
+    """A refused start (RLIMIT_NPROC or RLIMIT_AS, pids.max): the crew stops counting those threads, nobody
+    leads if the first was to, and the ceiling holds at what runs until it lifts."""
+    crew = Crew(min_spare=3, max_spare=5, max_threads=10, spare_idle_time=1.0)
+    assert crew.reserve_spares() == 3 and crew.lead_if_unled()
+    crew.not_started(2, led=False, until=100.0)  # the first started, two did not
+    assert (crew.threads, crew.idle, crew.leader) == (1, 1, True)
+    assert crew.reserve_spares() == 0 and not crew.can_promote()
+    crew.begin_job(0.0)
+    assert crew.promote() is False and not crew.leader, "no new thread: the next one back leads"
+    crew.lift_ceiling(99.0)
+    assert crew.ceiling == 1
+    crew.lift_ceiling(100.0)
+    assert (crew.ceiling, crew.ceiling_until) == (10, 0.0)
+    assert crew.reserve_spares() == 3 and crew.can_promote()
+
+
+def test_a_refused_leader_leaves_the_pool_leaderless() -> None:
+    crew = Crew(min_spare=1, max_spare=1, max_threads=4, spare_idle_time=1.0)
+    assert crew.reserve_spares() == 1 and crew.lead_if_unled()
+    crew.not_started(1, led=True, until=5.0)
+    assert (crew.threads, crew.idle, crew.leader, crew.ceiling) == (0, 0, False, 0)
+    assert crew.reserve_spares() == 0

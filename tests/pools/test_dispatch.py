@@ -18,6 +18,7 @@ import pytest
 from fcgiserve.pools import dispatch
 from fcgiserve.pools.dispatch import Dispatcher
 from tests.pools.lineproto import (
+    WORKER_PREFIX,
     LineClient,
     LineFactory,
     close_clients,
@@ -1000,3 +1001,67 @@ def test_a_deferred_connection_goes_to_the_busy_sibling_that_comes_back_first(mo
             assert (busy.open_connections, spare.open_connections) == (2, 0)
             slow.close()
             late.close()
+
+
+def test_threads_the_system_refuses_leave_the_pool_serving_with_those_it_has(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RLIMIT_NPROC, RLIMIT_AS or pids.max: Thread.start raises "can't start new thread". The pool serves
+    every request with the threads it has (the others wait in the backlog), says so once, and starts no
+    thread while the ceiling holds."""
+    real_start = threading.Thread.start
+    allowed = 3  # the control loop's own thread is not a worker; these are
+
+    def start(thread: threading.Thread) -> None:
+        nonlocal allowed
+        if thread.name.startswith(WORKER_PREFIX):
+            if allowed == 0:
+                raise RuntimeError("can't start new thread")
+            allowed -= 1
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with (
+        caplog.at_level(logging.WARNING, logger="fcgiserve.pools"),
+        tcp_listener() as listener,
+        serving(listener, min_spare=1, max_spare=4, max_threads=8) as (d, factory),
+    ):
+        clients = [LineClient(listener.getsockname()) for _ in range(12)]
+        for client in clients:
+            client.send("SLEEP 0.05")
+        assert [client.read_line() for client in clients] == ["SLEPT"] * 12
+        assert factory.max_in_progress <= 3 and d.requests_served == 12
+        assert d.thread_count <= 3
+        for client in clients:
+            client.close()
+    refusals = [r for r in caplog.records if "cannot start another worker thread" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_worker_that_dies_of_an_error_recycles_the_pool_instead_of_stalling_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error nothing caught kills the thread that watches the epoll (memory exhausted, or a bug): nobody
+    would lead again. The dispatcher logs it and stops as at max_requests (the pools then recycle)."""
+    with tcp_listener() as listener:
+        dispatcher = Dispatcher([listener], LineFactory(), min_spare=1, max_spare=2, max_threads=2)
+        real_take = dispatcher._take_locked
+        armed = threading.Event()
+
+        def take(fd: int) -> Any:
+            if armed.is_set():
+                armed.clear()
+                raise MemoryError
+            return real_take(fd)
+
+        monkeypatch.setattr(dispatcher, "_take_locked", take)
+        with caplog.at_level(logging.ERROR, logger="fcgiserve.pools"), running(dispatcher) as thread:
+            first = LineClient(listener.getsockname())
+            assert first.request("ECHO one") == "one"
+            armed.set()  # the next event the leader takes kills it
+            second = LineClient(listener.getsockname())
+            second.send("ECHO two")
+            thread.join(5)
+            assert not thread.is_alive(), "the dispatcher stalled"
+            assert dispatcher.worker_failed and dispatcher.max_requests_reached
+        assert any("failed; the pool recycles" in r.getMessage() for r in caplog.records)
