@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -84,11 +85,13 @@ def front_end(kind: str, tmp_path: Path, backend: int, snippet: str = "haproxy")
         if not apache_available():
             pytest.fail("apache2 is not installed (scripts/test installs the Debian package apache2)")
         replace = {"8080": str(backend)}
-        with (
-            world_readable_dir("fcgiserve-apache-") as site,
-            run_apache(site, "apache-proxy-fcgi", replace, ["proxy", "proxy_fcgi"]) as port,
-        ):
-            yield port
+        with world_readable_dir("fcgiserve-apache-") as site:
+            try:
+                with run_apache(site, "apache-proxy-fcgi", replace, ["proxy", "proxy_fcgi"]) as port:
+                    yield port
+            finally:  # the site goes away with Apache; its error log stays for assert_no_failures
+                if (site / "apache-error.log").exists():
+                    shutil.copy(site / "apache-error.log", tmp_path / "apache-error.log")
     elif kind == "h2o":
         if not h2o_available():
             pytest.fail("h2o is not installed (scripts/test installs the Debian package h2o)")
@@ -108,8 +111,18 @@ def reexecs(server: Server) -> int:
 
 def assert_no_failures(result: LoadResult, server: Server) -> None:
     assert result.ok > 100, f"too little load to prove anything: {result.summary()}\n{server.log()[-3000:]}"
-    assert result.failed == 0, f"{result.summary()}\nserver log tail:\n{server.log()[-3000:]}"
+    front_logs = _front_end_logs(server.log_path.parent)
+    assert result.failed == 0, f"{result.summary()}\nserver log tail:\n{server.log()[-3000:]}\n{front_logs}"
     assert server.proc.poll() is None, "the server died under load"
+
+
+def _front_end_logs(directory: Path) -> str:
+    """The tails of the web servers' own logs (Apache's, h2o's, HAProxy's): why they answered 502 or 503."""
+    found = []
+    for pattern in ("apache-error.log", "h2o-error-*.log", "haproxy-*.log"):
+        for path in sorted(directory.glob(pattern)):
+            found.append(f"--- {path.name}:\n{path.read_text(errors='replace')[-2000:]}")
+    return "\n".join(found)
 
 
 # --- (a) workers recycle under load ---------------------------------------------------------------------
