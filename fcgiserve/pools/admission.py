@@ -47,6 +47,9 @@ class Admission:
         wake: Callable[[], None],
     ) -> None:
         self.open = 0  # accepted connections not yet finished: in service or parked
+        # fds of kept-alive connections taken over rather than accepted (a sibling's hand-off, a previous
+        # image's): idle connections of the web server's, not new ones that owe a first request.
+        self.handed: set[int] = set()
         self.retry_at = 0.0  # paused until then (hold_until: out of a resource, or a deferral)
         self._paused = False
         self._closed = False  # the dispatcher is stopping: never again
@@ -146,4 +149,6 @@ class Admission:
             return None
         if accepted is not None:
             self.open += 1
+            if listener.type == socket.SOCK_SEQPACKET:  # the hand-off channel (watchlist.accept)
+                self.handed.add(accepted[0].fileno())
         return accepted

@@ -236,6 +236,7 @@ class Dispatcher:
         park it like a new connection. Before ``serve_forever`` or from any thread while it serves."""
         with self._lock:
             self._admission.open += 1
+            self._admission.handed.add(sock.fileno())
         self._open_new([(sock, peer)])
 
     # -- the control thread -----------------------------------------------------------------------------
@@ -796,11 +797,13 @@ class Dispatcher:
         A new connection costs no thread until it speaks (a silent one is closed after fresh_timeout), and
         the connections of a burst are served in arrival order once readable.
         """
+        handed = self._admission.handed
+        kept = [bool(handed) and sock.fileno() in handed for sock, _peer in accepted]
         opened = [self._open_one(sock, peer) for sock, peer in accepted]
         limit = self._fresh_timeout or self._idle_timeout
         expires_at = time.monotonic() + limit if limit else math.inf
         with self._lock:
-            for conn in opened:
+            for conn, taken_over in zip(opened, kept, strict=True):
                 if conn is None:
                     self._admission.open -= 1  # refused (allow-list) or failed: already closed
                 elif self._stopping and self._handing_off_locked() and self._give_away_locked(conn):
@@ -808,16 +811,28 @@ class Dispatcher:
                 elif self._stopping:
                     self._admission.open -= 1
                     close_quietly(conn)
+                elif taken_over:
+                    self._park_locked(conn)  # an idle kept-alive connection: --idle-timeout, as any other
                 else:
                     self._park_locked(conn, expires_at, new=True)
             self._admission.update()
 
     def _open_one(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
         """The factory's connection for a new socket; None when refused or failed (the socket is closed)."""
+        handed = self._admission.handed
+        taken_over = False
+        if handed and sock.fileno() in handed:
+            handed.discard(sock.fileno())
+            taken_over = True
         try:
             if self._watch.exclusive:
                 sock = self._watch.watched(sock)  # leaves the epoll before it closes (watchlist.py)
-            return self._factory.open(sock, peer)
+            conn = self._factory.open(sock, peer)
+            if conn is not None and taken_over:
+                # Kept alive, taken over idle: it owes no first request by --params-timeout, the clock a
+                # new connection starts with; its next request's PARAMS get that clock from their first byte.
+                conn.deadline = None
+            return conn
         except BaseException:  # even SystemExit from application code must not cost us a worker
             log.exception("opening a connection from %r failed; closing it", peer)
             close_quietly(sock)

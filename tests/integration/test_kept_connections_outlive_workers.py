@@ -180,3 +180,33 @@ def test_a_threaded_reexec_adopts_the_kept_connections(tmp_path: Path, event: st
         assert server.log().count("re-executing") >= 2
         assert server.proc.poll() is None
         client.sock.close()
+
+
+@pytest.mark.parametrize("method", ["threaded", "prefork"])
+def test_a_kept_connection_taken_over_keeps_the_idle_timeout_not_the_new_connection_one(
+    tmp_path: Path, method: str
+) -> None:
+    """A kept connection the web server holds idle after a reload (threaded: adopted by the re-executed
+    image; prefork: handed to the new generation) is an idle kept connection, not a new one that never
+    spoke: --params-timeout (a new connection's deadline for its first request) must not close it; only
+    --idle-timeout may. Closing it would race with the web server's next request on it (a 502)."""
+    (tmp_path / "echoapp.py").write_text(APP)
+    args = ["echoapp", "--method", method, "--params-timeout", "0.5", "--idle-timeout", "60"]
+    if method == "prefork":
+        args += ["--minspare", "1", "--maxspare", "1", "--maxchildren", "2"]
+    with run_fcgiserve(args, tmp_path) as server:
+        client = _KeptClient(server.port)
+        assert client.request("before") == b"echo:before"
+        before = server.log().count("fcgiserve threaded pool serving") + server.log().count("is serving")
+        os.kill(server.pid, signal.SIGHUP)
+        assert wait_for(
+            lambda: (
+                server.log().count("fcgiserve threaded pool serving") + server.log().count("is serving")
+                > before
+            ),
+            15,
+        ), server.log()[-2000:]
+        time.sleep(2.0)  # idle, four times --params-timeout
+        assert client.request("after") == b"echo:after", server.log()[-3000:]
+        assert "sent nothing within" not in server.log(), server.log()[-3000:]
+        client.sock.close()
