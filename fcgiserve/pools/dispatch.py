@@ -206,18 +206,21 @@ class Dispatcher:
         ``retire`` before the stop began makes it a real stop (drain and close).
         """
         with self._lock:
-            if not self._stopping:
-                self._stop_retire = self._stop_retire and retire
-            self._stop_requested = True
-            self._stop_graceful = self._stop_graceful and graceful
-            self._stop_deadline = min(self._stop_deadline, time.monotonic() + timeout)
-            self._admission.close()
-            if self._watch.exclusive and self._stop_retire:
-                # Our listeners are out of the epoll now, but the kernel may have picked us for a connection
-                # just before (exclusive wake-ups: no sibling heard of it). Whatever waits goes on to one.
-                for listener in self._watch.listeners.values():
-                    self._pass_on_locked(listener)
+            self._request_stop_locked(graceful, timeout, retire)
         self._control.wake()
+
+    def _request_stop_locked(self, graceful: bool, timeout: float, retire: bool) -> None:
+        if not self._stopping:
+            self._stop_retire = self._stop_retire and retire
+        self._stop_requested = True
+        self._stop_graceful = self._stop_graceful and graceful
+        self._stop_deadline = min(self._stop_deadline, time.monotonic() + timeout)
+        self._admission.close()
+        if self._watch.exclusive and self._stop_retire:
+            # Our listeners are out of the epoll now, but the kernel may have picked us for a connection
+            # just before (exclusive wake-ups: no sibling heard of it). Whatever waits goes on to one.
+            for listener in self._watch.listeners.values():
+                self._pass_on_locked(listener)
 
     def pause_accepting(self) -> None:
         with self._lock:
@@ -228,8 +231,13 @@ class Dispatcher:
             self._admission.pause(False)
 
     def _on_max_requests(self) -> None:
-        self.max_requests_reached = True
-        self.stop(graceful=True, timeout=self._graceful_timeout, retire=self._hand_off is not None)
+        # The flag and the stop request together, under the lock: a worker that saw the flag before the stop
+        # was asked for took the stop for a real one and closed its kept-alive connection instead of handing
+        # it over (a 502 or 503 for the web server's next request on it).
+        with self._lock:
+            self.max_requests_reached = True
+            self._request_stop_locked(True, self._graceful_timeout, retire=self._hand_off is not None)
+        self._control.wake()
 
     def adopt(self, sock: socket.socket, peer: Any) -> None:
         """Take a kept-alive connection handed over by another process (or a previous image of this one) and

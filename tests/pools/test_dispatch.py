@@ -1065,3 +1065,50 @@ def test_a_worker_that_dies_of_an_error_recycles_the_pool_instead_of_stalling_it
             assert not thread.is_alive(), "the dispatcher stalled"
             assert dispatcher.worker_failed and dispatcher.max_requests_reached
         assert any("failed; the pool recycles" in r.getMessage() for r in caplog.records)
+
+
+def test_max_requests_hands_every_kept_connection_over_even_when_the_stop_is_slow_to_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker that ends request number max_requests marks the limit and asks for the retiring stop. A
+    worker that saw the mark before the stop was asked for took it for a real stop and closed its kept
+    connection (the web server's next request on it: a 502 or 503). Here every stop request is slowed
+    down, so any such window would be wide: no client may see its connection closed."""
+    real_stop = Dispatcher.stop
+
+    def slow_stop(self: Dispatcher, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.05)
+        real_stop(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dispatcher, "stop", slow_stop)
+    sink = _Sink()
+    with tcp_listener() as listener:
+        dispatcher = Dispatcher(
+            [listener], LineFactory(), min_spare=4, max_spare=4, max_threads=4, max_requests=40, hand_off=sink
+        )
+        with running(dispatcher) as thread:
+            clients = [LineClient(listener.getsockname(), timeout=1.0) for _ in range(4)]
+            closed: list[int] = []
+
+            def hammer(index: int) -> None:
+                for n in range(100):
+                    clients[index].send(f"ECHO {n}")
+                    try:
+                        answer = clients[index].read_line()
+                    except TimeoutError:
+                        return  # no answer: the connection waits in the sink, unclosed
+                    if answer == "":
+                        closed.append(index)
+                        return
+                    assert answer == str(n)
+
+            workers = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+            for worker in workers:
+                worker.start()
+            thread.join(5)
+            assert not thread.is_alive() and dispatcher.max_requests_reached
+            for worker in workers:
+                worker.join(10)
+            assert closed == [], f"kept connections closed at max_requests: clients {closed}"
+            assert len(sink.sockets) == 4
+    sink.close()
