@@ -241,7 +241,8 @@ class Dispatcher:
 
     def adopt(self, sock: socket.socket, peer: Any) -> None:
         """Take a kept-alive connection handed over by another process (or a previous image of this one) and
-        park it like a new connection. Before ``serve_forever`` or from any thread while it serves."""
+        park it as the idle kept connection it is (``--idle-timeout``, not a new connection's deadline).
+        Before ``serve_forever`` or from any thread while it serves."""
         with self._lock:
             self._admission.open += 1
             self._admission.handed.add(sock.fileno())
@@ -803,7 +804,8 @@ class Dispatcher:
         """Open new connections (outside the lock) and park them until their first byte.
 
         A new connection costs no thread until it speaks (a silent one is closed after fresh_timeout), and
-        the connections of a burst are served in arrival order once readable.
+        the connections of a burst are served in arrival order once readable. A kept-alive connection taken
+        over (``Admission.handed``) is parked as an idle one instead.
         """
         handed = self._admission.handed
         kept = [bool(handed) and sock.fileno() in handed for sock, _peer in accepted]
