@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fcgiserve.client import FastCGIError, fcgi_request
-from tests.helpers import ROOT, free_port, wait_for_port
+from tests.helpers import ROOT, free_port, run_fcgiserve
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prlimit and /proc are Linux's")
 
@@ -38,23 +37,11 @@ REFUSED = "cannot start another worker thread"
 
 @contextmanager
 def _server(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """fcgiserve over APP (``python -m`` from tmp_path, which puts the app on the path); (process, port,
+    log)."""
     (tmp_path / "slowapp.py").write_text(APP)
-    port = free_port()
-    log = tmp_path / "fcgiserve.log"
-    argv = [sys.executable, "-m", "fcgiserve", "slowapp:application", "--port", str(port), *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        wait_for_port(port, proc=proc)
-        yield proc, port, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with run_fcgiserve(["slowapp:application", *args], tmp_path) as server:
+        yield server.proc, server.port, server.log_path
 
 
 def _vm_size(pid: int) -> int:
