@@ -42,6 +42,7 @@ class SignalQueue:
         self._previous: dict[int, _Handler] = {}
         self._previous_wakeup_fd: int | None = None
         self._received: deque[int] = deque()
+        self._wake_pending = False  # our own wake-up byte is in the socket, unread
 
     def install(self, signums: Iterable[int]) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -56,13 +57,19 @@ class SignalQueue:
         return self._reader.fileno()
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        """The Python handler (main thread, between bytecodes): record, then wake the loop. No logging,
-        no locks. After close() the send fails and the record is never read, which is harmless."""
+        """The Python handler (main thread, between bytecodes): record, then wake the loop, once per drain.
+        No logging, no locks. After close() the send fails and the record is never read, which is harmless.
+
+        CPython runs a handler again inside one still running when the next signal comes, so under a flood
+        every instruction here deepens the nesting: the send only when no byte of ours waits unread. A
+        handler that wrote on every signal nested until an exception escaped into the serving loop."""
         self._received.append(signum)
-        try:
-            self._writer.send(b"\0")
-        except OSError:  # full (the loop is awake already) or closed (the queue is gone)
-            pass
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._writer.send(b"\0")
+            except OSError:  # full (the loop wakes anyway) or closed (the queue is gone)
+                pass
 
     def drain(self) -> list[int]:
         """The signals received since the last drain, in the order their handlers ran: arrival order,
@@ -73,7 +80,9 @@ class SignalQueue:
                 pass
         except BlockingIOError:
             pass
-        # After the wake-up bytes: a handler that runs from here on writes a byte and wakes the loop.
+        # After the wake-up bytes: a handler that runs from here on writes a byte and wakes the loop. One
+        # that runs before this line writes none, and its signal is taken below.
+        self._wake_pending = False
         received = self._received
         signums = []
         while received:
