@@ -577,11 +577,11 @@ class Dispatcher:
         from here (it may have been the thread that watches the epoll, and then nobody would), so the pool
         recycles as at max_requests: the threaded pool's process re-executes, a prefork child hands its
         connections on and exits. Kept connections survive; the one this thread served, if any, closes."""
-        me = threading.current_thread()
+        me, ident = threading.current_thread(), threading.get_ident()
         with self._lock:
-            served = self._in_service.pop(threading.get_ident(), None)
+            served = self._in_service.pop(ident, None)
             if served is not None:
-                self._armed_by.pop(threading.get_ident(), None)
+                self._armed_by.pop(ident, None)
                 self._crew.end_job()
                 self._admission.open -= 1
             self._crew.retire()
@@ -807,9 +807,9 @@ class Dispatcher:
         the connections of a burst are served in arrival order once readable. A kept-alive connection taken
         over (``Admission.handed``) is parked as an idle one instead.
         """
-        handed = self._admission.handed
-        kept = [bool(handed) and sock.fileno() in handed for sock, _peer in accepted]
-        opened = [self._open_one(sock, peer) for sock, peer in accepted]
+        kept = [self._taken_over(sock) for sock, _peer in accepted]
+        pairs = zip(accepted, kept, strict=True)
+        opened = [self._open_one(sock, peer, taken) for (sock, peer), taken in pairs]
         limit = self._fresh_timeout or self._idle_timeout
         expires_at = time.monotonic() + limit if limit else math.inf
         with self._lock:
@@ -827,13 +827,16 @@ class Dispatcher:
                     self._park_locked(conn, expires_at, new=True)
             self._admission.update()
 
-    def _open_one(self, sock: socket.socket, peer: Any) -> ServedConnection | None:
-        """The factory's connection for a new socket; None when refused or failed (the socket is closed)."""
+    def _taken_over(self, sock: socket.socket) -> bool:
+        """Whether ``sock`` is a kept-alive connection taken over (``Admission.handed``), not a new one."""
         handed = self._admission.handed
-        taken_over = False
         if handed and sock.fileno() in handed:
             handed.discard(sock.fileno())
-            taken_over = True
+            return True
+        return False
+
+    def _open_one(self, sock: socket.socket, peer: Any, taken_over: bool) -> ServedConnection | None:
+        """The factory's connection for a new socket; None when refused or failed (the socket is closed)."""
         try:
             if self._watch.exclusive:
                 sock = self._watch.watched(sock)  # leaves the epoll before it closes (watchlist.py)
@@ -919,7 +922,7 @@ class Dispatcher:
     def _run_job(self, job: ServedConnection | NewConnection, ident: int) -> ServedConnection | None:
         """Serve one connection (opening it first if new); return it if it should be parked. Never raises."""
         if isinstance(job, tuple):
-            conn = self._open_one(*job)
+            conn = self._open_one(job[0], job[1], self._taken_over(job[0]))
             if conn is None:
                 return None
             with self._lock:
